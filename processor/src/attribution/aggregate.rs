@@ -1,0 +1,139 @@
+//! Channel totals across partitions. Every input partition publishes its running numbers per
+//! (window, channel) to the internal partials topic, partitioned by (window, channel); the owner of
+//! a partials partition sums the latest partial of each source partition and upserts the total to
+//! the channels topic. Partials are cumulative, so replaying them is harmless (idempotent).
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+
+use crate::event::Channel;
+use crate::output::{ChannelWindowRecord, WindowNumbers};
+use crate::time::Millis;
+
+/// Partition of the partials topic for a (window, channel): a fixed hash (FNV-1a), the same in
+/// every process and version.
+pub fn partials_partition(window_start: Millis, channel: Channel, partitions: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in window_start.to_be_bytes().iter().chain(channel.as_str().as_bytes()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % partitions.max(1) as u64) as i32
+}
+
+/// Key of a partial on the internal topic.
+pub fn partial_key(window_start: Millis, channel: Channel, source_partition: i32) -> String {
+    format!("{window_start}|{channel}|{source_partition}")
+}
+
+/// Key of a total on the channels topic.
+pub fn total_key(window_start: Millis, channel: &str) -> String {
+    format!("{window_start}|{channel}")
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    window_end: Millis,
+    partials: Vec<(i32, WindowNumbers)>,
+    dirty: bool,
+}
+
+/// Sums partials for the (window, channel) keys of one partials partition.
+#[derive(Debug)]
+pub struct ChannelAggregator {
+    retention: Millis,
+    entries: HashMap<(Millis, Channel), Entry, RandomState>,
+    dirty: Vec<(Millis, Channel)>,
+    newest_window_end: Millis,
+}
+
+impl ChannelAggregator {
+    /// `retention`: totals are forgotten once they end this long before the newest window seen.
+    pub fn new(retention: Millis) -> Self {
+        ChannelAggregator { retention, entries: HashMap::default(), dirty: Vec::new(), newest_window_end: Millis::MIN }
+    }
+
+    /// Takes a partial (the latest numbers of one source partition for one window and channel).
+    /// Returns false when the record is not a partial.
+    pub fn apply(&mut self, rec: &ChannelWindowRecord) -> bool {
+        let (Some(src), Some(channel)) = (rec.source_partition, Channel::from_wire(&rec.channel)) else { return false };
+        let key = (rec.window_start, channel);
+        let e = self.entries.entry(key).or_default();
+        e.window_end = rec.window_end;
+        let numbers = rec.numbers();
+        match e.partials.iter_mut().find(|(p, _)| *p == src) {
+            Some((_, n)) => *n = numbers,
+            None => e.partials.push((src, numbers)),
+        }
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(key);
+        }
+        self.newest_window_end = self.newest_window_end.max(rec.window_end);
+        true
+    }
+
+    /// Writes the total of every key changed since the last call; forgets expired windows.
+    pub fn drain_changed(&mut self, out: &mut Vec<ChannelWindowRecord>) {
+        for key in self.dirty.drain(..) {
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.dirty = false;
+                let mut total = WindowNumbers::default();
+                for (_, n) in &e.partials {
+                    total.add(n);
+                }
+                out.push(ChannelWindowRecord::new(key.0, e.window_end - key.0, key.1, &total, None));
+            }
+        }
+        let horizon = self.newest_window_end.saturating_sub(self.retention);
+        self.entries.retain(|_, e| e.window_end >= horizon);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(src: i32, touchpoints: u64, td: f64) -> ChannelWindowRecord {
+        let n = WindowNumbers { touchpoints, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [td * 10.0, 0.0, 0.0, 0.0, 0.0] };
+        ChannelWindowRecord::new(0, 3_600_000, Channel::Email, &n, Some(src))
+    }
+
+    #[test]
+    fn sums_latest_partial_of_each_source_idempotently() {
+        let mut a = ChannelAggregator::new(86_400_000);
+        a.apply(&partial(0, 1, 0.5));
+        a.apply(&partial(1, 2, 0.25));
+        a.apply(&partial(0, 3, 1.5)); // newer partial of source 0 replaces the old one
+        a.apply(&partial(1, 2, 0.25)); // a replayed partial changes nothing
+        let mut out = Vec::new();
+        a.drain_changed(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].touchpoints, 5);
+        assert_eq!(out[0].credited_conversions.time_decay, 1.75);
+        assert_eq!(out[0].credited_revenue.time_decay, 17.5);
+        assert_eq!(out[0].source_partition, None);
+        out.clear();
+        a.drain_changed(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn partials_partition_is_stable_and_in_range() {
+        let p = partials_partition(1_767_225_600_000, Channel::Email, 6);
+        assert!((0..6).contains(&p));
+        assert_eq!(p, partials_partition(1_767_225_600_000, Channel::Email, 6));
+        let spread: std::collections::HashSet<i32> =
+            (0..48).map(|h| partials_partition(h * 3_600_000, Channel::Display, 6)).collect();
+        assert!(spread.len() >= 4, "keys spread over partitions: {spread:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Attribution: per-conversion credit under each rule, and per-channel totals in event-time windows.
+
+pub mod aggregate;
+pub mod credits;
+pub mod windows;
+
+pub use credits::{Credits, Rule};

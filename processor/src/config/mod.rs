@@ -1,0 +1,395 @@
+//! Typed configuration: embedded defaults < config file < `TOUCHSTREAM__*` environment < flags.
+//! Unknown keys and broken invariants fail at start with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Value;
+
+use crate::time::Span;
+
+/// The embedded defaults: every key the processor reads.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+/// Prefix of environment overrides: `TOUCHSTREAM__KAFKA__BROKERS=host:9092`.
+pub const ENV_PREFIX: &str = "TOUCHSTREAM__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub processing: ProcessingConfig,
+    pub event_time: EventTimeConfig,
+    pub journey: JourneyConfig,
+    pub attribution: AttributionConfig,
+    pub alerts: AlertsConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub client_id: String,
+    pub guarantee: Guarantee,
+    /// librdkafka properties for every client.
+    pub options: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer.
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs are flushed before offsets are committed: nothing is lost, a crash may repeat outputs.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub events: String,
+    pub conversions: String,
+    pub channels: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub channel_partials: String,
+    pub create: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    pub commit_interval: Span,
+    pub max_batch_events: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    pub allowed_lateness: Span,
+    pub idle_timeout: Span,
+    pub max_future_skew: Span,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyConfig {
+    pub lookback: Span,
+    pub max_touchpoints: usize,
+    pub customer_ttl: Span,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionConfig {
+    pub time_decay_half_life: Span,
+    pub window: Span,
+    pub window_retention: Span,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub inactivity_timeout: Span,
+    pub incentive_min_cart_value: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A configuration problem, always naming the key (or the file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+fn key_err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key { key: key.to_string(), message: message.into() }
+}
+
+/// Where a configuration comes from, lowest precedence first.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Contents of a config file and its name for messages.
+    pub file: Option<(String, String)>,
+    /// Environment variables (all of them; only `TOUCHSTREAM__*` are read).
+    pub env: Vec<(String, String)>,
+    /// `key.path=value` overrides from flags.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Reads `path` (if given) and the process environment.
+    pub fn from_process(path: Option<&Path>, overrides: Vec<(String, String)>) -> Result<Sources, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                Some((p.display().to_string(), text))
+            }
+            None => None,
+        };
+        Ok(Sources { file, env: std::env::vars().collect(), overrides })
+    }
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn defaults() -> Config {
+        Config::load(&Sources::default()).expect("embedded defaults are valid")
+    }
+
+    /// Layers the sources over the defaults, deserializes and checks invariants.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut tree: Value = DEFAULTS.parse::<toml::Table>().map(Value::Table).expect("embedded defaults parse");
+        if let Some((name, text)) = &sources.file {
+            let file: toml::Table =
+                text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: name.clone(), message: e.to_string() })?;
+            merge(&mut tree, Value::Table(file));
+        }
+        for (name, value) in &sources.env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                set_path(&mut tree, &path, value, true)?;
+            }
+        }
+        for (key, value) in &sources.overrides {
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            set_path(&mut tree, &path, value, false)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            key_err(&key, inner)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Invariants that types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, s: Span| if s.ms() > 0 { Ok(()) } else { Err(key_err(key, format!("must be > 0, got {s}"))) };
+        let non_negative = |key: &str, s: Span| if s.ms() >= 0 { Ok(()) } else { Err(key_err(key, "must be >= 0")) };
+        let not_blank = |key: &str, s: &str| if s.trim().is_empty() { Err(key_err(key, "must not be empty")) } else { Ok(()) };
+        not_blank("kafka.brokers", &self.kafka.brokers)?;
+        not_blank("kafka.group_id", &self.kafka.group_id)?;
+        not_blank("kafka.client_id", &self.kafka.client_id)?;
+        let topics = [
+            ("topics.events", &self.topics.events),
+            ("topics.conversions", &self.topics.conversions),
+            ("topics.channels", &self.topics.channels),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dlq", &self.topics.dlq),
+            ("topics.channel_partials", &self.topics.channel_partials),
+        ];
+        for (i, (key, name)) in topics.iter().enumerate() {
+            not_blank(key, name)?;
+            if name.len() > 249 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                return Err(key_err(key, format!("`{name}` is not a valid Kafka topic name")));
+            }
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+                return Err(key_err(key, format!("`{name}` is also used by `{other}`; every topic must differ")));
+            }
+        }
+        if self.topics.partitions < 1 {
+            return Err(key_err("topics.partitions", "must be >= 1"));
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(key_err("topics.replication_factor", "must be >= 1"));
+        }
+        positive("processing.commit_interval", self.processing.commit_interval)?;
+        if self.processing.max_batch_events == 0 {
+            return Err(key_err("processing.max_batch_events", "must be >= 1"));
+        }
+        non_negative("event_time.allowed_lateness", self.event_time.allowed_lateness)?;
+        positive("event_time.idle_timeout", self.event_time.idle_timeout)?;
+        non_negative("event_time.max_future_skew", self.event_time.max_future_skew)?;
+        positive("journey.lookback", self.journey.lookback)?;
+        if !(1..=1024).contains(&self.journey.max_touchpoints) {
+            return Err(key_err("journey.max_touchpoints", "must be between 1 and 1024"));
+        }
+        positive("journey.customer_ttl", self.journey.customer_ttl)?;
+        if self.journey.customer_ttl < self.alerts.inactivity_timeout {
+            return Err(key_err("journey.customer_ttl", "must be at least alerts.inactivity_timeout, or carts would be forgotten before they alert"));
+        }
+        positive("attribution.time_decay_half_life", self.attribution.time_decay_half_life)?;
+        positive("attribution.window", self.attribution.window)?;
+        non_negative("attribution.window_retention", self.attribution.window_retention)?;
+        positive("alerts.inactivity_timeout", self.alerts.inactivity_timeout)?;
+        if !self.alerts.incentive_min_cart_value.is_finite() || self.alerts.incentive_min_cart_value < 0.0 {
+            return Err(key_err("alerts.incentive_min_cart_value", "must be a non-negative number"));
+        }
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(key_err("http.listen", format!("`{}` is not an address like 0.0.0.0:9464", self.http.listen)));
+        }
+        for (table, map) in [("kafka.options", &self.kafka.options), ("kafka.consumer", &self.kafka.consumer), ("kafka.producer", &self.kafka.producer)] {
+            for key in map.keys() {
+                if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+                    return Err(key_err(&format!("{table}.{key}"), "is set by Touchstream itself; use the typed key instead (kafka.brokers, kafka.group_id, kafka.client_id) or leave it out"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka properties Touchstream sets itself and that the passthrough tables may not override.
+pub const MANAGED_KAFKA_KEYS: &[&str] =
+    &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"];
+
+/// Deep-merges `over` into `base` (tables merge, everything else replaces).
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Sets one key from the environment or a flag. Values keep the type of the default they replace;
+/// keys inside the librdkafka passthrough tables are strings (from env, `_` stands for `.`).
+fn set_path(tree: &mut Value, path: &[String], raw: &str, from_env: bool) -> Result<(), ConfigError> {
+    let dotted = path.join(".");
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(key_err(&dotted, "empty key segment"));
+    }
+    let passthrough = path.len() >= 3 && path[0] == "kafka" && matches!(path[1].as_str(), "options" | "consumer" | "producer");
+    let mut node = tree;
+    let (last, parents) = if passthrough { (path[2..].join("."), &path[..2]) } else { (path[path.len() - 1].clone(), &path[..path.len() - 1]) };
+    for seg in parents {
+        let table = node.as_table_mut().ok_or_else(|| key_err(&dotted, "is not a table"))?;
+        node = table.entry(seg.clone()).or_insert_with(|| Value::Table(Default::default()));
+    }
+    let table = node.as_table_mut().ok_or_else(|| key_err(&dotted, "is not a table"))?;
+    let last = if passthrough && from_env { last.replace('_', ".") } else { last };
+    let value = match table.get(&last) {
+        _ if passthrough => Value::String(raw.to_string()),
+        Some(Value::String(_)) | None => Value::String(raw.to_string()),
+        Some(_) => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| Value::String(raw.to_string())),
+    };
+    table.insert(last, value);
+    Ok(())
+}
+
+/// Parses `key.path=value` flag arguments.
+pub fn parse_override(arg: &str) -> Result<(String, String), String> {
+    let (k, v) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not key.path=value"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(&Sources {
+            file: file.map(|t| ("test.toml".to_string(), t.to_string())),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_are_complete_and_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.topics.events, "touchstream.events");
+        assert_eq!(c.journey.max_touchpoints, 64);
+        assert_eq!(c.attribution.time_decay_half_life.ms(), 7 * 86_400_000);
+        assert_eq!(c.alerts.inactivity_timeout.ms(), 30 * 60_000);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let c = load(
+            Some("[kafka]\nbrokers = \"file:9092\"\ngroup_id = \"g-file\"\n[processing]\nmax_batch_events = 7\n"),
+            &[("TOUCHSTREAM__KAFKA__GROUP_ID", "g-env"), ("TOUCHSTREAM__PROCESSING__MAX_BATCH_EVENTS", "9"), ("OTHER", "x")],
+            &[("kafka.group_id", "g-flag")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "file:9092");
+        assert_eq!(c.kafka.group_id, "g-flag");
+        assert_eq!(c.processing.max_batch_events, 9);
+    }
+
+    #[test]
+    fn string_keys_stay_strings_from_env() {
+        let c = load(None, &[("TOUCHSTREAM__KAFKA__GROUP_ID", "1234")], &[]).unwrap();
+        assert_eq!(c.kafka.group_id, "1234");
+    }
+
+    #[test]
+    fn passthrough_options_from_file_and_env() {
+        let c = load(
+            Some("[kafka.options]\n\"security.protocol\" = \"SSL\"\n"),
+            &[("TOUCHSTREAM__KAFKA__PRODUCER__LINGER_MS", "5")],
+            &[("kafka.consumer.fetch.min.bytes", "1")],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.options["security.protocol"], "SSL");
+        assert_eq!(c.kafka.producer["linger.ms"], "5");
+        assert_eq!(c.kafka.consumer["fetch.min.bytes"], "1");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(Some("[journey]\nlookbak = \"3d\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("lookbak"), "{e}");
+        let e = load(None, &[("TOUCHSTREAM__ATTRIBUTION__WINDOW", "soon")], &[]).unwrap_err().to_string();
+        assert!(e.contains("attribution.window"), "{e}");
+        let e = load(None, &[], &[("processing.max_batch_events", "many")]).unwrap_err().to_string();
+        assert!(e.contains("processing.max_batch_events"), "{e}");
+        let e = load(None, &[], &[("attribution.time_decay_half_life", "0")]).unwrap_err().to_string();
+        assert!(e.contains("attribution.time_decay_half_life"), "{e}");
+        let e = load(None, &[], &[("topics.alerts", "touchstream.dlq")]).unwrap_err().to_string();
+        assert!(e.contains("topics.dlq") && e.contains("topics.alerts"), "{e}");
+        let e = load(None, &[], &[("kafka.guarantee", "maybe_once")]).unwrap_err().to_string();
+        assert!(e.contains("kafka.guarantee"), "{e}");
+        let e = load(Some("[kafka.options]\n\"group.id\" = \"x\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("kafka.options.group.id"), "{e}");
+        let e = load(Some("[kafka\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml"), "{e}");
+    }
+}

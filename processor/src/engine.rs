@@ -1,0 +1,518 @@
+//! The processing of one input partition: a deterministic function of (state, events in partition
+//! order) -> (state, outputs). No I/O happens here; the runner feeds events and ships outputs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use foldhash::fast::RandomState;
+
+use crate::attribution::credits::{self, Credits};
+use crate::attribution::windows::ChannelWindows;
+use crate::config::Config;
+use crate::event::{Channel, Event, EventType};
+use crate::journey::CustomerState;
+use crate::output::{AlertRecord, CartItem, ChannelWindowRecord, ConversionRecord, CreditedTouchpoint, TopTouchpoint};
+use crate::time::{Millis, Watermark};
+
+/// The settings the engine reads, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub lookback: Millis,
+    pub max_touchpoints: usize,
+    pub customer_ttl: Millis,
+    pub half_life: Millis,
+    pub window: Millis,
+    pub window_retention: Millis,
+    pub inactivity_timeout: Millis,
+    pub incentive_min_cart_value: f64,
+    pub allowed_lateness: Millis,
+}
+
+impl EngineConfig {
+    pub fn from_config(c: &Config) -> Self {
+        EngineConfig {
+            lookback: c.journey.lookback.ms(),
+            max_touchpoints: c.journey.max_touchpoints,
+            customer_ttl: c.journey.customer_ttl.ms(),
+            half_life: c.attribution.time_decay_half_life.ms(),
+            window: c.attribution.window.ms(),
+            window_retention: c.attribution.window_retention.ms(),
+            inactivity_timeout: c.alerts.inactivity_timeout.ms(),
+            incentive_min_cart_value: c.alerts.incentive_min_cart_value,
+            allowed_lateness: c.event_time.allowed_lateness.ms(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig::from_config(&Config::defaults())
+    }
+}
+
+/// What the engine emits for the runner to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Conversion(ConversionRecord),
+    Alert(AlertRecord),
+}
+
+/// Per-event facts for telemetry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// The event was behind the watermark when it arrived.
+    pub late: bool,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    ts: Vec<Millis>,
+    idx: Vec<usize>,
+    credits: Vec<Credits>,
+    decay: Vec<f64>,
+}
+
+/// All state of one input partition.
+#[derive(Debug)]
+pub struct PartitionEngine {
+    partition: i32,
+    cfg: EngineConfig,
+    customers: HashMap<Box<str>, CustomerState, RandomState>,
+    /// Lazy abandonment timers: (deadline, customer). A popped timer whose cart moved on is
+    /// re-armed at the cart's current deadline or dropped.
+    timers: BinaryHeap<Reverse<(Millis, Box<str>)>>,
+    windows: ChannelWindows,
+    watermark: Watermark,
+    seq: u64,
+    next_sweep: Millis,
+    scratch: Scratch,
+    /// Events that arrived behind the watermark.
+    pub late_events: u64,
+    /// Customers forgotten after the TTL.
+    pub expired_customers: u64,
+}
+
+impl PartitionEngine {
+    pub fn new(partition: i32, cfg: EngineConfig) -> Self {
+        PartitionEngine {
+            partition,
+            windows: ChannelWindows::new(cfg.window, cfg.window_retention),
+            watermark: Watermark::new(cfg.allowed_lateness),
+            cfg,
+            customers: HashMap::default(),
+            timers: BinaryHeap::new(),
+            seq: 0,
+            next_sweep: Millis::MIN,
+            scratch: Scratch::default(),
+            late_events: 0,
+            expired_customers: 0,
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn watermark(&self) -> Millis {
+        self.watermark.current()
+    }
+
+    pub fn customers(&self) -> usize {
+        self.customers.len()
+    }
+
+    pub fn customer(&self, id: &str) -> Option<&CustomerState> {
+        self.customers.get(id)
+    }
+
+    pub fn windows(&self) -> &ChannelWindows {
+        &self.windows
+    }
+
+    /// Approximate bytes of state (customers, timers, windows).
+    pub fn approx_bytes(&self) -> usize {
+        let customers: usize = self.customers.iter().map(|(k, c)| c.approx_bytes(k.len())).sum();
+        let timers: usize = self.timers.iter().map(|Reverse((_, k))| 24 + k.len()).sum();
+        customers + timers + self.windows.len() * 128
+    }
+
+    /// Processes one valid event of this partition.
+    pub fn process(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) -> Processed {
+        let late = self.watermark.is_late(ev.ts);
+        if late {
+            self.late_events += 1;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let wm = self.watermark.current();
+        let cfg = &self.cfg;
+
+        let key: &str = ev.customer_id.as_ref();
+        if !self.customers.contains_key(key) {
+            self.customers.insert(key.into(), CustomerState::new(ev.ts));
+        }
+        let customer = self.customers.get_mut(key).expect("present");
+
+        // The customer's own next event shows (in event time) whether the cart sat idle for the
+        // whole timeout, whatever the watermark says.
+        if let Some(cart) = &customer.cart {
+            let deadline = cart.deadline(cfg.inactivity_timeout);
+            if !cart.alerted && ev.ts >= deadline {
+                out.push(Output::Alert(build_alert(key, customer, deadline, cfg, &mut self.scratch)));
+            }
+        }
+
+        customer.touch(ev);
+        match ev.event_type {
+            t if t.is_touchpoint() => {
+                customer.add_touchpoint(ev, seq, cfg.lookback, cfg.max_touchpoints);
+                self.windows.add_touchpoint(ev.ts, ev.channel.unwrap_or(Channel::Other), wm);
+            }
+            EventType::CartAdd | EventType::CartRemove => {
+                if customer.apply_cart(ev) {
+                    let deadline = customer.cart.as_ref().map_or(Millis::MAX, |c| c.deadline(cfg.inactivity_timeout));
+                    self.timers.push(Reverse((deadline, key.into())));
+                }
+            }
+            EventType::Purchase => {
+                let record = convert(ev, customer, cfg, &mut self.windows, wm, &mut self.scratch);
+                out.push(Output::Conversion(record));
+            }
+            _ => {}
+        }
+
+        if self.watermark.observe(ev.ts) {
+            self.on_watermark(out);
+        }
+        Processed { late }
+    }
+
+    /// No input for the idle period: move the watermark to wall clock minus the allowed lateness.
+    pub fn advance_idle(&mut self, wall_now: Millis, out: &mut Vec<Output>) {
+        if self.watermark.advance_idle(wall_now) {
+            self.on_watermark(out);
+        }
+    }
+
+    /// Records for the channel windows changed since the last call.
+    pub fn drain_changed_windows(&mut self, out: &mut Vec<ChannelWindowRecord>) {
+        self.windows.drain_changed(self.partition, self.watermark.current(), out);
+    }
+
+    fn on_watermark(&mut self, out: &mut Vec<Output>) {
+        let wm = self.watermark.current();
+        while let Some(Reverse((deadline, _))) = self.timers.peek() {
+            if *deadline > wm {
+                break;
+            }
+            let Reverse((deadline, key)) = self.timers.pop().expect("peeked");
+            let Some(customer) = self.customers.get_mut(&key) else { continue };
+            let Some(cart) = &customer.cart else { continue };
+            if cart.alerted {
+                continue;
+            }
+            let current = cart.deadline(self.cfg.inactivity_timeout);
+            if current <= wm {
+                out.push(Output::Alert(build_alert(&key, customer, current, &self.cfg, &mut self.scratch)));
+            } else if current > deadline {
+                self.timers.push(Reverse((current, key)));
+            }
+        }
+        if wm >= self.next_sweep {
+            self.expire(wm);
+            let step = (self.cfg.customer_ttl / 24).clamp(60_000, 3_600_000);
+            self.next_sweep = wm.saturating_add(step);
+        }
+    }
+
+    /// Forgets customers idle longer than the TTL (event time).
+    fn expire(&mut self, wm: Millis) {
+        let horizon = wm.saturating_sub(self.cfg.customer_ttl);
+        let before = self.customers.len();
+        self.customers.retain(|_, c| c.last_event_ts >= horizon);
+        self.expired_customers += (before - self.customers.len()) as u64;
+    }
+}
+
+/// Builds the conversion record for a purchase and credits the channel windows; spends the
+/// journey's touchpoints and closes the cart.
+fn convert(
+    ev: &Event<'_>,
+    customer: &mut CustomerState,
+    cfg: &EngineConfig,
+    windows: &mut ChannelWindows,
+    wm: Millis,
+    scratch: &mut Scratch,
+) -> ConversionRecord {
+    let conv_ts = ev.ts;
+    let value = ev.value.or_else(|| customer.cart.as_ref().map(|c| c.value())).unwrap_or(0.0);
+    let currency = ev.currency.as_deref().map(str::to_string).or_else(|| customer.cart.as_ref().and_then(|c| c.currency.as_deref().map(str::to_string)));
+    let from = conv_ts.saturating_sub(cfg.lookback);
+    scratch.idx.clear();
+    scratch.ts.clear();
+    for (i, t) in customer.touchpoints.iter().enumerate() {
+        if t.ts > customer.last_purchase_ts && t.ts <= conv_ts && t.ts >= from {
+            scratch.idx.push(i);
+            scratch.ts.push(t.ts);
+        }
+    }
+    credits::assign(&scratch.ts, cfg.half_life, &mut scratch.credits);
+    let mut touchpoints = Vec::with_capacity(scratch.idx.len().max(1));
+    for (&i, c) in scratch.idx.iter().zip(&scratch.credits) {
+        let t = &customer.touchpoints[i];
+        windows.add_credit(conv_ts, t.channel, &c.0, value, wm);
+        touchpoints.push(CreditedTouchpoint {
+            event_id: Some(t.event_id.to_string()),
+            channel: t.channel,
+            campaign: t.campaign.as_deref().map(str::to_string),
+            ts: t.ts,
+            event_type: t.event_type.as_str(),
+            time_decay: c.0[0],
+            last_touch: c.0[1],
+            first_touch: c.0[2],
+            linear: c.0[3],
+            position_based: c.0[4],
+            deep: None,
+        });
+    }
+    if touchpoints.is_empty() {
+        windows.add_credit(conv_ts, Channel::Direct, &[1.0; 5], value, wm);
+        touchpoints.push(CreditedTouchpoint {
+            event_id: None,
+            channel: Channel::Direct,
+            campaign: None,
+            ts: conv_ts,
+            event_type: "none",
+            time_decay: 1.0,
+            last_touch: 1.0,
+            first_touch: 1.0,
+            linear: 1.0,
+            position_based: 1.0,
+            deep: None,
+        });
+    }
+    customer.touchpoints.retain(|t| t.ts > conv_ts);
+    customer.last_purchase_ts = customer.last_purchase_ts.max(conv_ts);
+    customer.cart = None;
+    customer.counters.purchases += 1;
+    customer.counters.revenue += value;
+    ConversionRecord {
+        conversion_id: ev.event_id.to_string(),
+        customer_id: ev.customer_id.to_string(),
+        conversion_ts: conv_ts,
+        conversion_value: value,
+        currency,
+        touchpoints,
+    }
+}
+
+/// Builds the abandonment alert of the customer's open cart at `alert_ts` and marks it alerted.
+fn build_alert(key: &str, customer: &mut CustomerState, alert_ts: Millis, cfg: &EngineConfig, scratch: &mut Scratch) -> AlertRecord {
+    let from = alert_ts.saturating_sub(cfg.lookback);
+    scratch.idx.clear();
+    scratch.ts.clear();
+    for (i, t) in customer.touchpoints.iter().enumerate() {
+        if t.ts > customer.last_purchase_ts && t.ts <= alert_ts && t.ts >= from {
+            scratch.idx.push(i);
+            scratch.ts.push(t.ts);
+        }
+    }
+    credits::time_decay(&scratch.ts, cfg.half_life, &mut scratch.decay);
+    let mut ranked: Vec<(f64, usize)> = scratch.decay.iter().copied().zip(scratch.idx.iter().copied()).collect();
+    // highest credit first; among equals the latest touch
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    let top_touchpoints = ranked
+        .iter()
+        .take(3)
+        .map(|&(credit, i)| {
+            let t = &customer.touchpoints[i];
+            TopTouchpoint { channel: t.channel, campaign: t.campaign.as_deref().map(str::to_string), time_decay_credit: credit }
+        })
+        .collect();
+    customer.counters.alerts += 1;
+    let cart = customer.cart.as_mut().expect("alert needs an open cart");
+    cart.alerted = true;
+    let cart_value = cart.value();
+    AlertRecord {
+        alert_id: format!("{key}:{}", cart.opened_by),
+        customer_id: key.to_string(),
+        alert_ts,
+        cart_value,
+        currency: cart.currency.as_deref().map(str::to_string),
+        items: cart
+            .lines
+            .iter()
+            .map(|l| CartItem { product_id: l.product_id.to_string(), quantity: l.quantity, unit_price: l.unit_price })
+            .collect(),
+        last_activity_ts: cart.last_activity_ts,
+        reason: "inactivity_timeout",
+        abandonment_probability: None,
+        top_touchpoints,
+        recommended_action: if cart_value >= cfg.incentive_min_cart_value { "incentive" } else { "reminder" },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{decode, Validation};
+
+    const MIN: Millis = 60_000;
+    const DAY: Millis = 86_400_000;
+    const T0: Millis = 1_767_225_600_000;
+
+    struct Feed {
+        engine: PartitionEngine,
+        out: Vec<Output>,
+        n: u64,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Feed { engine: PartitionEngine::new(0, EngineConfig::default()), out: Vec::new(), n: 0 }
+        }
+        fn send(&mut self, customer: &str, ts: Millis, event_type: &str, extra: &str) {
+            self.n += 1;
+            let json = format!(r#"{{"event_id":"e{}","customer_id":"{customer}","ts":{ts},"event_type":"{event_type}"{extra}}}"#, self.n);
+            let check = Validation { now: T0 + 365 * DAY, max_future_skew_ms: 0 };
+            let ev = decode(Some(customer.as_bytes()), json.as_bytes(), &check).unwrap();
+            self.engine.process(&ev, &mut self.out);
+        }
+        fn conversions(&self) -> Vec<&ConversionRecord> {
+            self.out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect()
+        }
+        fn alerts(&self) -> Vec<&AlertRecord> {
+            self.out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a) } else { None }).collect()
+        }
+    }
+
+    #[test]
+    fn purchase_credits_the_journey_since_the_last_purchase() {
+        let mut f = Feed::new();
+        f.send("a", T0, "impression", r#","channel":"display","campaign":"spring""#);
+        f.send("a", T0 + DAY, "purchase", r#","value":10"#);
+        f.send("a", T0 + 2 * DAY, "click", r#","channel":"paid_search""#);
+        f.send("a", T0 + 9 * DAY, "email_click", r#","channel":"email""#);
+        f.send("a", T0 + 9 * DAY + MIN, "purchase", r#","value":30,"currency":"EUR""#);
+        let c = f.conversions();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].touchpoints.len(), 1);
+        let second = c[1];
+        assert_eq!(second.conversion_value, 30.0);
+        assert_eq!(second.currency.as_deref(), Some("EUR"));
+        let channels: Vec<_> = second.touchpoints.iter().map(|t| t.channel).collect();
+        assert_eq!(channels, [Channel::PaidSearch, Channel::Email], "the display touch was spent by the first purchase");
+        // 7 days apart = one half-life: 1/3 and 2/3 (up to the one minute before the conversion)
+        let w_old = (-(7.0 * DAY as f64 + MIN as f64) / (7.0 * DAY as f64)).exp2();
+        let w_new = (-(MIN as f64) / (7.0 * DAY as f64)).exp2();
+        assert!((second.touchpoints[0].time_decay - w_old / (w_old + w_new)).abs() < 1e-12);
+        assert_eq!(second.touchpoints[1].last_touch, 1.0);
+    }
+
+    #[test]
+    fn conversion_without_touchpoints_is_direct() {
+        let mut f = Feed::new();
+        f.send("b", T0, "purchase", r#","value":5"#);
+        let c = f.conversions();
+        assert_eq!(c[0].touchpoints.len(), 1);
+        assert_eq!(c[0].touchpoints[0].channel, Channel::Direct);
+        assert_eq!(c[0].touchpoints[0].event_id, None);
+        assert_eq!(c[0].touchpoints[0].time_decay, 1.0);
+        let n = f.engine.windows().get(T0, Channel::Direct).unwrap();
+        assert_eq!(n.conversions, [1.0; 5]);
+        assert_eq!(n.revenue, [5.0; 5]);
+    }
+
+    #[test]
+    fn abandoned_cart_alerts_once_at_last_activity_plus_timeout() {
+        let mut f = Feed::new();
+        f.send("c", T0, "click", r#","channel":"email","campaign":"w""#);
+        f.send("c", T0 + MIN, "cart_add", r#","product_id":"p1","quantity":2,"value":60,"currency":"EUR""#);
+        f.send("c", T0 + 5 * MIN, "page_view", "");
+        // other customers move the watermark: 5m + 30m + 1m lateness
+        f.send("x", T0 + 35 * MIN, "page_view", "");
+        assert!(f.alerts().is_empty(), "watermark at 34m, deadline at 35m");
+        f.send("x", T0 + 36 * MIN, "page_view", "");
+        let a = f.alerts();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].alert_ts, T0 + 35 * MIN);
+        assert_eq!(a[0].last_activity_ts, T0 + 5 * MIN);
+        assert_eq!(a[0].cart_value, 120.0);
+        assert_eq!(a[0].recommended_action, "incentive");
+        assert_eq!(a[0].alert_id, "c:e2");
+        assert_eq!(a[0].top_touchpoints.len(), 1);
+        assert_eq!(a[0].top_touchpoints[0].channel, Channel::Email);
+        f.send("x", T0 + 300 * MIN, "page_view", "");
+        f.send("c", T0 + 301 * MIN, "page_view", "");
+        assert_eq!(f.alerts().len(), 1, "one alert per cart");
+        // a new cart after a purchase may alert again
+        f.send("c", T0 + 302 * MIN, "purchase", r#","value":120"#);
+        f.send("c", T0 + 303 * MIN, "cart_add", r#","product_id":"p2","value":5"#);
+        f.send("x", T0 + 400 * MIN, "page_view", "");
+        let a = f.alerts();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].recommended_action, "reminder");
+        assert_eq!(a[1].alert_ts, T0 + 333 * MIN);
+    }
+
+    #[test]
+    fn purchase_within_the_timeout_never_alerts() {
+        let mut f = Feed::new();
+        f.send("d", T0, "cart_add", r#","product_id":"p","value":10"#);
+        f.send("d", T0 + 20 * MIN, "purchase", r#","value":10"#);
+        f.send("x", T0 + 10 * DAY, "page_view", "");
+        assert!(f.alerts().is_empty());
+        assert_eq!(f.conversions()[0].conversion_value, 10.0);
+    }
+
+    #[test]
+    fn the_customers_own_late_return_proves_abandonment() {
+        let mut f = Feed::new();
+        f.send("e", T0, "cart_add", r#","product_id":"p","value":10"#);
+        // no other traffic: the watermark only moves with this customer's events
+        f.send("e", T0 + 31 * MIN, "purchase", r#","value":10"#);
+        let a = f.alerts();
+        assert_eq!(a.len(), 1, "31 minutes of silence is abandonment, even if the customer came back");
+        assert_eq!(a[0].alert_ts, T0 + 30 * MIN);
+        assert_eq!(f.conversions().len(), 1);
+    }
+
+    #[test]
+    fn emptied_cart_does_not_alert_and_idle_advance_fires_timers() {
+        let mut f = Feed::new();
+        f.send("g", T0, "cart_add", r#","product_id":"p","value":10"#);
+        f.send("g", T0 + MIN, "cart_remove", r#","product_id":"p""#);
+        f.send("h", T0 + 2 * MIN, "cart_add", r#","product_id":"q","value":10"#);
+        let mut out = Vec::new();
+        f.engine.advance_idle(T0 + 2 * MIN + 31 * MIN, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Output::Alert(a) = &out[0] else { panic!() };
+        assert_eq!(a.customer_id, "h");
+        assert_eq!(a.alert_ts, T0 + 32 * MIN);
+    }
+
+    #[test]
+    fn output_does_not_depend_on_how_events_are_batched_and_customers_expire() {
+        // the engine sees events one by one; a second run over the same events yields the same records
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let mut f = Feed::new();
+            for i in 0..200i64 {
+                let c = format!("k{}", i % 17);
+                let t = T0 + i * 7 * MIN;
+                match i % 5 {
+                    0 => f.send(&c, t, "impression", r#","channel":"display""#),
+                    1 => f.send(&c, t, "cart_add", r#","product_id":"p","value":3"#),
+                    2 => f.send(&c, t, "click", r#","channel":"affiliate""#),
+                    3 => f.send(&c, t, "page_view", ""),
+                    _ => if i % 3 == 0 { f.send(&c, t, "purchase", r#","value":9"#) },
+                }
+            }
+            f.send("late", T0 + 40 * DAY, "page_view", "");
+            assert_eq!(f.engine.customers(), 1, "all but the newest customer expired after the TTL");
+            runs.push(f.out);
+        }
+        assert_eq!(runs[0], runs[1]);
+        assert!(runs[0].iter().any(|o| matches!(o, Output::Alert(_))));
+    }
+}

@@ -1,0 +1,215 @@
+//! Per-customer journey state: recent marketing touchpoints, the open cart, session and counters.
+
+use std::collections::VecDeque;
+use std::mem::size_of;
+
+use crate::event::{Channel, Event, EventType};
+use crate::time::Millis;
+
+/// A marketing touchpoint kept for attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Touchpoint {
+    pub event_id: Box<str>,
+    pub campaign: Option<Box<str>>,
+    pub ts: Millis,
+    /// Arrival order within the partition; breaks ties between equal `ts`.
+    pub seq: u64,
+    pub channel: Channel,
+    pub event_type: EventType,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartLine {
+    pub product_id: Box<str>,
+    pub quantity: i64,
+    pub unit_price: f64,
+}
+
+/// An open cart: opened by a `cart_add`, changed by `cart_add`/`cart_remove`, closed by `purchase`
+/// or by becoming empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cart {
+    /// The event that opened the cart; with the customer id it names the cart (and its alert).
+    pub opened_by: Box<str>,
+    pub opened_ts: Millis,
+    pub lines: Vec<CartLine>,
+    pub currency: Option<Box<str>>,
+    /// Latest event time of any event of the customer since the cart opened.
+    pub last_activity_ts: Millis,
+    /// Latest event time of a cart event.
+    pub last_cart_ts: Millis,
+    /// Set once the abandonment alert for this cart was written.
+    pub alerted: bool,
+}
+
+impl Cart {
+    pub fn value(&self) -> f64 {
+        self.lines.iter().map(|l| l.quantity as f64 * l.unit_price).sum()
+    }
+
+    /// Event time at which the cart counts as abandoned if nothing else happens.
+    #[inline]
+    pub fn deadline(&self, timeout: Millis) -> Millis {
+        self.last_activity_ts.saturating_add(timeout)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub events: u64,
+    pub touchpoints: u64,
+    pub purchases: u64,
+    pub revenue: f64,
+    pub carts_opened: u64,
+    pub alerts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerState {
+    /// Touchpoints sorted by (ts, seq), bounded by the lookback and `max_touchpoints`.
+    pub touchpoints: VecDeque<Touchpoint>,
+    pub cart: Option<Cart>,
+    pub session_id: Option<Box<str>>,
+    pub session_start_ts: Millis,
+    pub first_event_ts: Millis,
+    pub last_event_ts: Millis,
+    /// Event time of the latest purchase; touchpoints at or before it are spent.
+    pub last_purchase_ts: Millis,
+    pub counters: Counters,
+}
+
+impl CustomerState {
+    pub fn new(ts: Millis) -> Self {
+        CustomerState {
+            touchpoints: VecDeque::new(),
+            cart: None,
+            session_id: None,
+            session_start_ts: ts,
+            first_event_ts: ts,
+            last_event_ts: ts,
+            last_purchase_ts: Millis::MIN,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Adds a touchpoint in (ts, seq) order, then enforces the lookback and the size bound
+    /// (oldest dropped first).
+    pub fn add_touchpoint(&mut self, ev: &Event<'_>, seq: u64, lookback: Millis, max: usize) {
+        let tp = Touchpoint {
+            event_id: ev.event_id.as_ref().into(),
+            campaign: ev.campaign.as_deref().map(Into::into),
+            ts: ev.ts,
+            seq,
+            channel: ev.channel.unwrap_or(Channel::Other),
+            event_type: ev.event_type,
+        };
+        match self.touchpoints.back() {
+            Some(last) if last.ts > tp.ts => {
+                let at = self.touchpoints.partition_point(|t| t.ts <= tp.ts);
+                self.touchpoints.insert(at, tp);
+            }
+            _ => self.touchpoints.push_back(tp),
+        }
+        let horizon = self.last_event_ts.max(ev.ts).saturating_sub(lookback);
+        while self.touchpoints.front().is_some_and(|t| t.ts < horizon) {
+            self.touchpoints.pop_front();
+        }
+        while self.touchpoints.len() > max {
+            self.touchpoints.pop_front();
+        }
+        self.counters.touchpoints += 1;
+    }
+
+    /// Applies a cart event. Returns true when this event opened a new cart.
+    pub fn apply_cart(&mut self, ev: &Event<'_>) -> bool {
+        let product = ev.product_id.as_deref().unwrap_or("unknown");
+        match ev.event_type {
+            EventType::CartAdd => {
+                let qty = ev.quantity.unwrap_or(1);
+                if qty == 0 && self.cart.is_none() {
+                    return false;
+                }
+                let opened = self.cart.is_none();
+                let cart = self.cart.get_or_insert_with(|| Cart {
+                    opened_by: ev.event_id.as_ref().into(),
+                    opened_ts: ev.ts,
+                    lines: Vec::new(),
+                    currency: None,
+                    last_activity_ts: ev.ts,
+                    last_cart_ts: ev.ts,
+                    alerted: false,
+                });
+                if let Some(c) = &ev.currency {
+                    if cart.currency.as_deref() != Some(c.as_ref()) {
+                        cart.currency = Some(c.as_ref().into());
+                    }
+                }
+                let price = ev.value.unwrap_or(0.0);
+                match cart.lines.iter_mut().find(|l| &*l.product_id == product) {
+                    Some(line) => {
+                        line.quantity += qty;
+                        if ev.value.is_some() {
+                            line.unit_price = price;
+                        }
+                    }
+                    None => cart.lines.push(CartLine { product_id: product.into(), quantity: qty, unit_price: price }),
+                }
+                cart.last_cart_ts = cart.last_cart_ts.max(ev.ts);
+                if opened {
+                    self.counters.carts_opened += 1;
+                }
+                opened
+            }
+            EventType::CartRemove => {
+                if let Some(cart) = &mut self.cart {
+                    if let Some(i) = cart.lines.iter().position(|l| &*l.product_id == product) {
+                        let left = match ev.quantity {
+                            Some(q) => cart.lines[i].quantity - q,
+                            None => 0,
+                        };
+                        if left > 0 {
+                            cart.lines[i].quantity = left;
+                        } else {
+                            cart.lines.swap_remove(i);
+                        }
+                    }
+                    cart.last_cart_ts = cart.last_cart_ts.max(ev.ts);
+                    if cart.lines.is_empty() {
+                        self.cart = None;
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes activity for the inactivity timer and the session.
+    pub fn touch(&mut self, ev: &Event<'_>) {
+        self.counters.events += 1;
+        self.last_event_ts = self.last_event_ts.max(ev.ts);
+        self.first_event_ts = self.first_event_ts.min(ev.ts);
+        if let Some(cart) = &mut self.cart {
+            cart.last_activity_ts = cart.last_activity_ts.max(ev.ts);
+        }
+        if let Some(s) = &ev.session_id {
+            if self.session_id.as_deref() != Some(s.as_ref()) {
+                self.session_id = Some(s.as_ref().into());
+                self.session_start_ts = ev.ts;
+            }
+        }
+    }
+
+    /// Approximate heap and inline bytes held by this customer (for the state-size metric).
+    pub fn approx_bytes(&self, key_len: usize) -> usize {
+        let mut n = size_of::<Self>() + key_len + self.touchpoints.capacity() * size_of::<Touchpoint>();
+        for t in &self.touchpoints {
+            n += t.event_id.len() + t.campaign.as_ref().map_or(0, |c| c.len());
+        }
+        if let Some(c) = &self.cart {
+            n += c.opened_by.len() + c.lines.capacity() * size_of::<CartLine>();
+            n += c.lines.iter().map(|l| l.product_id.len()).sum::<usize>();
+        }
+        n + self.session_id.as_ref().map_or(0, |s| s.len())
+    }
+}

@@ -1,0 +1,14 @@
+//! Touchstream: streaming marketing attribution and cart-abandonment alerts on Kafka.
+//!
+//! Data flow: [`kafka`] consumes the events topic -> [`event`] decodes and validates ->
+//! [`engine`] updates the partition's [`journey`] state, credits conversions ([`attribution`]) and
+//! fires abandonment timers -> the runner ([`runner`]) writes outputs ([`output`]), then commits.
+
+pub mod attribution;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod event;
+pub mod journey;
+pub mod output;
+pub mod time;

@@ -1,0 +1,138 @@
+//! Output records (JSON on the wire; Avro schemas of the same shape live in `schemas/`).
+
+use serde::Serialize;
+
+use crate::event::Channel;
+use crate::time::Millis;
+
+/// Per-rule numbers, one field per rule, plus the model-based `deep` credit (null until models run).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, Default)]
+pub struct RuleColumns {
+    pub time_decay: f64,
+    pub last_touch: f64,
+    pub first_touch: f64,
+    pub linear: f64,
+    pub position_based: f64,
+    pub deep: Option<f64>,
+}
+
+impl RuleColumns {
+    pub fn from_array(v: [f64; 5]) -> Self {
+        RuleColumns { time_decay: v[0], last_touch: v[1], first_touch: v[2], linear: v[3], position_based: v[4], deep: None }
+    }
+    pub fn to_array(&self) -> [f64; 5] {
+        [self.time_decay, self.last_touch, self.first_touch, self.linear, self.position_based]
+    }
+}
+
+/// One touchpoint of a converting journey with its credits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CreditedTouchpoint {
+    /// Null for the synthetic `direct` touchpoint of a conversion without touchpoints.
+    pub event_id: Option<String>,
+    pub channel: Channel,
+    pub campaign: Option<String>,
+    pub ts: Millis,
+    /// `none` for the synthetic `direct` touchpoint.
+    pub event_type: &'static str,
+    pub time_decay: f64,
+    pub last_touch: f64,
+    pub first_touch: f64,
+    pub linear: f64,
+    pub position_based: f64,
+    pub deep: Option<f64>,
+}
+
+/// `touchstream.attribution.conversions`, key = customer id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversionRecord {
+    pub conversion_id: String,
+    pub customer_id: String,
+    pub conversion_ts: Millis,
+    pub conversion_value: f64,
+    pub currency: Option<String>,
+    pub touchpoints: Vec<CreditedTouchpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CartItem {
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopTouchpoint {
+    pub channel: Channel,
+    pub campaign: Option<String>,
+    pub time_decay_credit: f64,
+}
+
+/// `touchstream.alerts.cart-abandonment`, key = customer id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertRecord {
+    pub alert_id: String,
+    pub customer_id: String,
+    pub alert_ts: Millis,
+    pub cart_value: f64,
+    pub currency: Option<String>,
+    pub items: Vec<CartItem>,
+    pub last_activity_ts: Millis,
+    pub reason: &'static str,
+    pub abandonment_probability: Option<f64>,
+    pub top_touchpoints: Vec<TopTouchpoint>,
+    pub recommended_action: &'static str,
+}
+
+/// Per-window, per-channel numbers: touchpoints seen and conversions/revenue credited by each rule.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowNumbers {
+    pub touchpoints: u64,
+    pub conversions: [f64; 5],
+    pub revenue: [f64; 5],
+}
+
+impl WindowNumbers {
+    pub fn add(&mut self, other: &WindowNumbers) {
+        self.touchpoints += other.touchpoints;
+        for i in 0..5 {
+            self.conversions[i] += other.conversions[i];
+            self.revenue[i] += other.revenue[i];
+        }
+    }
+}
+
+/// `touchstream.attribution.channels`, key = `<window_start>|<channel>`; also the value of the
+/// internal partials topic, where `source_partition` names the input partition it sums.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ChannelWindowRecord {
+    pub window_start: Millis,
+    pub window_end: Millis,
+    pub channel: String,
+    pub touchpoints: u64,
+    pub credited_conversions: RuleColumns,
+    pub credited_revenue: RuleColumns,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_partition: Option<i32>,
+}
+
+impl ChannelWindowRecord {
+    pub fn new(window_start: Millis, width: Millis, channel: Channel, n: &WindowNumbers, source_partition: Option<i32>) -> Self {
+        ChannelWindowRecord {
+            window_start,
+            window_end: window_start + width,
+            channel: channel.as_str().to_string(),
+            touchpoints: n.touchpoints,
+            credited_conversions: RuleColumns::from_array(n.conversions),
+            credited_revenue: RuleColumns::from_array(n.revenue),
+            source_partition,
+        }
+    }
+    pub fn numbers(&self) -> WindowNumbers {
+        WindowNumbers {
+            touchpoints: self.touchpoints,
+            conversions: self.credited_conversions.to_array(),
+            revenue: self.credited_revenue.to_array(),
+        }
+    }
+}
