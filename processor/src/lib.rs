@@ -12,3 +12,7 @@ pub mod event;
 pub mod journey;
 pub mod output;
 pub mod time;
+pub mod http;
+pub mod kafka;
+pub mod runner;
+pub mod telemetry;

@@ -1,1 +1,163 @@
-fn main(){}
+//! `touchstream run` (the processor), `touchstream demo` (embedded, no external services) and
+//! `touchstream check-config`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use touchstream::config::{parse_override, Config, LogFormat, Sources};
+use touchstream::http::Health;
+use touchstream::runner::Runner;
+use touchstream::{demo, kafka};
+
+#[derive(Parser)]
+#[command(name = "touchstream", version, about = "Streaming marketing attribution and cart-abandonment alerts on Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor as one member of its consumer group.
+    Run(ConfigArgs),
+    /// Run an embedded demo: in-process Kafka, generated journeys, the processor and a live summary.
+    Demo(DemoArgs),
+    /// Load and check a configuration, then print it.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML config file (embedded defaults apply underneath; TOUCHSTREAM__* env on top).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set kafka.brokers=host:9092 (repeatable; wins over env).
+    #[arg(long = "set", value_parser = parse_override)]
+    set: Vec<(String, String)>,
+    /// Shorthand for --set kafka.brokers=...
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Shorthand for --set kafka.group_id=...
+    #[arg(long)]
+    group_id: Option<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Stop after this many seconds (0 = until Ctrl-C).
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Generated events per second.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 3)]
+    every: u64,
+    /// Seed of the journey generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let mut overrides = self.set.clone();
+        if let Some(b) = &self.brokers {
+            overrides.push(("kafka.brokers".into(), b.clone()));
+        }
+        if let Some(g) = &self.group_id {
+            overrides.push(("kafka.group_id".into(), g.clone()));
+        }
+        let sources = Sources::from_process(self.config.as_deref(), overrides)?;
+        Ok(Config::load(&sources)?)
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Sets `flag` on SIGTERM or Ctrl-C.
+fn on_shutdown_signal(flag: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutdown requested: finishing the batch, flushing and committing");
+        flag.store(true, Ordering::Release);
+    });
+}
+
+async fn start_http(cfg: &Config, health: Arc<Health>) -> Result<()> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    if cfg.http.enabled {
+        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .with_context(|| format!("config key `http.listen`: cannot listen on {}", cfg.http.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(touchstream::http::serve(listener, health, Some(handle)));
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let health = Arc::new(Health::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    start_http(&cfg, health.clone()).await?;
+    on_shutdown_signal(shutdown.clone());
+    kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
+    tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
+    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.run()).await??;
+    tracing::info!(?stats, "stopped cleanly");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = args.load()?;
+            init_logging(&cfg);
+            rt.block_on(run(cfg))
+        }
+        Command::CheckConfig(args) => {
+            let cfg = args.load()?;
+            println!("{cfg:#?}");
+            println!("config ok");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            // The demo serves no HTTP unless asked to (--set http.enabled=true).
+            let mut demo_args = args.config.clone();
+            demo_args.set.insert(0, ("http.enabled".into(), "false".into()));
+            let mut cfg = demo_args.load()?;
+            cfg.log.level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+            init_logging(&cfg);
+            let opts = demo::DemoOptions { seconds: args.seconds, rate: args.rate, every: args.every, seed: args.seed };
+            rt.block_on(async {
+                let stop = Arc::new(AtomicBool::new(false));
+                on_shutdown_signal(stop.clone());
+                let health = Arc::new(Health::default());
+                start_http(&cfg, health.clone()).await?;
+                tokio::task::spawn_blocking(move || demo::run(cfg, opts, health, stop)).await??;
+                Ok(())
+            })
+        }
+    }
+}

@@ -45,20 +45,38 @@ pub struct ChannelAggregator {
     retention: Millis,
     entries: HashMap<(Millis, Channel), Entry, RandomState>,
     dirty: Vec<(Millis, Channel)>,
-    newest_window_end: Millis,
+    /// Newest window end reported by each source partition: windows older than the slowest
+    /// source's newest minus the retention are forgotten.
+    newest_by_source: Vec<(i32, Millis)>,
+    /// Partials that arrived for windows already forgotten (dropped rather than written as a
+    /// wrong total).
+    pub dropped_late: u64,
 }
 
 impl ChannelAggregator {
-    /// `retention`: totals are forgotten once they end this long before the newest window seen.
+    /// `retention`: totals are forgotten once they end this long before the newest window of the
+    /// slowest source partition.
     pub fn new(retention: Millis) -> Self {
-        ChannelAggregator { retention, entries: HashMap::default(), dirty: Vec::new(), newest_window_end: Millis::MIN }
+        ChannelAggregator { retention, entries: HashMap::default(), dirty: Vec::new(), newest_by_source: Vec::new(), dropped_late: 0 }
+    }
+
+    fn horizon(&self) -> Millis {
+        self.newest_by_source.iter().map(|(_, w)| *w).min().unwrap_or(Millis::MIN).saturating_sub(self.retention)
     }
 
     /// Takes a partial (the latest numbers of one source partition for one window and channel).
     /// Returns false when the record is not a partial.
     pub fn apply(&mut self, rec: &ChannelWindowRecord) -> bool {
         let (Some(src), Some(channel)) = (rec.source_partition, Channel::from_wire(&rec.channel)) else { return false };
+        match self.newest_by_source.iter_mut().find(|(p, _)| *p == src) {
+            Some((_, w)) => *w = (*w).max(rec.window_end),
+            None => self.newest_by_source.push((src, rec.window_end)),
+        }
         let key = (rec.window_start, channel);
+        if rec.window_end < self.horizon() && !self.entries.contains_key(&key) {
+            self.dropped_late += 1;
+            return true;
+        }
         let e = self.entries.entry(key).or_default();
         e.window_end = rec.window_end;
         let numbers = rec.numbers();
@@ -70,7 +88,6 @@ impl ChannelAggregator {
             e.dirty = true;
             self.dirty.push(key);
         }
-        self.newest_window_end = self.newest_window_end.max(rec.window_end);
         true
     }
 
@@ -86,7 +103,7 @@ impl ChannelAggregator {
                 out.push(ChannelWindowRecord::new(key.0, e.window_end - key.0, key.1, &total, None));
             }
         }
-        let horizon = self.newest_window_end.saturating_sub(self.retention);
+        let horizon = self.horizon();
         self.entries.retain(|_, e| e.window_end >= horizon);
     }
 
@@ -125,6 +142,32 @@ mod tests {
         out.clear();
         a.drain_changed(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_lagging_source_holds_old_windows_and_forgotten_ones_are_never_rewritten() {
+        let day = 86_400_000;
+        let mut a = ChannelAggregator::new(day);
+        let at = |src: i32, start: Millis, td: f64| {
+            let n = WindowNumbers { touchpoints: 1, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [0.0; 5] };
+            ChannelWindowRecord::new(start, 3_600_000, Channel::Email, &n, Some(src))
+        };
+        a.apply(&at(0, 0, 1.0));
+        a.apply(&at(0, 10 * day, 1.0));
+        a.apply(&at(1, 0, 2.0)); // source 1 is far behind: window 0 must still sum both
+        let mut out = Vec::new();
+        a.drain_changed(&mut out);
+        let w0 = out.iter().find(|r| r.window_start == 0).unwrap();
+        assert_eq!(w0.credited_conversions.time_decay, 3.0);
+        a.apply(&at(1, 10 * day, 1.0)); // both sources moved on: window 0 is forgotten
+        out.clear();
+        a.drain_changed(&mut out);
+        assert_eq!(a.len(), 1);
+        a.apply(&at(0, 0, 5.0)); // a straggler for a forgotten window is dropped, not written alone
+        out.clear();
+        a.drain_changed(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.dropped_late, 1);
     }
 
     #[test]

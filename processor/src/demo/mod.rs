@@ -1,1 +1,216 @@
-//! The embedded demo.
+//! The embedded demo: librdkafka's in-process mock cluster, a generator of realistic journeys
+//! feeding it, the real processor against it, and a live summary read back from the output topics.
+
+pub mod generator;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+
+use crate::attribution::Rule;
+use crate::config::Config;
+use crate::http::Health;
+use crate::runner::{RunError, RunStats, Runner};
+use generator::{GeneratorConfig, JourneyGenerator};
+
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub seconds: u64,
+    pub rate: u64,
+    pub every: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("in-process Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("processor: {0}")]
+    Run(#[from] RunError),
+    #[error("the processor thread panicked")]
+    Panicked,
+}
+
+const PARTITIONS: i32 = 4;
+
+/// Runs the demo until `opts.seconds` pass (0 = until `stop`), printing a summary every `opts.every` s.
+pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<AtomicBool>) -> Result<(), DemoError> {
+    let mock = MockCluster::new(1)?;
+    let brokers = mock.bootstrap_servers();
+    let t = cfg.topics.clone();
+    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials] {
+        mock.create_topic(topic, PARTITIONS, 1)?;
+    }
+    cfg.kafka.brokers = brokers.clone();
+    cfg.topics.create = false;
+    println!("touchstream demo: in-process Kafka at {brokers}, {PARTITIONS} partitions, {} events/s", opts.rate);
+    println!("generated journeys -> {} -> touchstream -> {}, {}, {}", t.events, t.conversions, t.alerts, t.channels);
+
+    let runner_stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (cfg, stop) = (cfg.clone(), runner_stop.clone());
+        thread::spawn(move || -> Result<RunStats, RunError> { Runner::new(cfg, health, stop)?.run() })
+    };
+
+    let produced = Arc::new(AtomicU64::new(0));
+    let producer_stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (brokers, topic, produced, stop) = (brokers.clone(), t.events.clone(), produced.clone(), producer_stop.clone());
+        let (rate, seed) = (opts.rate.max(1), opts.seed);
+        thread::spawn(move || -> Result<(), KafkaError> {
+            let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
+            let mut gen = JourneyGenerator::new(GeneratorConfig { seed, ..GeneratorConfig::default() });
+            let (mut json, mut customer) = (Vec::with_capacity(512), String::new());
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due {
+                    gen.next_into(&mut json, &mut customer);
+                    let mut rec = BaseRecord::<str, [u8]>::to(&topic).key(customer.as_str()).payload(&json[..]);
+                    loop {
+                        match p.send(rec) {
+                            Ok(()) => break,
+                            Err((_, r)) => {
+                                rec = r;
+                                p.poll(Duration::from_millis(5));
+                            }
+                        }
+                    }
+                    sent += 1;
+                }
+                produced.store(sent, Ordering::Relaxed);
+                p.poll(Duration::from_millis(10));
+            }
+            p.flush(Duration::from_secs(10))
+        })
+    };
+
+    let mut summary = Summary::new(&cfg, &brokers)?;
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    let deadline = (opts.seconds > 0).then(|| Duration::from_secs(opts.seconds));
+    while !stop.load(Ordering::Acquire) && deadline.map_or(true, |d| started.elapsed() < d) {
+        summary.poll(Duration::from_millis(100));
+        if last_print.elapsed() >= Duration::from_secs(opts.every.max(1)) {
+            last_print = Instant::now();
+            summary.print(started.elapsed(), produced.load(Ordering::Relaxed));
+        }
+        if runner.is_finished() {
+            break;
+        }
+    }
+    producer_stop.store(true, Ordering::Release);
+    let _ = producer.join();
+    // Give the processor a moment to catch up with the last events before it commits and stops.
+    let catch_up = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < catch_up && !runner.is_finished() {
+        summary.poll(Duration::from_millis(100));
+    }
+    runner_stop.store(true, Ordering::Release);
+    let stats = runner.join().map_err(|_| DemoError::Panicked)??;
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < drain_until {
+        summary.poll(Duration::from_millis(100));
+    }
+    summary.print(started.elapsed(), produced.load(Ordering::Relaxed));
+    println!(
+        "demo finished: processor handled {} events ({} invalid), wrote {} conversions and {} alerts in {} commits",
+        stats.events, stats.invalid, stats.conversions, stats.alerts, stats.commits
+    );
+    // Close every client before the in-process cluster goes away.
+    drop(summary);
+    drop(mock);
+    Ok(())
+}
+
+/// Reads the output topics back and keeps what the summary shows.
+struct Summary {
+    consumer: BaseConsumer,
+    conversions_topic: String,
+    alerts_topic: String,
+    conversions: u64,
+    revenue: f64,
+    alerts: u64,
+    dlq: u64,
+    credit: HashMap<String, [f64; 5]>,
+}
+
+impl Summary {
+    fn new(cfg: &Config, brokers: &str) -> Result<Summary, KafkaError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "touchstream-demo-summary")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[cfg.topics.conversions.as_str(), cfg.topics.alerts.as_str(), cfg.topics.dlq.as_str()])?;
+        Ok(Summary {
+            consumer,
+            conversions_topic: cfg.topics.conversions.clone(),
+            alerts_topic: cfg.topics.alerts.clone(),
+            conversions: 0,
+            revenue: 0.0,
+            alerts: 0,
+            dlq: 0,
+            credit: HashMap::new(),
+        })
+    }
+
+    fn poll(&mut self, timeout: Duration) {
+        let mut wait = timeout;
+        while let Some(Ok(msg)) = self.consumer.poll(wait) {
+            wait = Duration::ZERO;
+            if msg.topic() == self.conversions_topic {
+                self.conversions += 1;
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
+                self.revenue += v["conversion_value"].as_f64().unwrap_or(0.0);
+                for tp in v["touchpoints"].as_array().into_iter().flatten() {
+                    let entry = self.credit.entry(tp["channel"].as_str().unwrap_or("other").to_string()).or_default();
+                    for (i, rule) in Rule::ALL.iter().enumerate() {
+                        entry[i] += tp[rule.as_str()].as_f64().unwrap_or(0.0);
+                    }
+                }
+            } else if msg.topic() == self.alerts_topic {
+                self.alerts += 1;
+            } else {
+                self.dlq += 1;
+            }
+        }
+    }
+
+    fn print(&self, elapsed: Duration, produced: u64) {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "\n[{:>4.0}s] events {} ({:.0}/s) | conversions {} (revenue {:.2}) | abandonment alerts {} | dlq {}",
+            secs,
+            produced,
+            produced as f64 / secs,
+            self.conversions,
+            self.revenue,
+            self.alerts,
+            self.dlq
+        );
+        if self.credit.is_empty() {
+            let _ = writeln!(out, "  (waiting for the first conversions: the in-process group join takes a few seconds)");
+            return;
+        }
+        let _ = writeln!(out, "  top channels by credited conversions:");
+        for (i, rule) in Rule::ALL.iter().enumerate() {
+            let mut ranked: Vec<(&String, f64)> = self.credit.iter().map(|(c, v)| (c, v[i])).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+            let top: Vec<String> = ranked.iter().take(3).map(|(c, v)| format!("{c} {v:.1}")).collect();
+            let _ = writeln!(out, "    {:<15} {}", rule.as_str(), top.join(", "));
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The consumer context: rebalance callbacks only record what happened; the runner's loop reads
+//! the signals after each poll and owns all state changes.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+/// A change of the partitions this member owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceSignal {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+    Failed(String),
+}
+
+#[derive(Default)]
+pub struct SignallingContext {
+    signals: Mutex<Vec<RebalanceSignal>>,
+}
+
+impl SignallingContext {
+    /// Takes the signals recorded since the last call, in order.
+    pub fn take(&self) -> Vec<RebalanceSignal> {
+        std::mem::take(&mut *self.signals.lock().expect("signal lock"))
+    }
+
+    fn push(&self, s: RebalanceSignal) {
+        self.signals.lock().expect("signal lock").push(s);
+    }
+}
+
+fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ClientContext for SignallingContext {}
+
+impl ConsumerContext for SignallingContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.push(RebalanceSignal::Revoked(list(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.push(RebalanceSignal::Assigned(list(tpl))),
+            Rebalance::Error(e) => self.push(RebalanceSignal::Failed(e.to_string())),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Kafka plumbing: client settings, topic creation, the consumer's rebalance signals and the
+//! output producer. librdkafka's blocking calls happen on the runner's own thread.
+
+pub mod admin;
+pub mod consumer;
+pub mod sink;
+
+use rdkafka::ClientConfig;
+
+use crate::config::Config;
+
+/// Which client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// librdkafka settings for a client: Touchstream's own, then the passthrough tables.
+pub fn client_config(cfg: &Config, role: Role) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    c.set("client.id", &cfg.kafka.client_id);
+    match role {
+        Role::Consumer => {
+            c.set("group.id", &cfg.kafka.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "false")
+                .set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        Role::Producer => {
+            // Java-compatible partitioning by key, idempotent delivery, no reordering on retry.
+            c.set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "5");
+        }
+        Role::Admin => {}
+    }
+    for (k, v) in &cfg.kafka.options {
+        c.set(k, v);
+    }
+    let extra = match role {
+        Role::Consumer => Some(&cfg.kafka.consumer),
+        Role::Producer => Some(&cfg.kafka.producer),
+        Role::Admin => None,
+    };
+    for (k, v) in extra.into_iter().flatten() {
+        c.set(k, v);
+    }
+    c
+}

@@ -1,0 +1,137 @@
+//! Telemetry as typed events: each method is the one place that writes the log line and updates
+//! the metric for what happened. Metric names follow Prometheus conventions; labels are bounded
+//! (event type, error kind, topic role), never a customer id.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram};
+
+use crate::event::{EventType, InvalidEvent};
+
+pub struct Telemetry {
+    events: Vec<Counter>,
+    invalid: Vec<Counter>,
+    late: Counter,
+    conversions: Counter,
+    alerts: Counter,
+    window_updates: Counter,
+    late_window_drops: Gauge,
+    batch_seconds: Histogram,
+    batch_events: Histogram,
+    commits: Counter,
+    customers: Gauge,
+    state_bytes: Gauge,
+    partitions: Gauge,
+    watermark_lag: Gauge,
+    rebalances: Counter,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        describe_counter!("touchstream_events_total", "Valid input events processed, by event type");
+        describe_counter!("touchstream_invalid_events_total", "Input records sent to the DLQ, by error kind");
+        describe_counter!("touchstream_late_events_total", "Events that arrived behind their partition's watermark");
+        describe_counter!("touchstream_conversions_total", "Conversion records written");
+        describe_counter!("touchstream_alerts_total", "Cart-abandonment alerts written");
+        describe_counter!("touchstream_channel_window_updates_total", "Channel window totals written");
+        describe_gauge!("touchstream_late_window_contributions", "Contributions dropped because their window had closed");
+        describe_histogram!("touchstream_commit_seconds", "Time to flush outputs and commit offsets");
+        describe_histogram!("touchstream_batch_events", "Input records per committed batch");
+        describe_counter!("touchstream_commits_total", "Offset commits");
+        describe_gauge!("touchstream_customers", "Customers held in journey state");
+        describe_gauge!("touchstream_state_bytes", "Approximate bytes of journey state");
+        describe_gauge!("touchstream_assigned_partitions", "Input partitions owned by this member");
+        describe_gauge!("touchstream_watermark_lag_seconds", "Wall clock minus the lowest partition watermark");
+        describe_counter!("touchstream_rebalances_total", "Partition assignment changes");
+        Telemetry {
+            events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
+            invalid: InvalidEvent::KINDS.iter().map(|k| counter!("touchstream_invalid_events_total", "kind" => *k)).collect(),
+            late: counter!("touchstream_late_events_total"),
+            conversions: counter!("touchstream_conversions_total"),
+            alerts: counter!("touchstream_alerts_total", "reason" => "inactivity_timeout"),
+            window_updates: counter!("touchstream_channel_window_updates_total"),
+            late_window_drops: gauge!("touchstream_late_window_contributions"),
+            batch_seconds: histogram!("touchstream_commit_seconds"),
+            batch_events: histogram!("touchstream_batch_events"),
+            commits: counter!("touchstream_commits_total"),
+            customers: gauge!("touchstream_customers"),
+            state_bytes: gauge!("touchstream_state_bytes"),
+            partitions: gauge!("touchstream_assigned_partitions"),
+            watermark_lag: gauge!("touchstream_watermark_lag_seconds"),
+            rebalances: counter!("touchstream_rebalances_total"),
+        }
+    }
+
+    #[inline]
+    pub fn event(&self, t: EventType, late: bool) {
+        self.events[t.index()].increment(1);
+        if late {
+            self.late.increment(1);
+        }
+    }
+
+    pub fn invalid(&self, err: &InvalidEvent, topic: &str, partition: i32, offset: i64) {
+        let i = InvalidEvent::KINDS.iter().position(|k| *k == err.kind()).unwrap_or(0);
+        self.invalid[i].increment(1);
+        tracing::warn!(kind = err.kind(), %topic, partition, offset, reason = %err, "invalid event sent to the DLQ");
+    }
+
+    #[inline]
+    pub fn conversion(&self) {
+        self.conversions.increment(1);
+    }
+
+    #[inline]
+    pub fn alert(&self) {
+        self.alerts.increment(1);
+    }
+
+    pub fn window_updates(&self, n: usize) {
+        self.window_updates.increment(n as u64);
+    }
+
+    pub fn committed(&self, events: usize, took: Duration) {
+        self.commits.increment(1);
+        self.batch_seconds.record(took.as_secs_f64());
+        self.batch_events.record(events as f64);
+        tracing::debug!(events, took_ms = took.as_millis() as u64, "batch committed");
+    }
+
+    pub fn state(&self, customers: usize, bytes: usize, partitions: usize, watermark_lag_ms: Option<i64>, late_window_drops: u64) {
+        self.customers.set(customers as f64);
+        self.state_bytes.set(bytes as f64);
+        self.partitions.set(partitions as f64);
+        self.late_window_drops.set(late_window_drops as f64);
+        if let Some(lag) = watermark_lag_ms {
+            self.watermark_lag.set(lag as f64 / 1000.0);
+        }
+    }
+
+    pub fn assigned(&self, partitions: &[(String, i32)]) {
+        self.rebalances.increment(1);
+        tracing::info!(?partitions, "partitions assigned");
+    }
+
+    pub fn revoked(&self, partitions: &[(String, i32)]) {
+        self.rebalances.increment(1);
+        tracing::info!(?partitions, "partitions revoked; their state is dropped");
+    }
+
+    pub fn rebalance_failed(&self, message: &str) {
+        tracing::error!(%message, "rebalance failed");
+    }
+
+    pub fn consumer_error(&self, message: &str) {
+        tracing::warn!(%message, "consumer error");
+    }
+
+    pub fn bad_partial(&self, partition: i32, offset: i64, message: &str) {
+        tracing::error!(partition, offset, %message, "unreadable record on the internal partials topic; skipped");
+    }
+}
