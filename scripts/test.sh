@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n===== %s =====\n' "$*"; }
 
-TEST_CMD=${TOUCHSTREAM_TEST_CMD:-cargo test --workspace --locked -- --test-threads=2}
+TEST_CMD=${TOUCHSTREAM_TEST_CMD:-cargo test --workspace --locked --no-fail-fast -- --test-threads=2}
 if [[ -z ${TOUCHSTREAM_TEST_CMD:-} ]] && ! command -v cargo >/dev/null; then
   echo "error: cargo not found on PATH; install Rust (rustup) to run the tests" >&2
   exit 1

@@ -146,15 +146,24 @@ pub fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&[Record]
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    // The processor creates its output topics at start: wait for the topic to exist.
+    let deadline = Instant::now() + timeout;
     let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    while tpl.count() == 0 {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        for t in md.topics().iter().filter(|t| t.error().is_none()) {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            }
+        }
+        if tpl.count() == 0 {
+            if Instant::now() > deadline {
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     loop {
         if done(&out) || Instant::now() > deadline {

@@ -1,0 +1,68 @@
+//! Restarting the processor on the same group continues from the committed offsets: after a
+//! graceful stop (SIGTERM) nothing is lost and nothing is processed twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn send_journeys(topics: &Topics, from: usize, to: usize, t: i64) {
+    let p = producer();
+    for i in from..to {
+        let c = format!("cust-{i}");
+        let part = (i % 2) as i32;
+        let ts = t + i as i64 * MIN;
+        send_raw(&p, &topics.events, part, Some(c.as_bytes()), event(&format!("t-{i}"), &c, ts, "click", r#","channel":"email""#).as_bytes(), None);
+        send_raw(&p, &topics.events, part, Some(c.as_bytes()), event(&format!("buy-{i}"), &c, ts + MIN, "purchase", r#","value":1.0"#).as_bytes(), None);
+    }
+    flush(&p);
+}
+
+fn committed(topics: &Topics) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &topics.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&topics.events, 0);
+    tpl.add_partition(&topics.events, 1);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            other => panic!("no committed offset: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn restart_continues_from_committed_offsets() {
+    let topics = Topics::new("restart");
+    create_topic(&topics.events, 2);
+    let t = (now_ms() - 10 * DAY).div_euclid(HOUR) * HOUR;
+
+    send_journeys(&topics, 0, 100, t);
+    let first = Processor::start(&topics, &[]);
+    let got = read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 100);
+    assert_eq!(got.len(), 100, "first run: {}", first.log());
+    let (status, log) = first.stop();
+    assert!(status.success(), "clean exit: {status:?}\n{log}");
+    assert_eq!(committed(&topics), vec![100, 100], "every consumed record's offset committed on shutdown");
+
+    send_journeys(&topics, 100, 200, t);
+    let second = Processor::start(&topics, &[]);
+    read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 200);
+    let all = read_all(&topics.conversions, Duration::from_secs(4));
+    let ids: HashSet<String> = all.iter().map(|r| r.json()["conversion_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 200, "every purchase converted: {}", second.log());
+    assert_eq!(all.len(), 200, "nothing reprocessed after a graceful restart");
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(committed(&topics), vec![200, 200]);
+}
