@@ -136,3 +136,93 @@ impl ChannelWindowRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    //! Every output record conforms to its Avro schema in `schemas/` (the source of truth).
+    use apache_avro::Schema;
+
+    use super::*;
+    use crate::engine::{EngineConfig, Output, PartitionEngine};
+    use crate::event::{decode, Validation};
+
+    fn schema(text: &str) -> Schema {
+        Schema::parse_str(text).expect("schema parses")
+    }
+
+    #[track_caller]
+    fn conforms<T: Serialize>(record: &T, schema: &Schema) {
+        let value = apache_avro::to_value(record).expect("to avro value");
+        let resolved = value.clone().resolve(schema);
+        assert!(resolved.is_ok(), "{:?}\nfor {}", resolved.err(), serde_json::to_string(record).unwrap());
+    }
+
+    #[test]
+    fn outputs_conform_to_their_avro_schemas() {
+        let conversion = schema(include_str!("../../schemas/attribution_conversion.avsc"));
+        let alert = schema(include_str!("../../schemas/cart_abandonment_alert.avsc"));
+        let channels = schema(include_str!("../../schemas/attribution_channel_window.avsc"));
+        let mut engine = PartitionEngine::new(0, EngineConfig::default());
+        let mut out = Vec::new();
+        let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };
+        let events = [
+            r#"{"event_id":"1","customer_id":"c","ts":1000,"event_type":"click","channel":"email","campaign":"x"}"#,
+            r#"{"event_id":"2","customer_id":"c","ts":2000,"event_type":"cart_add","product_id":"p","value":3.5,"currency":"EUR"}"#,
+            r#"{"event_id":"3","customer_id":"d","ts":9000000,"event_type":"purchase","value":3.5}"#,
+            r#"{"event_id":"4","customer_id":"c","ts":9000001,"event_type":"purchase","value":7}"#,
+        ];
+        for e in events {
+            let key = if e.contains("\"c\"") { "c" } else { "d" };
+            engine.process(&decode(Some(key.as_bytes()), e.as_bytes(), &check).unwrap(), &mut out);
+        }
+        let (mut conversions, mut alerts) = (0, 0);
+        for o in &out {
+            match o {
+                Output::Conversion(c) => {
+                    conversions += 1;
+                    conforms(c, &conversion)
+                }
+                Output::Alert(a) => {
+                    alerts += 1;
+                    conforms(a, &alert)
+                }
+            }
+        }
+        assert_eq!((conversions, alerts), (2, 1));
+        let mut windows = Vec::new();
+        engine.drain_changed_windows(&mut windows);
+        assert!(!windows.is_empty());
+        for mut w in windows {
+            w.source_partition = None; // totals on the channels topic carry no source partition
+            conforms(&w, &channels);
+        }
+    }
+
+    #[test]
+    fn the_input_schema_parses_and_admits_a_contract_event() {
+        let input = schema(include_str!("../../schemas/journey_event.avsc"));
+        let record = apache_avro::types::Value::Record(vec![
+            ("event_id".into(), "e1".into()),
+            ("customer_id".into(), "c1".into()),
+            ("ts".into(), apache_avro::types::Value::TimestampMillis(1)),
+            ("event_type".into(), apache_avro::types::Value::Enum(0, "impression".into())),
+            ("channel".into(), apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Enum(4, "email".into())))),
+            ("campaign".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("session_id".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("value".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("currency".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("product_id".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("quantity".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+            ("properties".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
+        ]);
+        assert!(record.validate(&input));
+        // the symbols of the schema's enums are exactly the contract's
+        let text = include_str!("../../schemas/journey_event.avsc");
+        for t in crate::event::EventType::ALL {
+            assert!(text.contains(&format!("\"{}\"", t.as_str())), "{t}");
+        }
+        for c in crate::event::Channel::ALL {
+            assert!(text.contains(&format!("\"{}\"", c.as_str())), "{c}");
+        }
+    }
+}
