@@ -91,7 +91,8 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     send_raw(&p, &topics.events, 2, Some(b"jo"), jo2.as_bytes(), None);
     flush(&p);
 
-    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "4s")]);
+    let http = free_addr();
+    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http)]);
 
     // ---- conversions: every credit column equals the hand-computed value
     let expected_conversions = 10;
@@ -219,6 +220,24 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     let alice_email = &latest[&format!("{}|email", (t + 14 * DAY).div_euclid(HOUR) * HOUR)];
     assert_eq!(alice_email["window_end"].as_i64().unwrap() - alice_email["window_start"].as_i64().unwrap(), HOUR);
     assert!(alice_email.get("source_partition").is_none());
+
+    // ---- HTTP: health, readiness and metrics of what just happened
+    assert_eq!(http_get(&http, "/healthz").0, 200);
+    assert_eq!(http_get(&http, "/readyz").0, 200);
+    let (code, metrics) = http_get(&http, "/metrics");
+    assert_eq!(code, 200);
+    let metric = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    assert_eq!(metric("touchstream_conversions_total"), expected_conversions as f64);
+    assert_eq!(metric("touchstream_alerts_total"), 3.0);
+    assert_eq!(metric("touchstream_events_total{event_type=\"purchase\"}"), expected_conversions as f64);
+    assert_eq!(metric("touchstream_invalid_events_total{kind=\"key_mismatch\"}"), 1.0);
 
     let (status, log) = proc.stop();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");

@@ -1,0 +1,38 @@
+//! The binary's start-up contract: bad configuration fails at once with a message naming the key.
+
+use std::process::Command;
+
+fn touchstream(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_touchstream")).args(args).envs(env.iter().copied()).output().expect("run");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let (ok, out) = touchstream(&["run", "--set", "journey.lookbak=3d"], &[]);
+    assert!(!ok);
+    assert!(out.contains("lookbak"), "{out}");
+
+    let (ok, out) = touchstream(&["run"], &[("TOUCHSTREAM__ALERTS__INACTIVITY_TIMEOUT", "half an hour")]);
+    assert!(!ok);
+    assert!(out.contains("alerts.inactivity_timeout"), "{out}");
+
+    let (ok, out) = touchstream(&["run", "--set", "topics.partitions=0"], &[]);
+    assert!(!ok);
+    assert!(out.contains("topics.partitions"), "{out}");
+
+    let dir = std::env::temp_dir().join(format!("touchstream-cli-{}.toml", std::process::id()));
+    std::fs::write(&dir, "[kafka]\nbrokers = \"b:9092\"\nguarantee = \"sometimes\"\n").unwrap();
+    let (ok, out) = touchstream(&["run", "--config", dir.to_str().unwrap()], &[]);
+    std::fs::remove_file(&dir).ok();
+    assert!(!ok);
+    assert!(out.contains("kafka.guarantee"), "{out}");
+}
+
+#[test]
+fn check_config_accepts_the_example_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/touchstream.toml");
+    let (ok, out) = touchstream(&["check-config", "--config", path], &[("TOUCHSTREAM__KAFKA__GROUP_ID", "from-env")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("config ok") && out.contains("from-env"), "{out}");
+}
