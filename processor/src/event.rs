@@ -227,23 +227,12 @@ pub fn decode<'a>(key: Option<&[u8]>, payload: &'a [u8], check: &Validation) -> 
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(32)]).into_owned();
         return Err(InvalidEvent::NotJson(format!("expected a JSON object, got {shown:?}")));
     }
+    // Fast path without path tracking; only a failed record is decoded again to name the field.
     let mut de = serde_json::Deserializer::from_slice(payload);
-    let raw: RawEvent<'a> = match serde_path_to_error::deserialize(&mut de) {
+    let raw = match RawEvent::deserialize(&mut de).and_then(|raw| de.end().map(|_| raw)) {
         Ok(raw) => raw,
-        Err(err) => {
-            let path = err.path().to_string();
-            let at_field = err.path().iter().next().is_some();
-            let inner = err.into_inner();
-            return Err(if inner.is_data() && at_field {
-                InvalidEvent::InvalidField { field: path, reason: strip_position(&inner.to_string()) }
-            } else {
-                InvalidEvent::NotJson(inner.to_string())
-            });
-        }
+        Err(_) => return Err(explain(payload)),
     };
-    if let Err(e) = de.end() {
-        return Err(InvalidEvent::NotJson(e.to_string()));
-    }
     let event_id = non_empty(raw.event_id.map(|t| t.0), "event_id")?;
     let customer_id = non_empty(raw.customer_id.map(|t| t.0), "customer_id")?;
     let ts = raw.ts.ok_or(InvalidEvent::MissingField("ts"))?;
@@ -285,6 +274,28 @@ pub fn decode<'a>(key: Option<&[u8]>, payload: &'a [u8], check: &Validation) -> 
         product_id: raw.product_id.map(|t| t.0),
         quantity: raw.quantity,
     })
+}
+
+/// Decodes a failed record again, tracking the path, to say which field is wrong.
+#[cold]
+fn explain(payload: &[u8]) -> InvalidEvent {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    match serde_path_to_error::deserialize::<_, RawEvent<'_>>(&mut de) {
+        Err(err) => {
+            let path = err.path().to_string();
+            let at_field = err.path().iter().next().is_some();
+            let inner = err.into_inner();
+            if inner.is_data() && at_field {
+                InvalidEvent::InvalidField { field: path, reason: strip_position(&inner.to_string()) }
+            } else {
+                InvalidEvent::NotJson(inner.to_string())
+            }
+        }
+        Ok(_) => match de.end() {
+            Err(e) => InvalidEvent::NotJson(e.to_string()),
+            Ok(()) => InvalidEvent::NotJson("undecodable".into()),
+        },
+    }
 }
 
 fn non_empty<'a>(v: Option<Cow<'a, str>>, field: &'static str) -> Result<Cow<'a, str>, InvalidEvent> {

@@ -1,0 +1,124 @@
+//! The per-event hot path: decoding, the partition engine, and the choice of state map.
+//! `cargo bench --bench hot_path`; results in README.md ("Benchmarks").
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use dashmap::DashMap;
+use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
+use touchstream::engine::{EngineConfig, PartitionEngine};
+use touchstream::event::{decode, Event, Validation};
+use touchstream::journey::CustomerState;
+
+const N: usize = 100_000;
+
+fn stream() -> Vec<(String, Vec<u8>)> {
+    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 7, active_customers: 5_000, ..GeneratorConfig::default() });
+    (0..N)
+        .map(|_| {
+            let (mut json, mut customer) = (Vec::new(), String::new());
+            gen.next_into(&mut json, &mut customer);
+            (customer, json)
+        })
+        .collect()
+}
+
+const CHECK: Validation = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
+
+fn benches(c: &mut Criterion) {
+    let raw = stream();
+    let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &CHECK).unwrap()).collect();
+
+    let mut g = c.benchmark_group("hot_path");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            for (k, j) in &raw {
+                black_box(decode(Some(k.as_bytes()), j, &CHECK).unwrap());
+            }
+        })
+    });
+
+    g.bench_function("engine_process", |b| {
+        b.iter_batched(
+            || (PartitionEngine::new(0, EngineConfig::default()), Vec::with_capacity(1024)),
+            |(mut engine, mut out)| {
+                for e in &events {
+                    engine.process(e, &mut out);
+                    out.clear();
+                }
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    g.bench_function("decode_and_process", |b| {
+        b.iter_batched(
+            || (PartitionEngine::new(0, EngineConfig::default()), Vec::with_capacity(1024)),
+            |(mut engine, mut out)| {
+                for (k, j) in &raw {
+                    let e = decode(Some(k.as_bytes()), j, &CHECK).unwrap();
+                    engine.process(&e, &mut out);
+                    out.clear();
+                }
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // The state map alone: look the customer up, create it if new, touch it.
+    let keys: Vec<&str> = events.iter().map(|e| e.customer_id.as_ref()).collect();
+    g.bench_function("state_map/std_hashmap_foldhash", |b| {
+        b.iter_batched(
+            HashMap::<Box<str>, CustomerState, foldhash::fast::RandomState>::default,
+            |mut m| {
+                for (k, e) in keys.iter().zip(&events) {
+                    if !m.contains_key(*k) {
+                        m.insert((*k).into(), CustomerState::new(e.ts));
+                    }
+                    m.get_mut(*k).unwrap().touch(e);
+                }
+                m
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("state_map/dashmap", |b| {
+        b.iter_batched(
+            DashMap::<Box<str>, CustomerState>::default,
+            |m| {
+                for (k, e) in keys.iter().zip(&events) {
+                    m.entry((*k).into()).or_insert_with(|| CustomerState::new(e.ts)).touch(e);
+                }
+                m
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("state_map/dashmap_get_first", |b| {
+        b.iter_batched(
+            DashMap::<Box<str>, CustomerState>::default,
+            |m| {
+                for (k, e) in keys.iter().zip(&events) {
+                    match m.get_mut(*k) {
+                        Some(mut c) => c.touch(e),
+                        None => {
+                            m.insert((*k).into(), CustomerState::new(e.ts));
+                        }
+                    }
+                }
+                m
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
