@@ -8,6 +8,8 @@ use foldhash::fast::RandomState;
 
 use crate::attribution::credits::{self, Credits};
 use crate::attribution::windows::ChannelWindows;
+use crate::changelog::{self, ChangelogEntry, ChangelogKey, PartitionMeta, RestoreError};
+use crate::output::WindowNumbers;
 use crate::config::Config;
 use crate::event::{Channel, Event, EventType};
 use crate::journey::CustomerState;
@@ -86,6 +88,12 @@ pub struct PartitionEngine {
     seq: u64,
     next_sweep: Millis,
     scratch: Scratch,
+    /// Customers changed since the last changelog drain.
+    changed: Vec<Box<str>>,
+    /// Customers forgotten since the last changelog drain.
+    forgotten: Vec<Box<str>>,
+    closed_windows: Vec<(Millis, Channel)>,
+    meta_written: Option<PartitionMeta>,
     /// Events that arrived behind the watermark.
     pub late_events: u64,
     /// Customers forgotten after the TTL.
@@ -104,6 +112,10 @@ impl PartitionEngine {
             seq: 0,
             next_sweep: Millis::MIN,
             scratch: Scratch::default(),
+            changed: Vec::new(),
+            forgotten: Vec::new(),
+            closed_windows: Vec::new(),
+            meta_written: None,
             late_events: 0,
             expired_customers: 0,
         }
@@ -152,6 +164,10 @@ impl PartitionEngine {
             self.customers.insert(key.into(), CustomerState::new(ev.ts));
         }
         let customer = self.customers.get_mut(key).expect("present");
+        if !customer.queued {
+            customer.queued = true;
+            self.changed.push(key.into());
+        }
 
         // The customer's own next event shows (in event time) whether the cart sat idle for the
         // whole timeout, whatever the watermark says.
@@ -196,7 +212,98 @@ impl PartitionEngine {
 
     /// Records for the channel windows changed since the last call.
     pub fn drain_changed_windows(&mut self, out: &mut Vec<ChannelWindowRecord>) {
-        self.windows.drain_changed(self.partition, self.watermark.current(), out);
+        self.windows.drain_changed(self.partition, self.watermark.current(), out, &mut self.closed_windows);
+    }
+
+    /// Changelog records for everything that changed since the last call: changed customers,
+    /// forgotten customers and closed windows (tombstones), changed windows (`windows`, as drained
+    /// by [`Self::drain_changed_windows`]) and the partition's meta record.
+    pub fn drain_changelog(&mut self, windows: &[ChannelWindowRecord], out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+        for key in self.changed.drain(..) {
+            if let Some(c) = self.customers.get_mut(&key) {
+                c.queued = false;
+                out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(serde_json::to_vec(c)?) });
+            }
+        }
+        for key in self.forgotten.drain(..) {
+            if !self.customers.contains_key(&key) {
+                out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: None });
+            }
+        }
+        for w in windows {
+            let channel = Channel::from_wire(&w.channel).unwrap_or(Channel::Other);
+            out.push(ChangelogEntry { key: changelog::window_key(w.window_start, channel), value: Some(serde_json::to_vec(&w.numbers())?) });
+        }
+        for (start, channel) in self.closed_windows.drain(..) {
+            out.push(ChangelogEntry { key: changelog::window_key(start, channel), value: None });
+        }
+        let meta = self.meta();
+        if self.meta_written != Some(meta) {
+            out.push(ChangelogEntry { key: changelog::META_KEY.to_vec(), value: Some(serde_json::to_vec(&meta)?) });
+            self.meta_written = Some(meta);
+        }
+        Ok(())
+    }
+
+    fn meta(&self) -> PartitionMeta {
+        PartitionMeta {
+            max_event_ts: self.watermark.max_event_ts(),
+            watermark: self.watermark.current(),
+            seq: self.seq,
+            next_sweep: self.next_sweep,
+            late_events: self.late_events,
+            expired_customers: self.expired_customers,
+            dropped_late: self.windows.dropped_late,
+        }
+    }
+
+    /// Applies one changelog record (in changelog order) to a partition being restored.
+    pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RestoreError> {
+        let corrupt = |e: serde_json::Error| RestoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message: e.to_string() };
+        match changelog::parse_key(key) {
+            Some(ChangelogKey::Customer(id)) => match value {
+                Some(v) => {
+                    let state: CustomerState = serde_json::from_slice(v).map_err(corrupt)?;
+                    self.customers.insert(id.into(), state);
+                }
+                None => {
+                    self.customers.remove(id);
+                }
+            },
+            Some(ChangelogKey::Window(start, channel)) => match value {
+                Some(v) => {
+                    let numbers: WindowNumbers = serde_json::from_slice(v).map_err(corrupt)?;
+                    self.windows.restore(start, channel, numbers);
+                }
+                None => self.windows.forget(start, channel),
+            },
+            Some(ChangelogKey::Meta) => {
+                if let Some(v) = value {
+                    let m: PartitionMeta = serde_json::from_slice(v).map_err(corrupt)?;
+                    self.watermark = Watermark::restore(self.cfg.allowed_lateness, m.max_event_ts, m.watermark);
+                    self.seq = m.seq;
+                    self.next_sweep = m.next_sweep;
+                    self.late_events = m.late_events;
+                    self.expired_customers = m.expired_customers;
+                    self.windows.dropped_late = m.dropped_late;
+                    self.meta_written = Some(m);
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Ends a restore: re-arms the abandonment timers of open carts.
+    pub fn finish_restore(&mut self) {
+        self.timers.clear();
+        for (key, c) in &self.customers {
+            if let Some(cart) = &c.cart {
+                if !cart.alerted {
+                    self.timers.push(Reverse((cart.deadline(self.cfg.inactivity_timeout), key.clone())));
+                }
+            }
+        }
     }
 
     fn on_watermark(&mut self, out: &mut Vec<Output>) {
@@ -214,6 +321,10 @@ impl PartitionEngine {
             let current = cart.deadline(self.cfg.inactivity_timeout);
             if current <= wm {
                 out.push(Output::Alert(build_alert(&key, customer, current, &self.cfg, &mut self.scratch)));
+                if !customer.queued {
+                    customer.queued = true;
+                    self.changed.push(key);
+                }
             } else if current > deadline {
                 self.timers.push(Reverse((current, key)));
             }
@@ -229,7 +340,14 @@ impl PartitionEngine {
     fn expire(&mut self, wm: Millis) {
         let horizon = wm.saturating_sub(self.cfg.customer_ttl);
         let before = self.customers.len();
-        self.customers.retain(|_, c| c.last_event_ts >= horizon);
+        let forgotten = &mut self.forgotten;
+        self.customers.retain(|k, c| {
+            let keep = c.last_event_ts >= horizon;
+            if !keep {
+                forgotten.push(k.clone());
+            }
+            keep
+        });
         self.expired_customers += (before - self.customers.len()) as u64;
     }
 }
@@ -489,6 +607,64 @@ mod tests {
         let Output::Alert(a) = &out[0] else { panic!() };
         assert_eq!(a.customer_id, "h");
         assert_eq!(a.alert_ts, T0 + 32 * MIN);
+    }
+
+    #[test]
+    fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
+        use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
+        let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 300, ..GeneratorConfig::default() });
+        let raw: Vec<(String, Vec<u8>)> = (0..30_000)
+            .map(|_| {
+                let (mut j, mut c) = (Vec::new(), String::new());
+                gen.next_into(&mut j, &mut c);
+                (c, j)
+            })
+            .collect();
+        let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
+        let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &check).unwrap()).collect();
+
+        // short retention and TTL so that windows close and customers expire within the stream
+        let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
+        let mut whole = PartitionEngine::new(0, cfg.clone());
+        let mut expected = Vec::new();
+        for e in &events {
+            whole.process(e, &mut expected);
+        }
+
+        // the same stream with a "commit" every 97 events, and a crash + restore at two points
+        let mut engine = PartitionEngine::new(0, cfg.clone());
+        let mut got = Vec::new();
+        let mut log: Vec<ChangelogEntry> = Vec::new();
+        let (mut windows, mut wins) = (Vec::new(), Vec::new());
+        for (i, e) in events.iter().enumerate() {
+            engine.process(e, &mut got);
+            if i % 97 == 96 {
+                engine.drain_changed_windows(&mut windows);
+                wins.append(&mut windows);
+                engine.drain_changelog(&wins, &mut log).unwrap();
+                wins.clear();
+            }
+            if i == 9_699 || i == 20_272 {
+                // crash right after a commit: rebuild from the changelog alone
+                let mut restored = PartitionEngine::new(0, cfg.clone());
+                for entry in &log {
+                    restored.restore(&entry.key, entry.value.as_deref()).unwrap();
+                }
+                restored.finish_restore();
+                assert_eq!(restored.customers(), engine.customers());
+                for (k, c) in &engine.customers {
+                    let mut r = restored.customers[k].clone();
+                    r.queued = c.queued;
+                    assert_eq!(&r, c, "customer {k}");
+                }
+                engine = restored;
+            }
+        }
+        assert!(expected.len() > 100, "the stream has conversions and alerts: {}", expected.len());
+        assert_eq!(got, expected);
+        let tombstones = log.iter().filter(|e| e.value.is_none()).count();
+        assert!(tombstones > 0, "closed windows and expired customers are deleted from the changelog");
+        assert!(whole.expired_customers > 0);
     }
 
     #[test]

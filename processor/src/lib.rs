@@ -5,6 +5,7 @@
 //! fires abandonment timers -> the runner ([`runner`]) writes outputs ([`output`]), then commits.
 
 pub mod attribution;
+pub mod changelog;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -85,7 +85,7 @@ pub struct AlertRecord {
 }
 
 /// Per-window, per-channel numbers: touchpoints seen and conversions/revenue credited by each rule.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct WindowNumbers {
     pub touchpoints: u64,
     pub conversions: [f64; 5],

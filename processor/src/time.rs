@@ -114,6 +114,11 @@ impl Watermark {
         Watermark { allowed_lateness, max_event_ts: Self::MIN, current: Self::MIN }
     }
 
+    /// A watermark as checkpointed.
+    pub fn restore(allowed_lateness: Millis, max_event_ts: Millis, current: Millis) -> Self {
+        Watermark { allowed_lateness, max_event_ts, current }
+    }
+
     /// The watermark: every event with `ts < current()` is late.
     #[inline]
     pub fn current(&self) -> Millis {

@@ -22,13 +22,15 @@ pub struct ChannelWindows {
     retention: Millis,
     entries: HashMap<(Millis, Channel), Entry, RandomState>,
     dirty: Vec<(Millis, Channel)>,
+    /// Windows closed for good since the last drain (tombstones for the changelog).
+    closed: Vec<(Millis, Channel)>,
     /// Contributions that arrived for windows already closed and dropped.
     pub dropped_late: u64,
 }
 
 impl ChannelWindows {
     pub fn new(width: Millis, retention: Millis) -> Self {
-        ChannelWindows { width, retention, entries: HashMap::default(), dirty: Vec::new(), dropped_late: 0 }
+        ChannelWindows { width, retention, entries: HashMap::default(), dirty: Vec::new(), closed: Vec::new(), dropped_late: 0 }
     }
 
     pub fn width(&self) -> Millis {
@@ -76,8 +78,8 @@ impl ChannelWindows {
     }
 
     /// Writes a record for every window changed since the last call, then drops windows that
-    /// closed for good at watermark `wm`.
-    pub fn drain_changed(&mut self, source_partition: i32, wm: Millis, out: &mut Vec<ChannelWindowRecord>) {
+    /// closed for good at watermark `wm` (their keys go to `closed`).
+    pub fn drain_changed(&mut self, source_partition: i32, wm: Millis, out: &mut Vec<ChannelWindowRecord>, closed: &mut Vec<(Millis, Channel)>) {
         for key in self.dirty.drain(..) {
             if let Some(e) = self.entries.get_mut(&key) {
                 e.dirty = false;
@@ -85,7 +87,25 @@ impl ChannelWindows {
             }
         }
         let (width, retention) = (self.width, self.retention);
-        self.entries.retain(|(start, _), _| start + width + retention > wm);
+        let gone = &mut self.closed;
+        self.entries.retain(|&(start, channel), _| {
+            let keep = start + width + retention > wm;
+            if !keep {
+                gone.push((start, channel));
+            }
+            keep
+        });
+        closed.append(&mut self.closed);
+    }
+
+    /// Puts back a window's numbers from the changelog (not marked changed).
+    pub fn restore(&mut self, window_start: Millis, channel: Channel, numbers: WindowNumbers) {
+        self.entries.insert((window_start, channel), Entry { numbers, dirty: false });
+    }
+
+    /// Forgets a window (a changelog tombstone).
+    pub fn forget(&mut self, window_start: Millis, channel: Channel) {
+        self.entries.remove(&(window_start, channel));
     }
 
     pub fn len(&self) -> usize {
@@ -115,7 +135,7 @@ mod tests {
         w.add_touchpoint(H + 10, Channel::Email, 0);
         w.add_credit(H + 20, Channel::Email, &[0.5, 1.0, 0.0, 0.5, 0.5], 10.0, 0);
         let mut out = Vec::new();
-        w.drain_changed(3, 0, &mut out);
+        w.drain_changed(3, 0, &mut out, &mut Vec::new());
         assert_eq!(out.len(), 2);
         let second = out.iter().find(|r| r.window_start == H).unwrap();
         assert_eq!(second.touchpoints, 1);
@@ -123,7 +143,7 @@ mod tests {
         assert_eq!(second.credited_revenue.time_decay, 5.0);
         assert_eq!(second.source_partition, Some(3));
         out.clear();
-        w.drain_changed(3, 0, &mut out);
+        w.drain_changed(3, 0, &mut out, &mut Vec::new());
         assert!(out.is_empty(), "nothing changed since");
     }
 
@@ -131,9 +151,10 @@ mod tests {
     fn closed_windows_are_dropped_and_late_contributions_counted() {
         let mut w = ChannelWindows::new(H, H);
         w.add_touchpoint(10, Channel::Display, 0);
-        let mut out = Vec::new();
-        w.drain_changed(0, 2 * H, &mut out);
+        let (mut out, mut closed) = (Vec::new(), Vec::new());
+        w.drain_changed(0, 2 * H, &mut out, &mut closed);
         assert!(w.is_empty());
+        assert_eq!(closed, [(0, Channel::Display)]);
         w.add_touchpoint(20, Channel::Display, 2 * H);
         assert_eq!(w.dropped_late, 1);
         assert!(w.is_empty());

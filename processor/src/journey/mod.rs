@@ -3,11 +3,13 @@
 use std::collections::VecDeque;
 use std::mem::size_of;
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::{Channel, Event, EventType};
 use crate::time::Millis;
 
 /// A marketing touchpoint kept for attribution.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Touchpoint {
     pub event_id: Box<str>,
     pub campaign: Option<Box<str>>,
@@ -18,7 +20,7 @@ pub struct Touchpoint {
     pub event_type: EventType,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CartLine {
     pub product_id: Box<str>,
     pub quantity: i64,
@@ -27,7 +29,7 @@ pub struct CartLine {
 
 /// An open cart: opened by a `cart_add`, changed by `cart_add`/`cart_remove`, closed by `purchase`
 /// or by becoming empty.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cart {
     /// The event that opened the cart; with the customer id it names the cart (and its alert).
     pub opened_by: Box<str>,
@@ -54,7 +56,7 @@ impl Cart {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub events: u64,
     pub touchpoints: u64,
@@ -64,7 +66,7 @@ pub struct Counters {
     pub alerts: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerState {
     /// Touchpoints sorted by (ts, seq), bounded by the lookback and `max_touchpoints`.
     pub touchpoints: VecDeque<Touchpoint>,
@@ -76,6 +78,9 @@ pub struct CustomerState {
     /// Event time of the latest purchase; touchpoints at or before it are spent.
     pub last_purchase_ts: Millis,
     pub counters: Counters,
+    /// Queued for the changelog since the last drain (not part of the state itself).
+    #[serde(skip)]
+    pub(crate) queued: bool,
 }
 
 impl CustomerState {
@@ -89,6 +94,7 @@ impl CustomerState {
             last_event_ts: ts,
             last_purchase_ts: Millis::MIN,
             counters: Counters::default(),
+            queued: false,
         }
     }
 
