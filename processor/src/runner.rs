@@ -1,7 +1,9 @@
 //! The processing loop: poll -> decode -> engine -> produce, and every commit interval: emit
-//! changed channel windows, flush outputs, commit offsets (at-least-once: outputs are delivered
-//! before the offsets that produced them are committed). The loop owns all state; rebalance
-//! callbacks only leave signals for it.
+//! changed channel windows and the state changelog, then commit. Exactly-once: the batch's
+//! outputs, changelog records and input offsets commit in one Kafka transaction; on abort the loop
+//! rewinds (state reloaded from the changelog, consumer back to the committed offsets).
+//! At-least-once: outputs are delivered before the offsets that produced them are committed.
+//! The loop owns all state; rebalance callbacks only leave signals for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,13 +16,14 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
-use crate::config::Config;
+use crate::changelog::{ChangelogEntry, RestoreError};
+use crate::config::{Config, Guarantee};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
 use crate::event::{self, Channel, InvalidEvent, Validation};
 use crate::http::Health;
 use crate::kafka::admin::{self, AdminError};
-use crate::kafka::consumer::{RebalanceSignal, SignallingContext};
-use crate::kafka::sink::{OutRecord, Sink, SinkError};
+use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
+use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
 use crate::output::ChannelWindowRecord;
 use crate::telemetry::Telemetry;
@@ -38,6 +41,16 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error("cannot serialise an output record: {0}")]
     Serialise(#[from] serde_json::Error),
+    #[error("restoring partition {partition} from the changelog: {message}")]
+    Restore { partition: i32, message: String },
+    #[error("fenced: another instance with transactional.id {0:?} took over; this one stops")]
+    Fenced(String),
+}
+
+impl From<RestoreError> for RunError {
+    fn from(e: RestoreError) -> Self {
+        RunError::Restore { partition: -1, message: e.to_string() }
+    }
 }
 
 /// Counts for callers (the demo's summary, tests).
@@ -48,12 +61,17 @@ pub struct RunStats {
     pub conversions: u64,
     pub alerts: u64,
     pub commits: u64,
+    pub aborts: u64,
+    pub restored_records: u64,
 }
 
 pub struct Runner {
     consumer: BaseConsumer<SignallingContext>,
     state: Processor,
 }
+
+/// Kafka timeout of the loop's blocking calls (commit, seek, committed offsets).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything the loop owns besides the consumer.
 struct Processor {
@@ -67,6 +85,13 @@ struct Processor {
     aggregators: HashMap<i32, ChannelAggregator>,
     /// Next offset to commit per input partition.
     pending: HashMap<i32, i64>,
+    /// Last committed offset per input partition (where a rewind goes back to).
+    committed: HashMap<i32, i64>,
+    restorer: BaseConsumer<QuietEof>,
+    changelog: Vec<ChangelogEntry>,
+    /// Fault injection for tests: abort every Nth transaction instead of committing it.
+    abort_every: Option<u64>,
+    transactions: u64,
     last_input: HashMap<i32, Instant>,
     partials_partitions: i32,
     buf: Vec<u8>,
@@ -92,7 +117,24 @@ impl Runner {
         consumer
             .subscribe(&[cfg.topics.events.as_str(), cfg.topics.channel_partials.as_str()])
             .map_err(RunError::Consumer)?;
-        let sink = Sink::new(&client_config(&cfg, Role::Producer), Duration::from_secs(60))?;
+        let producer_config = client_config(&cfg, Role::Producer);
+        let sink = match cfg.kafka.guarantee {
+            Guarantee::ExactlyOnce => Sink::transactional(&producer_config, CALL_TIMEOUT)?,
+            Guarantee::AtLeastOnce => Sink::new(&producer_config, CALL_TIMEOUT)?,
+        };
+        let mut restore_config = client_config(&cfg, Role::Admin);
+        restore_config
+            .set("group.id", format!("{}-restore", cfg.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "20")
+            .set("auto.offset.reset", "earliest");
+        let restorer: BaseConsumer<QuietEof> = restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+        let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        if let Some(n) = abort_every {
+            tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
+        }
         let state = Processor {
             engine_cfg: EngineConfig::from_config(&cfg),
             cfg,
@@ -103,6 +145,11 @@ impl Runner {
             engines: HashMap::new(),
             aggregators: HashMap::new(),
             pending: HashMap::new(),
+            committed: HashMap::new(),
+            restorer,
+            changelog: Vec::new(),
+            abort_every,
+            transactions: 0,
             last_input: HashMap::new(),
             partials_partitions,
             buf: Vec::with_capacity(4096),
@@ -125,20 +172,41 @@ impl Runner {
         let result = (|| {
             while !state.shutdown.load(Ordering::Acquire) {
                 let polled = consumer.poll(poll_timeout);
-                state.apply_signals(consumer.context().take());
-                match polled {
-                    Some(Ok(msg)) => state.handle(&msg)?,
-                    Some(Err(e)) => state.telemetry.consumer_error(&e.to_string()),
-                    None => {}
-                }
-                if state.batch_events >= state.cfg.processing.max_batch_events || state.last_commit.elapsed() >= interval {
-                    state.commit(&consumer)?;
+                let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
+                    Some(Ok(msg)) => state.handle(&msg),
+                    Some(Err(e)) => {
+                        state.telemetry.consumer_error(&e.to_string());
+                        Ok(())
+                    }
+                    None => Ok(()),
+                });
+                let step = step.and_then(|_| {
+                    if state.batch_events >= state.cfg.processing.max_batch_events || state.last_commit.elapsed() >= interval {
+                        state.commit(&consumer)
+                    } else {
+                        Ok(())
+                    }
+                });
+                match step {
+                    Ok(()) => {}
+                    // A failed produce inside a transaction: abort, rewind, redo.
+                    Err(RunError::Sink(e)) if e.class() == Some(TxnClass::Abort) => {
+                        tracing::warn!(error = %e, "produce failed inside the transaction; aborting and redoing");
+                        state.abort_and_rewind(&consumer, "produce failed")?;
+                    }
+                    Err(RunError::Sink(e)) if e.class() == Some(TxnClass::Fenced) => {
+                        return Err(RunError::Fenced(state.cfg.kafka.effective_transactional_id()))
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             state.commit(&consumer)
         })();
         if result.is_err() {
             state.health.set_failed();
+            if state.sink.in_transaction() {
+                let _ = state.sink.abort_transaction();
+            }
         }
         state.health.set_ready(false);
         consumer.unsubscribe();
@@ -147,20 +215,19 @@ impl Runner {
 }
 
 impl Processor {
-    fn apply_signals(&mut self, signals: Vec<RebalanceSignal>) {
+    fn apply_signals(&mut self, consumer: &BaseConsumer<SignallingContext>, signals: Vec<RebalanceSignal>) -> Result<(), RunError> {
         for signal in signals {
             match signal {
                 RebalanceSignal::Assigned(parts) => {
-                    let now = Instant::now();
+                    self.telemetry.assigned(&parts);
+                    self.health.set_ready(false);
+                    let events: Vec<i32> = parts.iter().filter(|(t, _)| *t == self.cfg.topics.events).map(|(_, p)| *p).collect();
                     for (topic, p) in &parts {
-                        if *topic == self.cfg.topics.events {
-                            self.engines.entry(*p).or_insert_with(|| PartitionEngine::new(*p, self.engine_cfg.clone()));
-                            self.last_input.insert(*p, now);
-                        } else if *topic == self.cfg.topics.channel_partials {
-                            self.aggregators.entry(*p).or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
+                        if *topic == self.cfg.topics.channel_partials {
+                            self.aggregators.insert(*p, ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
                         }
                     }
-                    self.telemetry.assigned(&parts);
+                    self.load_partitions(consumer, &events)?;
                     self.health.set_ready(true);
                 }
                 RebalanceSignal::Revoked(parts) => {
@@ -168,16 +235,129 @@ impl Processor {
                         if *topic == self.cfg.topics.events {
                             self.engines.remove(p);
                             self.pending.remove(p);
+                            self.committed.remove(p);
                             self.last_input.remove(p);
                         } else if *topic == self.cfg.topics.channel_partials {
                             self.aggregators.remove(p);
                         }
                     }
                     self.telemetry.revoked(&parts);
+                    if self.sink.in_transaction() {
+                        // The open transaction may hold work of the revoked partitions, which this
+                        // member can no longer commit: abort it and redo the partitions it keeps.
+                        self.abort_and_rewind(consumer, "partitions revoked")?;
+                    }
                 }
                 RebalanceSignal::Failed(message) => self.telemetry.rebalance_failed(&message),
             }
         }
+        Ok(())
+    }
+
+    /// (Re)loads input partitions: their committed offsets (stable: waits for pending
+    /// transactions to resolve), then their state from the changelog, then seeks to the offsets.
+    fn load_partitions(&mut self, consumer: &BaseConsumer<SignallingContext>, partitions: &[i32]) -> Result<(), RunError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.cfg.topics.events, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => {
+                    self.committed.insert(e.partition(), o);
+                    Offset::Offset(o)
+                }
+                _ => {
+                    self.committed.remove(&e.partition());
+                    Offset::Beginning
+                }
+            };
+            seek.add_partition_offset(&self.cfg.topics.events, e.partition(), offset).map_err(RunError::Consumer)?;
+        }
+        let started = Instant::now();
+        for engine in self.restore_partitions(partitions)? {
+            let p = engine.partition();
+            self.telemetry.restored(p, engine.customers(), started.elapsed());
+            self.engines.insert(p, engine);
+            self.last_input.insert(p, Instant::now());
+            self.pending.remove(&p);
+        }
+        consumer.seek_partitions(seek, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+        Ok(())
+    }
+
+    /// Reads changelog partitions to their end (read_committed) into fresh engines.
+    fn restore_partitions(&mut self, partitions: &[i32]) -> Result<Vec<PartitionEngine>, RunError> {
+        let err = |p: i32, message: String| RunError::Restore { partition: p, message };
+        let mut engines: HashMap<i32, PartitionEngine> =
+            partitions.iter().map(|p| (*p, PartitionEngine::new(*p, self.engine_cfg.clone()))).collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(&self.cfg.topics.changelog, *p, Offset::Beginning).map_err(|e| err(*p, e.to_string()))?;
+        }
+        self.restorer.assign(&tpl).map_err(|e| err(-1, e.to_string()))?;
+        let mut open: Vec<i32> = partitions.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !open.is_empty() {
+            match self.restorer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let p = m.partition();
+                    if let Some(engine) = engines.get_mut(&p) {
+                        engine.restore(m.key().unwrap_or_default(), m.payload()).map_err(|e| err(p, e.to_string()))?;
+                        self.stats.restored_records += 1;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|x| *x != p),
+                Some(Err(e)) => self.telemetry.consumer_error(&format!("changelog restore: {e}")),
+                None if Instant::now() > deadline => return Err(err(open[0], "no end of the changelog within 600 s".into())),
+                None => {}
+            }
+        }
+        self.restorer.unassign().map_err(|e| err(-1, e.to_string()))?;
+        Ok(engines
+            .into_values()
+            .map(|mut e| {
+                e.finish_restore();
+                e
+            })
+            .collect())
+    }
+
+    /// Aborts the open transaction and goes back to the last commit: every kept partition's state
+    /// is reloaded from the changelog and its consumer position reset to the committed offset;
+    /// aggregators re-read the partials topic.
+    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<SignallingContext>, why: &str) -> Result<(), RunError> {
+        match self.sink.abort_transaction() {
+            Ok(()) => {}
+            Err(e) if e.class() == Some(TxnClass::Fenced) => return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id())),
+            Err(e) => return Err(e.into()),
+        }
+        self.stats.aborts += 1;
+        self.telemetry.aborted(why);
+        self.outputs.clear();
+        self.windows.clear();
+        self.changelog.clear();
+        self.pending.clear();
+        self.batch_events = 0;
+        let partitions: Vec<i32> = self.engines.keys().copied().collect();
+        self.engines.clear();
+        self.load_partitions(consumer, &partitions)?;
+        if !self.aggregators.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in self.aggregators.keys() {
+                tpl.add_partition_offset(&self.cfg.topics.channel_partials, *p, Offset::Beginning).map_err(RunError::Consumer)?;
+            }
+            for agg in self.aggregators.values_mut() {
+                *agg = ChannelAggregator::new(self.cfg.attribution.window_retention.ms());
+            }
+            consumer.seek_partitions(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+        }
+        Ok(())
     }
 
     fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
@@ -277,8 +457,19 @@ impl Processor {
         }
         self.ship_outputs()?;
 
-        for engine in self.engines.values_mut() {
+        for (p, engine) in self.engines.iter_mut() {
+            let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
+            engine.drain_changelog(&self.windows[from..], &mut self.changelog)?;
+            for entry in self.changelog.drain(..) {
+                self.sink.send(OutRecord {
+                    topic: &self.cfg.topics.changelog,
+                    partition: Some(*p),
+                    key: Some(&entry.key),
+                    payload: entry.value.as_deref().unwrap_or_default(),
+                    headers: None,
+                })?;
+            }
         }
         for rec in self.windows.drain(..) {
             let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
@@ -305,16 +496,36 @@ impl Processor {
             self.sink.send(OutRecord { topic: &self.cfg.topics.channels, partition: None, key: Some(key.as_bytes()), payload: &self.buf, headers: None })?;
         }
 
-        self.sink.flush()?;
-        if !self.pending.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, off) in &self.pending {
-                tpl.add_partition_offset(&self.cfg.topics.events, *p, Offset::Offset(*off)).map_err(RunError::Commit)?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, off) in &self.pending {
+            tpl.add_partition_offset(&self.cfg.topics.events, *p, Offset::Offset(*off)).map_err(RunError::Commit)?;
+        }
+        if self.sink.is_transactional() {
+            if self.sink.in_transaction() || !self.pending.is_empty() {
+                self.transactions += 1;
+                if self.abort_every.is_some_and(|n| self.transactions % n == 0) {
+                    self.sink.flush()?;
+                    return self.abort_and_rewind(consumer, "fault injection");
+                }
+                let group = consumer.group_metadata().ok_or_else(|| RunError::Consumer(KafkaError::NoMessageReceived))?;
+                match self.sink.commit_transaction(&tpl, &group) {
+                    Ok(()) => self.after_commit(started),
+                    Err(e) => match e.class() {
+                        Some(TxnClass::Abort) | Some(TxnClass::Retry) => {
+                            tracing::warn!(error = %e, "transaction failed; aborting and redoing the batch");
+                            return self.abort_and_rewind(consumer, "commit failed");
+                        }
+                        Some(TxnClass::Fenced) => return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id())),
+                        _ => return Err(e.into()),
+                    },
+                }
             }
-            consumer.commit(&tpl, CommitMode::Sync).map_err(RunError::Commit)?;
-            self.pending.clear();
-            self.stats.commits += 1;
-            self.telemetry.committed(self.batch_events, started.elapsed());
+        } else {
+            self.sink.flush()?;
+            if !self.pending.is_empty() {
+                consumer.commit(&tpl, CommitMode::Sync).map_err(RunError::Commit)?;
+                self.after_commit(started);
+            }
         }
         self.batch_events = 0;
         self.last_commit = Instant::now();
@@ -322,6 +533,14 @@ impl Processor {
             self.report_state(now_ms);
         }
         Ok(())
+    }
+
+    fn after_commit(&mut self, started: Instant) {
+        for (p, off) in self.pending.drain() {
+            self.committed.insert(p, off);
+        }
+        self.stats.commits += 1;
+        self.telemetry.committed(self.batch_events, started.elapsed());
     }
 
     fn report_state(&mut self, now_ms: i64) {

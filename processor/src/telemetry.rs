@@ -24,6 +24,8 @@ pub struct Telemetry {
     partitions: Gauge,
     watermark_lag: Gauge,
     rebalances: Counter,
+    aborts: Counter,
+    restore_seconds: Histogram,
 }
 
 impl Default for Telemetry {
@@ -49,6 +51,8 @@ impl Telemetry {
         describe_gauge!("touchstream_assigned_partitions", "Input partitions owned by this member");
         describe_gauge!("touchstream_watermark_lag_seconds", "Wall clock minus the lowest partition watermark");
         describe_counter!("touchstream_rebalances_total", "Partition assignment changes");
+        describe_counter!("touchstream_transaction_aborts_total", "Transactions aborted and redone");
+        describe_histogram!("touchstream_restore_seconds", "Time to restore one partition's state from the changelog");
         Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
             invalid: InvalidEvent::KINDS.iter().map(|k| counter!("touchstream_invalid_events_total", "kind" => *k)).collect(),
@@ -65,6 +69,8 @@ impl Telemetry {
             partitions: gauge!("touchstream_assigned_partitions"),
             watermark_lag: gauge!("touchstream_watermark_lag_seconds"),
             rebalances: counter!("touchstream_rebalances_total"),
+            aborts: counter!("touchstream_transaction_aborts_total"),
+            restore_seconds: histogram!("touchstream_restore_seconds"),
         }
     }
 
@@ -121,6 +127,16 @@ impl Telemetry {
     pub fn revoked(&self, partitions: &[(String, i32)]) {
         self.rebalances.increment(1);
         tracing::info!(?partitions, "partitions revoked; their state is dropped");
+    }
+
+    pub fn aborted(&self, why: &str) {
+        self.aborts.increment(1);
+        tracing::warn!(%why, "transaction aborted; state reloaded from the changelog and input rewound to the last commit");
+    }
+
+    pub fn restored(&self, partition: i32, customers: usize, took: Duration) {
+        self.restore_seconds.record(took.as_secs_f64());
+        tracing::info!(partition, customers, took_ms = took.as_millis() as u64, "partition state restored from the changelog");
     }
 
     pub fn rebalance_failed(&self, message: &str) {

@@ -43,6 +43,7 @@ pub struct Topics {
     pub alerts: String,
     pub dlq: String,
     pub partials: String,
+    pub changelog: String,
     pub group: String,
 }
 
@@ -56,6 +57,7 @@ impl Topics {
             alerts: format!("{base}.alerts"),
             dlq: format!("{base}.dlq"),
             partials: format!("{base}.partials"),
+            changelog: format!("{base}.changelog"),
             group: format!("{base}.group"),
         }
     }
@@ -71,6 +73,8 @@ impl Topics {
             ("topics.alerts", self.alerts.clone()),
             ("topics.dlq", self.dlq.clone()),
             ("topics.channel_partials", self.partials.clone()),
+            ("topics.changelog", self.changelog.clone()),
+            ("kafka.transactional_id", format!("{}-tx", self.group)),
             ("topics.partitions", "3".into()),
             ("http.enabled", "false".into()),
         ];

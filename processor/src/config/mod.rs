@@ -35,6 +35,8 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub client_id: String,
     pub guarantee: Guarantee,
+    pub transactional_id: String,
+    pub transaction_timeout: Span,
     /// librdkafka properties for every client.
     pub options: BTreeMap<String, String>,
     /// librdkafka properties for the consumer.
@@ -46,6 +48,8 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guarantee {
+    /// Outputs, state changes and offsets of a batch commit in one Kafka transaction.
+    ExactlyOnce,
     /// Outputs are flushed before offsets are committed: nothing is lost, a crash may repeat outputs.
     AtLeastOnce,
 }
@@ -59,6 +63,7 @@ pub struct TopicsConfig {
     pub alerts: String,
     pub dlq: String,
     pub channel_partials: String,
+    pub changelog: String,
     pub create: bool,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -212,6 +217,7 @@ impl Config {
             ("topics.alerts", &self.topics.alerts),
             ("topics.dlq", &self.topics.dlq),
             ("topics.channel_partials", &self.topics.channel_partials),
+            ("topics.changelog", &self.topics.changelog),
         ];
         for (i, (key, name)) in topics.iter().enumerate() {
             not_blank(key, name)?;
@@ -229,6 +235,12 @@ impl Config {
             return Err(key_err("topics.replication_factor", "must be >= 1"));
         }
         positive("processing.commit_interval", self.processing.commit_interval)?;
+        if self.kafka.transaction_timeout.ms() < 1000 {
+            return Err(key_err("kafka.transaction_timeout", "must be at least 1s"));
+        }
+        if self.kafka.transaction_timeout <= self.processing.commit_interval {
+            return Err(key_err("kafka.transaction_timeout", "must be longer than processing.commit_interval"));
+        }
         if self.processing.max_batch_events == 0 {
             return Err(key_err("processing.max_batch_events", "must be >= 1"));
         }
@@ -256,7 +268,7 @@ impl Config {
         for (table, map) in [("kafka.options", &self.kafka.options), ("kafka.consumer", &self.kafka.consumer), ("kafka.producer", &self.kafka.producer)] {
             for key in map.keys() {
                 if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
-                    return Err(key_err(&format!("{table}.{key}"), "is set by Touchstream itself; use the typed key instead (kafka.brokers, kafka.group_id, kafka.client_id) or leave it out"));
+                    return Err(key_err(&format!("{table}.{key}"), "is set by Touchstream itself; use the typed key instead (kafka.brokers, kafka.group_id, kafka.transactional_id, kafka.transaction_timeout, kafka.guarantee) or leave it out"));
                 }
             }
         }
@@ -265,8 +277,30 @@ impl Config {
 }
 
 /// librdkafka properties Touchstream sets itself and that the passthrough tables may not override.
-pub const MANAGED_KAFKA_KEYS: &[&str] =
-    &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"];
+pub const MANAGED_KAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "transactional.id",
+    "transaction.timeout.ms",
+];
+
+impl KafkaConfig {
+    /// The transactional id of this replica: the configured one, or `<group_id>-<hostname>`.
+    pub fn effective_transactional_id(&self) -> String {
+        if !self.transactional_id.trim().is_empty() {
+            return self.transactional_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+            .unwrap_or_else(|| "touchstream".into());
+        format!("{}-{host}", self.group_id)
+    }
+}
 
 /// Deep-merges `over` into `base` (tables merge, everything else replaces).
 fn merge(base: &mut Value, over: Value) {

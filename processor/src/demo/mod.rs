@@ -47,11 +47,14 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
     let mock = MockCluster::new(1)?;
     let brokers = mock.bootstrap_servers();
     let t = cfg.topics.clone();
-    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials] {
+    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials, &t.changelog] {
         mock.create_topic(topic, PARTITIONS, 1)?;
     }
     cfg.kafka.brokers = brokers.clone();
     cfg.topics.create = false;
+    // librdkafka's in-process cluster runs the transactional API but not its guarantees (aborted
+    // records stay visible, zombies are not fenced): the demo runs at-least-once.
+    cfg.kafka.guarantee = crate::config::Guarantee::AtLeastOnce;
     println!("touchstream demo: in-process Kafka at {brokers}, {PARTITIONS} partitions, {} events/s", opts.rate);
     println!("generated journeys -> {} -> touchstream -> {}, {}, {}", t.events, t.conversions, t.alerts, t.channels);
 

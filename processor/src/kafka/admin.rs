@@ -18,6 +18,10 @@ pub enum AdminError {
     Create { topic: String, message: String },
     #[error("topic {topic} does not exist (and topics.create is false)")]
     Missing { topic: String },
+    #[error("config key `topics.events`: input topic {topic} does not exist; it must exist before the processor starts, since the state changelog gets its partition count")]
+    NoInput { topic: String },
+    #[error("config key `topics.changelog`: {changelog} has {found} partitions but {events} has {expected}; partition i of the changelog must hold the state of input partition i")]
+    ChangelogMismatch { changelog: String, found: i32, events: String, expected: i32 },
 }
 
 /// A topic Touchstream writes and how it is configured.
@@ -25,27 +29,47 @@ pub struct TopicSpec {
     pub name: String,
     pub compacted: bool,
     pub retention_ms: Option<i64>,
+    /// Partition count when not `topics.partitions`.
+    pub partitions: Option<i32>,
 }
 
-/// The output topics: event topics (conversions, alerts, DLQ) are not compacted; upsert topics
-/// (channel totals, internal partials) are.
-pub fn output_topics(cfg: &Config) -> Vec<TopicSpec> {
+/// The topics the processor writes: event topics (conversions, alerts, DLQ) are not compacted;
+/// upsert topics (channel totals, internal partials, state changelog) are. The changelog gets the
+/// input topic's partition count.
+pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
     let t = &cfg.topics;
     let partial_retention = cfg.attribution.window_retention.ms() + cfg.attribution.window.ms() + 86_400_000;
+    let spec = |name: &String, compacted, retention_ms, partitions| TopicSpec { name: name.clone(), compacted, retention_ms, partitions };
     vec![
-        TopicSpec { name: t.conversions.clone(), compacted: false, retention_ms: None },
-        TopicSpec { name: t.alerts.clone(), compacted: false, retention_ms: None },
-        TopicSpec { name: t.dlq.clone(), compacted: false, retention_ms: None },
-        TopicSpec { name: t.channels.clone(), compacted: true, retention_ms: None },
-        TopicSpec { name: t.channel_partials.clone(), compacted: true, retention_ms: Some(partial_retention) },
+        spec(&t.conversions, false, None, None),
+        spec(&t.alerts, false, None, None),
+        spec(&t.dlq, false, None, None),
+        spec(&t.channels, true, None, None),
+        spec(&t.channel_partials, true, Some(partial_retention), None),
+        spec(&t.changelog, true, None, Some(input_partitions)),
     ]
 }
 
 /// Creates missing output topics (when `topics.create`), or checks that they exist.
 pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
-    let specs = output_topics(cfg);
+    let input_partitions = partition_count(cfg, &cfg.topics.events)?.ok_or_else(|| AdminError::NoInput { topic: cfg.topics.events.clone() })?;
+    let specs = output_topics(cfg, input_partitions);
+    create_missing(cfg, &specs).await?;
+    let found = partition_count(cfg, &cfg.topics.changelog)?.unwrap_or(0);
+    if found != input_partitions {
+        return Err(AdminError::ChangelogMismatch {
+            changelog: cfg.topics.changelog.clone(),
+            found,
+            events: cfg.topics.events.clone(),
+            expected: input_partitions,
+        });
+    }
+    Ok(())
+}
+
+async fn create_missing(cfg: &Config, specs: &[TopicSpec]) -> Result<(), AdminError> {
     if !cfg.topics.create {
-        for s in &specs {
+        for s in specs {
             if partition_count(cfg, &s.name)?.is_none() {
                 return Err(AdminError::Missing { topic: s.name.clone() });
             }
@@ -60,7 +84,7 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
         .iter()
         .zip(&retention)
         .map(|(s, r)| {
-            let mut n = NewTopic::new(&s.name, cfg.topics.partitions, TopicReplication::Fixed(cfg.topics.replication_factor));
+            let mut n = NewTopic::new(&s.name, s.partitions.unwrap_or(cfg.topics.partitions), TopicReplication::Fixed(cfg.topics.replication_factor));
             if s.compacted {
                 n = n.set("cleanup.policy", if r.is_empty() { "compact" } else { "compact,delete" });
             }

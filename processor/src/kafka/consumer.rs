@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 /// A change of the partitions this member owns.
@@ -51,3 +52,18 @@ impl ConsumerContext for SignallingContext {
         }
     }
 }
+
+/// Context of the changelog reader: reaching the end of a partition is the point, not an error.
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::error!(%error, %reason, "changelog reader error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}

@@ -7,7 +7,7 @@ pub mod sink;
 
 use rdkafka::ClientConfig;
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 
 /// Which client a configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,10 @@ pub fn client_config(cfg: &Config, role: Role) -> ClientConfig {
         Role::Producer => {
             // Java-compatible partitioning by key, idempotent delivery, no reordering on retry.
             c.set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "5");
+            if cfg.kafka.guarantee == Guarantee::ExactlyOnce {
+                c.set("transactional.id", cfg.kafka.effective_transactional_id())
+                    .set("transaction.timeout.ms", cfg.kafka.transaction_timeout.ms().to_string());
+            }
         }
         Role::Admin => {}
     }

@@ -1,10 +1,16 @@
-//! The output producer: sends records, tracks delivery failures, and flushes before a commit.
+//! The output producer: sends records, tracks delivery failures, and either flushes before an
+//! offset commit (at-least-once) or runs one Kafka transaction per batch holding the outputs, the
+//! state changelog and the consumed offsets (exactly-once). Its blocking librdkafka calls run on
+//! the runner's own thread, never on the async runtime. Transaction errors are classified:
+//! retry, abort (then rewind), or fatal (fenced by a newer instance, or a broken producer).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
@@ -20,11 +26,52 @@ pub enum SinkError {
     FlushTimeout(Duration),
     #[error("producing to {topic} failed: {source}")]
     Send { topic: String, source: KafkaError },
+    #[error("transaction {op} failed ({class:?}): {source}")]
+    Transaction { op: &'static str, class: TxnClass, source: KafkaError },
+}
+
+/// What to do about a failed transactional call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnClass {
+    /// Call again.
+    Retry,
+    /// Abort the transaction, rewind to the last commit and redo.
+    Abort,
+    /// Another instance with the same transactional.id took over: this one must stop.
+    Fenced,
+    /// The producer cannot go on.
+    Fatal,
 }
 
 impl SinkError {
     pub fn retriable(&self) -> bool {
-        matches!(self, SinkError::FlushTimeout(_))
+        matches!(self, SinkError::FlushTimeout(_)) || self.class() == Some(TxnClass::Retry)
+    }
+
+    /// The transactional class of the error, if it came from a transactional call.
+    pub fn class(&self) -> Option<TxnClass> {
+        match self {
+            SinkError::Transaction { class, .. } => Some(*class),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a transactional error as librdkafka reports it.
+pub fn classify(err: &KafkaError) -> TxnClass {
+    let fenced = |code: RDKafkaErrorCode| {
+        matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    };
+    match err {
+        KafkaError::Transaction(e) if fenced(e.code()) => TxnClass::Fenced,
+        KafkaError::Transaction(e) if e.is_fatal() => TxnClass::Fatal,
+        KafkaError::Transaction(e) if e.txn_requires_abort() => TxnClass::Abort,
+        KafkaError::Transaction(e) if e.is_retriable() => TxnClass::Retry,
+        KafkaError::Transaction(_) => TxnClass::Abort,
+        other => match other.rdkafka_error_code() {
+            Some(code) if fenced(code) => TxnClass::Fenced,
+            _ => TxnClass::Abort,
+        },
     }
 }
 
@@ -62,18 +109,100 @@ pub struct OutRecord<'a> {
 pub struct Sink {
     producer: BaseProducer<DeliveryTracker>,
     flush_timeout: Duration,
+    transactional: bool,
+    in_transaction: bool,
     /// Records sent since creation.
     pub sent: u64,
 }
 
 impl Sink {
+    /// A plain (idempotent) producer for at-least-once delivery.
     pub fn new(config: &ClientConfig, flush_timeout: Duration) -> Result<Sink, SinkError> {
         let producer = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
-        Ok(Sink { producer, flush_timeout, sent: 0 })
+        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false, sent: 0 })
     }
 
-    /// Queues a record; waits for room when librdkafka's queue is full.
+    /// A transactional producer: `config` must carry `transactional.id`. Initialising fences any
+    /// older instance with the same id and aborts its open transaction.
+    pub fn transactional(config: &ClientConfig, timeout: Duration) -> Result<Sink, SinkError> {
+        let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
+        let mut attempts = 0;
+        loop {
+            match producer.init_transactions(timeout) {
+                Ok(()) => break,
+                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
+                Err(e) => return Err(SinkError::Transaction { op: "init", class: classify(&e), source: e }),
+            }
+        }
+        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, sent: 0 })
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Whether a transaction is open (always false for a plain producer).
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    fn ensure_transaction(&mut self) -> Result<(), SinkError> {
+        if self.transactional && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| SinkError::Transaction { op: "begin", class: classify(&e), source: e })?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction together with the consumer offsets `offsets` of `group`.
+    /// Retriable failures are retried here; an error means abort (or stop, if fenced/fatal).
+    pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), SinkError> {
+        self.ensure_transaction()?;
+        let mut attempts = 0;
+        loop {
+            match self.producer.send_offsets_to_transaction(offsets, group, self.flush_timeout) {
+                Ok(()) => break,
+                Err(e) if classify(&e) == TxnClass::Retry && attempts < 5 => attempts += 1,
+                Err(e) => return Err(SinkError::Transaction { op: "send_offsets", class: classify(&e), source: e }),
+            }
+        }
+        loop {
+            match self.producer.commit_transaction(self.flush_timeout) {
+                Ok(()) => break,
+                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
+                Err(e) => return Err(SinkError::Transaction { op: "commit", class: classify(&e), source: e }),
+            }
+        }
+        self.in_transaction = false;
+        self.producer.context().failed.swap(0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Aborts the open transaction: nothing it wrote becomes visible to read_committed readers.
+    pub fn abort_transaction(&mut self) -> Result<(), SinkError> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        let mut attempts = 0;
+        loop {
+            match self.producer.abort_transaction(self.flush_timeout) {
+                Ok(()) => break,
+                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
+                Err(e) => return Err(SinkError::Transaction { op: "abort", class: classify(&e), source: e }),
+            }
+        }
+        self.in_transaction = false;
+        self.producer.context().failed.swap(0, Ordering::AcqRel);
+        *self.producer.context().first_error.lock().expect("delivery lock") = None;
+        Ok(())
+    }
+
+    /// Queues a record (inside the open transaction, beginning one if needed); waits for room
+    /// when librdkafka's queue is full.
     pub fn send(&mut self, rec: OutRecord<'_>) -> Result<(), SinkError> {
+        self.ensure_transaction()?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(rec.topic).payload(rec.payload);
         if let Some(k) = rec.key {
             record = record.key(k);
@@ -93,6 +222,9 @@ impl Sink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) if self.transactional => {
+                    return Err(SinkError::Transaction { op: "produce", class: classify(&e), source: e })
                 }
                 Err((e, _)) => return Err(SinkError::Send { topic: rec.topic.to_string(), source: e }),
             }
