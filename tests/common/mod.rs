@@ -74,7 +74,6 @@ impl Topics {
             ("topics.dlq", self.dlq.clone()),
             ("topics.channel_partials", self.partials.clone()),
             ("topics.changelog", self.changelog.clone()),
-            ("kafka.transactional_id", format!("{}-tx", self.group)),
             ("topics.partitions", "3".into()),
             ("http.enabled", "false".into()),
         ];
@@ -211,8 +210,15 @@ pub struct Processor {
 
 impl Processor {
     pub fn start(topics: &Topics, extra: &[(&str, &str)]) -> Processor {
+        Self::start_as(topics, "tx", extra, &[])
+    }
+
+    /// Starts a replica with its own transactional id suffix and extra environment.
+    pub fn start_as(topics: &Topics, replica: &str, extra: &[(&str, &str)], env: &[(&str, &str)]) -> Processor {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_touchstream"));
         cmd.arg("run").args(topics.args());
+        cmd.arg("--set").arg(format!("kafka.transactional_id={}-{replica}", topics.group));
+        cmd.envs(env.iter().copied());
         for (k, v) in extra {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
@@ -278,4 +284,188 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactly-once harness: a generated stream, replicas, and output comparison.
+
+/// Settings for failure tests: fast failure detection, no wall-clock (idle) watermark moves, so a
+/// run's outputs depend on the input alone.
+pub const EOS_SETTINGS: &[(&str, &str)] = &[
+    ("event_time.idle_timeout", "1h"),
+    ("kafka.consumer.session.timeout.ms", "6000"),
+    ("kafka.consumer.heartbeat.interval.ms", "1000"),
+    ("kafka.transaction_timeout", "10s"),
+];
+
+/// Produces `n` generated events (seeded) to `topic`, spread over about `seconds`.
+pub fn produce_stream(topic: &str, n: usize, seed: u64, seconds: f64) {
+    use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
+    let p = producer();
+    let mut gen = JourneyGenerator::new(GeneratorConfig { seed, active_customers: 400, mean_gap_ms: 2_000.0, ..GeneratorConfig::default() });
+    let (mut json, mut customer) = (Vec::new(), String::new());
+    let start = Instant::now();
+    for i in 0..n {
+        gen.next_into(&mut json, &mut customer);
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(customer.as_bytes()).payload(&json[..]);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        let due = start + Duration::from_secs_f64(seconds * (i + 1) as f64 / n as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            p.poll(wait);
+        }
+    }
+    flush(&p);
+}
+
+/// End offset of every partition of `topic`.
+pub fn end_offsets(topic: &str) -> Vec<(i32, i64)> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut out = Vec::new();
+    for p in md.topics()[0].partitions() {
+        let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+        out.push((p.id(), high));
+    }
+    out
+}
+
+/// Committed offsets of `group` on `topic` (-1 where none).
+pub fn committed_offsets(group: &str, topic: &str, partitions: &[i32]) -> Vec<(i32, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    match c.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(got) => got
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
+            .collect(),
+        Err(_) => partitions.iter().map(|p| (*p, -1)).collect(),
+    }
+}
+
+/// Waits until `group` has committed the end of every partition of the events topic.
+pub fn wait_caught_up(topics: &Topics, timeout: Duration) -> bool {
+    let end = end_offsets(&topics.events);
+    let parts: Vec<i32> = end.iter().map(|(p, _)| *p).collect();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if committed_offsets(&topics.group, &topics.events, &parts) == end {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+/// Everything a run wrote, read back read_committed.
+#[derive(Debug)]
+pub struct Outputs {
+    pub conversions: HashMap<String, serde_json::Value>,
+    pub conversion_records: usize,
+    pub alerts: HashMap<String, serde_json::Value>,
+    pub alert_records: usize,
+    pub channels: HashMap<String, serde_json::Value>,
+}
+
+pub fn collect_outputs(topics: &Topics) -> Outputs {
+    let settle = Duration::from_secs(3);
+    let conv = read_all(&topics.conversions, settle);
+    let alerts = read_all(&topics.alerts, settle);
+    let channels = read_all(&topics.channels, settle);
+    Outputs {
+        conversions: conv.iter().map(|r| (r.json()["conversion_id"].as_str().unwrap().to_string(), r.json())).collect(),
+        conversion_records: conv.len(),
+        alerts: alerts.iter().map(|r| (r.json()["alert_id"].as_str().unwrap().to_string(), r.json())).collect(),
+        alert_records: alerts.len(),
+        channels: latest_by_key(&channels),
+    }
+}
+
+/// JSON equality with floats compared to 1e-9.
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w))),
+        _ => a == b,
+    }
+}
+
+/// Asserts that a run with failures wrote exactly what a failure-free run wrote.
+#[track_caller]
+pub fn assert_same_outputs(got: &Outputs, want: &Outputs) {
+    assert!(want.conversion_records > 50 && want.alert_records > 10, "the reference run has work: {} conversions, {} alerts", want.conversion_records, want.alert_records);
+    assert_eq!(got.conversion_records, got.conversions.len(), "no conversion written twice");
+    assert_eq!(got.alert_records, got.alerts.len(), "no alert written twice");
+    assert_eq!(want.conversion_records, want.conversions.len());
+    let missing: Vec<&String> = want.conversions.keys().filter(|k| !got.conversions.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.conversions.keys().filter(|k| !want.conversions.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "conversions missing {missing:?}, extra {extra:?}");
+    for (k, v) in &want.conversions {
+        assert!(same_json(v, &got.conversions[k]), "conversion {k} differs:\nwant {v}\ngot  {}", got.conversions[k]);
+    }
+    let missing: Vec<&String> = want.alerts.keys().filter(|k| !got.alerts.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.alerts.keys().filter(|k| !want.alerts.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "alerts missing {missing:?}, extra {extra:?}");
+    for (k, v) in &want.alerts {
+        assert!(same_json(v, &got.alerts[k]), "alert {k} differs:\nwant {v}\ngot  {}", got.alerts[k]);
+    }
+    assert_eq!(got.channels.len(), want.channels.len(), "channel window keys");
+    for (k, v) in &want.channels {
+        let g = got.channels.get(k).unwrap_or_else(|| panic!("channel window {k} missing"));
+        assert!(same_json(v, g), "channel window {k} differs:\nwant {v}\ngot  {g}");
+    }
+}
+
+/// Runs one failure-free replica over the whole events topic on fresh output topics and group.
+pub fn reference_run(events_topic: &str) -> Outputs {
+    let mut topics = Topics::new("reference");
+    topics.events = events_topic.to_string();
+    let proc = Processor::start(&topics, EOS_SETTINGS);
+    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "reference run caught up:\n{}", proc.log());
+    let out = collect_outputs(&topics);
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+    out
+}
+
+pub fn kill9(p: &Processor) {
+    unsafe_kill(p.child.id(), "KILL");
+}
+
+pub fn signal(p: &Processor, sig: &str) {
+    unsafe_kill(p.child.id(), sig);
+}
+
+/// A small deterministic PRNG for test schedules.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
