@@ -85,8 +85,9 @@ struct Processor {
     aggregators: HashMap<i32, ChannelAggregator>,
     /// Next offset to commit per input partition.
     pending: HashMap<i32, i64>,
-    /// Last committed offset per input partition (where a rewind goes back to).
-    committed: HashMap<i32, i64>,
+    /// Last committed offset per input partition (where a rewind goes back to); None: nothing
+    /// committed yet (start from the beginning).
+    committed: HashMap<i32, Option<i64>>,
     restorer: BaseConsumer<QuietEof>,
     changelog: Vec<ChangelogEntry>,
     /// Fault injection for tests: abort every Nth transaction instead of committing it.
@@ -254,8 +255,8 @@ impl Processor {
         Ok(())
     }
 
-    /// (Re)loads input partitions: their committed offsets (stable: waits for pending
-    /// transactions to resolve), then their state from the changelog, then seeks to the offsets.
+    /// Loads newly assigned input partitions: their committed offsets (stable: the broker waits
+    /// for pending transactions to resolve), then their state from the changelog, then seeks.
     fn load_partitions(&mut self, consumer: &BaseConsumer<SignallingContext>, partitions: &[i32]) -> Result<(), RunError> {
         if partitions.is_empty() {
             return Ok(());
@@ -265,19 +266,29 @@ impl Processor {
             tpl.add_partition(&self.cfg.topics.events, *p);
         }
         let committed = consumer.committed_offsets(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
-        let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
             let offset = match e.offset() {
-                Offset::Offset(o) => {
-                    self.committed.insert(e.partition(), o);
-                    Offset::Offset(o)
-                }
-                _ => {
-                    self.committed.remove(&e.partition());
-                    Offset::Beginning
-                }
+                Offset::Offset(o) => Some(o),
+                _ => None,
             };
-            seek.add_partition_offset(&self.cfg.topics.events, e.partition(), offset).map_err(RunError::Consumer)?;
+            self.committed.insert(e.partition(), offset);
+        }
+        self.reload_partitions(consumer, partitions)
+    }
+
+    /// Restores partitions from the changelog and seeks them to the last committed offsets known
+    /// to this member (no group-coordinator call, so this also works in the middle of a rebalance).
+    fn reload_partitions(&mut self, consumer: &BaseConsumer<SignallingContext>, partitions: &[i32]) -> Result<(), RunError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut seek = TopicPartitionList::new();
+        for p in partitions {
+            let offset = match self.committed.get(p).copied().flatten() {
+                Some(o) => Offset::Offset(o),
+                None => Offset::Beginning,
+            };
+            seek.add_partition_offset(&self.cfg.topics.events, *p, offset).map_err(RunError::Consumer)?;
         }
         let started = Instant::now();
         for engine in self.restore_partitions(partitions)? {
@@ -346,7 +357,7 @@ impl Processor {
         self.batch_events = 0;
         let partitions: Vec<i32> = self.engines.keys().copied().collect();
         self.engines.clear();
-        self.load_partitions(consumer, &partitions)?;
+        self.reload_partitions(consumer, &partitions)?;
         if !self.aggregators.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for p in self.aggregators.keys() {
@@ -537,7 +548,7 @@ impl Processor {
 
     fn after_commit(&mut self, started: Instant) {
         for (p, off) in self.pending.drain() {
-            self.committed.insert(p, off);
+            self.committed.insert(p, Some(off));
         }
         self.stats.commits += 1;
         self.telemetry.committed(self.batch_events, started.elapsed());

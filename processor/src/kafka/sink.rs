@@ -12,7 +12,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::TopicPartitionList;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext};
 
 /// Errors of the output path. `retriable()` says whether trying again may help.
@@ -185,6 +185,11 @@ impl Sink {
         if !self.in_transaction {
             return Ok(());
         }
+        // librdkafka's abort waits until every queued record's delivery report was served, but
+        // rust-rdkafka's BaseProducer::abort_transaction (unlike its commit) does not serve them:
+        // purge what is queued and serve the reports here first, or the abort blocks until timeout.
+        self.producer.purge(PurgeConfig::default().queue());
+        let _ = self.producer.flush(self.flush_timeout);
         let mut attempts = 0;
         loop {
             match self.producer.abort_transaction(self.flush_timeout) {
