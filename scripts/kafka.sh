@@ -205,7 +205,7 @@ restart_broker() {
   # Only look at log lines written after this restart.
   local since=$(($(wc -l <"$CACHE/$KAFKA_RUN_DIR/server.log") + 1))
   launch
-  wait_ready "$since" || { stop; die "Kafka failed to restart"; }
+  wait_ready "$since" || { terminate; die "Kafka failed to restart (logs kept in $CACHE/$KAFKA_RUN_DIR)"; }
   log "restarted: pid $KAFKA_PID, brokers 127.0.0.1:$KAFKA_BROKER_PORT"
   echo "127.0.0.1:$KAFKA_BROKER_PORT"
 }
