@@ -352,6 +352,20 @@ impl PartitionEngine {
     }
 }
 
+/// The journey at `until`: touchpoints after the previous purchase, at or before `until` and within
+/// the lookback; their indices and times go to `scratch.idx` / `scratch.ts`.
+fn select_journey(customer: &CustomerState, until: Millis, lookback: Millis, scratch: &mut Scratch) {
+    let from = until.saturating_sub(lookback);
+    scratch.idx.clear();
+    scratch.ts.clear();
+    for (i, t) in customer.touchpoints.iter().enumerate() {
+        if t.ts > customer.last_purchase_ts && t.ts <= until && t.ts >= from {
+            scratch.idx.push(i);
+            scratch.ts.push(t.ts);
+        }
+    }
+}
+
 /// Builds the conversion record for a purchase and credits the channel windows; spends the
 /// journey's touchpoints and closes the cart.
 fn convert(
@@ -365,15 +379,7 @@ fn convert(
     let conv_ts = ev.ts;
     let value = ev.value.or_else(|| customer.cart.as_ref().map(|c| c.value())).unwrap_or(0.0);
     let currency = ev.currency.as_deref().map(str::to_string).or_else(|| customer.cart.as_ref().and_then(|c| c.currency.as_deref().map(str::to_string)));
-    let from = conv_ts.saturating_sub(cfg.lookback);
-    scratch.idx.clear();
-    scratch.ts.clear();
-    for (i, t) in customer.touchpoints.iter().enumerate() {
-        if t.ts > customer.last_purchase_ts && t.ts <= conv_ts && t.ts >= from {
-            scratch.idx.push(i);
-            scratch.ts.push(t.ts);
-        }
-    }
+    select_journey(customer, conv_ts, cfg.lookback, scratch);
     credits::assign(&scratch.ts, cfg.half_life, &mut scratch.credits);
     let mut touchpoints = Vec::with_capacity(scratch.idx.len().max(1));
     for (&i, c) in scratch.idx.iter().zip(&scratch.credits) {
@@ -426,15 +432,7 @@ fn convert(
 
 /// Builds the abandonment alert of the customer's open cart at `alert_ts` and marks it alerted.
 fn build_alert(key: &str, customer: &mut CustomerState, alert_ts: Millis, cfg: &EngineConfig, scratch: &mut Scratch) -> AlertRecord {
-    let from = alert_ts.saturating_sub(cfg.lookback);
-    scratch.idx.clear();
-    scratch.ts.clear();
-    for (i, t) in customer.touchpoints.iter().enumerate() {
-        if t.ts > customer.last_purchase_ts && t.ts <= alert_ts && t.ts >= from {
-            scratch.idx.push(i);
-            scratch.ts.push(t.ts);
-        }
-    }
+    select_journey(customer, alert_ts, cfg.lookback, scratch);
     credits::time_decay(&scratch.ts, cfg.half_life, &mut scratch.decay);
     let mut ranked: Vec<(f64, usize)> = scratch.decay.iter().copied().zip(scratch.idx.iter().copied()).collect();
     // highest credit first; among equals the latest touch

@@ -43,6 +43,8 @@ pub enum RunError {
     Serialise(#[from] serde_json::Error),
     #[error("restoring partition {partition} from the changelog: {message}")]
     Restore { partition: i32, message: String },
+    #[error("the producer failed fatally 4 times in 10 minutes; last error: {0}")]
+    ProducerFailed(String),
     #[error("fenced: another instance with transactional.id {0:?} took over; this one stops")]
     Fenced(String),
 }
@@ -93,6 +95,8 @@ struct Processor {
     /// Fault injection for tests: abort every Nth transaction instead of committing it.
     abort_every: Option<u64>,
     transactions: u64,
+    /// When the producer was last recreated after fatal errors.
+    recreated: Vec<Instant>,
     last_input: HashMap<i32, Instant>,
     partials_partitions: i32,
     buf: Vec<u8>,
@@ -151,6 +155,7 @@ impl Runner {
             changelog: Vec::new(),
             abort_every,
             transactions: 0,
+            recreated: Vec::new(),
             last_input: HashMap::new(),
             partials_partitions,
             buf: Vec::with_capacity(4096),
@@ -198,6 +203,7 @@ impl Runner {
                     Err(RunError::Sink(e)) if e.class() == Some(TxnClass::Fenced) => {
                         return Err(RunError::Fenced(state.cfg.kafka.effective_transactional_id()))
                     }
+                    Err(RunError::Sink(e)) if e.class() == Some(TxnClass::Fatal) => state.recreate_producer(&consumer, &e)?,
                     Err(e) => return Err(e),
                 }
             }
@@ -346,10 +352,31 @@ impl Processor {
         match self.sink.abort_transaction() {
             Ok(()) => {}
             Err(e) if e.class() == Some(TxnClass::Fenced) => return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id())),
+            Err(e) if e.class() == Some(TxnClass::Fatal) => return self.recreate_producer(consumer, &e),
             Err(e) => return Err(e.into()),
         }
         self.stats.aborts += 1;
         self.telemetry.aborted(why);
+        self.rewind(consumer)
+    }
+
+    /// A fatal producer error: replace the producer (its `init_transactions` aborts whatever the
+    /// old one left open) and go back to the last commit. At most 3 times in 10 minutes; then stop.
+    fn recreate_producer(&mut self, consumer: &BaseConsumer<SignallingContext>, cause: &SinkError) -> Result<(), RunError> {
+        let now = Instant::now();
+        self.recreated.retain(|t| now.duration_since(*t) < Duration::from_secs(600));
+        if self.recreated.len() >= 3 {
+            return Err(RunError::ProducerFailed(cause.to_string()));
+        }
+        self.recreated.push(now);
+        tracing::error!(error = %cause, "fatal producer error: recreating the producer and reloading state from the changelog");
+        self.sink = Sink::transactional(&client_config(&self.cfg, Role::Producer), CALL_TIMEOUT)?;
+        self.rewind(consumer)
+    }
+
+    /// Forgets everything since the last commit: buffers, state (reloaded from the changelog),
+    /// consumer positions (back to the committed offsets), channel aggregators (re-read).
+    fn rewind(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
         self.outputs.clear();
         self.windows.clear();
         self.changelog.clear();

@@ -442,7 +442,7 @@ pub fn reference_run(events_topic: &str) -> Outputs {
     let mut topics = Topics::new("reference");
     topics.events = events_topic.to_string();
     let proc = Processor::start(&topics, EOS_SETTINGS);
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "reference run caught up:\n{}", proc.log());
+    assert!(wait_caught_up(&topics, Duration::from_secs(600)), "reference run caught up:\n{}", proc.log());
     let out = collect_outputs(&topics);
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");

@@ -97,6 +97,18 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
+/// Runs a transactional call, again while librdkafka says it is retriable (at most 5 times).
+fn retry(op: &'static str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), SinkError> {
+    let mut attempts = 0;
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == TxnClass::Retry && attempts < 5 => attempts += 1,
+            Err(e) => return Err(SinkError::Transaction { op, class: classify(&e), source: e }),
+        }
+    }
+}
+
 /// A record to write.
 pub struct OutRecord<'a> {
     pub topic: &'a str,
@@ -126,14 +138,7 @@ impl Sink {
     /// older instance with the same id and aborts its open transaction.
     pub fn transactional(config: &ClientConfig, timeout: Duration) -> Result<Sink, SinkError> {
         let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
-        let mut attempts = 0;
-        loop {
-            match producer.init_transactions(timeout) {
-                Ok(()) => break,
-                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
-                Err(e) => return Err(SinkError::Transaction { op: "init", class: classify(&e), source: e }),
-            }
-        }
+        retry("init", || producer.init_transactions(timeout))?;
         Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, sent: 0 })
     }
 
@@ -160,21 +165,9 @@ impl Sink {
     /// Retriable failures are retried here; an error means abort (or stop, if fenced/fatal).
     pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), SinkError> {
         self.ensure_transaction()?;
-        let mut attempts = 0;
-        loop {
-            match self.producer.send_offsets_to_transaction(offsets, group, self.flush_timeout) {
-                Ok(()) => break,
-                Err(e) if classify(&e) == TxnClass::Retry && attempts < 5 => attempts += 1,
-                Err(e) => return Err(SinkError::Transaction { op: "send_offsets", class: classify(&e), source: e }),
-            }
-        }
-        loop {
-            match self.producer.commit_transaction(self.flush_timeout) {
-                Ok(()) => break,
-                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
-                Err(e) => return Err(SinkError::Transaction { op: "commit", class: classify(&e), source: e }),
-            }
-        }
+        let timeout = self.flush_timeout;
+        retry("send_offsets", || self.producer.send_offsets_to_transaction(offsets, group, timeout))?;
+        retry("commit", || self.producer.commit_transaction(timeout))?;
         self.in_transaction = false;
         self.producer.context().failed.swap(0, Ordering::AcqRel);
         Ok(())
@@ -190,14 +183,8 @@ impl Sink {
         // purge what is queued and serve the reports here first, or the abort blocks until timeout.
         self.producer.purge(PurgeConfig::default().queue());
         let _ = self.producer.flush(self.flush_timeout);
-        let mut attempts = 0;
-        loop {
-            match self.producer.abort_transaction(self.flush_timeout) {
-                Ok(()) => break,
-                Err(e) if classify(&e) == TxnClass::Retry && attempts < 10 => attempts += 1,
-                Err(e) => return Err(SinkError::Transaction { op: "abort", class: classify(&e), source: e }),
-            }
-        }
+        let timeout = self.flush_timeout;
+        retry("abort", || self.producer.abort_transaction(timeout))?;
         self.in_transaction = false;
         self.producer.context().failed.swap(0, Ordering::AcqRel);
         *self.producer.context().first_error.lock().expect("delivery lock") = None;

@@ -1,0 +1,683 @@
+#!/usr/bin/env python3
+"""Trains Touchstream's ONNX models from an event log (input contract, JSON lines).
+
+    python models/train.py --log PATH [--out models] [--seed N]
+
+PATH is a .jsonl file or a directory of .jsonl files (truth_*.jsonl of a simulator run are
+ignored). Labels come from the log itself. Writes, under --out:
+  journey_step/       GRU step model: P(purchase in 7 d), P(cart abandoned), expected 90-day revenue
+  attribution/        the better of the two attribution models (by validation log-loss)
+  attribution_cnn/ or attribution_attention/   the other one
+each with model.onnx, metadata.json and fixtures.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as Fn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tsdata as D  # noqa: E402
+
+VERSION = "2026.11.29-1"
+OPSET = 17
+VALUE_SCALE = 100.0  # the revenue head predicts log(E[revenue] / VALUE_SCALE)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# =============================================================================================
+# Journey step model
+
+
+class StepModel(nn.Module):
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.gru = nn.GRU(n_features, hidden, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden + n_features, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def forward_seq(self, x, h0):
+        out, h = self.gru(x, h0)
+        return self.head(torch.cat([out, x], dim=-1)), h
+
+
+class StepExport(nn.Module):
+    """One event: (features [B,F], hidden_in [B,H]) -> hidden_out, p_purchase, p_abandon, expected_value."""
+
+    def __init__(self, m: StepModel):
+        super().__init__()
+        self.m = m
+
+    def forward(self, features, hidden_in):
+        out, h = self.m.gru(features.unsqueeze(1), hidden_in.unsqueeze(0))
+        hidden_out = h.squeeze(0)
+        y = self.m.head(torch.cat([hidden_out, features], dim=-1))
+        p_purchase = torch.sigmoid(y[:, 0:1])
+        p_abandon = torch.sigmoid(y[:, 1:2])
+        expected_value = torch.exp(torch.clamp(y[:, 2:3], max=20.0)) * VALUE_SCALE
+        return hidden_out, p_purchase, p_abandon, expected_value
+
+
+def split_customers(n_customers: int, seed: int, val_frac: float = 0.1):
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(n_customers) < val_frac
+    return is_val
+
+
+def make_batches(lg: D.Log, custs: np.ndarray, batch: int, rng):
+    """Customers sorted by length into batches of similar length (less padding)."""
+    lens = (lg.ends - lg.starts)[custs]
+    order = custs[np.argsort(lens + rng.random(len(lens)), kind="stable")]
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def pad_batch(lg, arrays, cb):
+    lens = (lg.ends - lg.starts)[cb]
+    T = int(lens.max())
+    out = []
+    for a in arrays:
+        shape = (len(cb), T) + a.shape[1:]
+        p = np.zeros(shape, dtype=a.dtype)
+        for j, c in enumerate(cb):
+            s, e = lg.starts[c], lg.ends[c]
+            p[j, : e - s] = a[s:e]
+        out.append(torch.from_numpy(p))
+    valid = np.zeros((len(cb), T), dtype=bool)
+    for j, n in enumerate(lens):
+        valid[j, :n] = True
+    return out, torch.from_numpy(valid), T
+
+
+def step_losses(y, yp, mp, ya, ma, yv, mv, w_abandon=3.0, w_value=0.5):
+    lp = Fn.binary_cross_entropy_with_logits(y[..., 0], yp, reduction="none")
+    la = Fn.binary_cross_entropy_with_logits(y[..., 1], ya, reduction="none")
+    r = yv / VALUE_SCALE
+    lv = torch.exp(torch.clamp(y[..., 2], max=20.0)) - r * y[..., 2]  # Poisson deviance (up to a constant)
+    mp, ma, mv = mp.float(), ma.float(), mv.float()
+    loss = (lp * mp).sum() / mp.sum().clamp(min=1) + w_abandon * (la * ma).sum() / ma.sum().clamp(min=1) \
+        + w_value * (lv * mv).sum() / mv.sum().clamp(min=1)
+    return loss
+
+
+def run_step_model(model: StepModel, lg: D.Log, x: np.ndarray, custs: np.ndarray, batch: int = 256):
+    """Runs the model over whole customer sequences; returns per-event logits [n, 3] (for custs)."""
+    out = np.zeros((lg.n, 3), dtype=np.float32)
+    H = model.gru.hidden_size
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for cb in make_batches(lg, custs, batch, rng):
+            (xb,), valid, T = pad_batch(lg, [x], cb)
+            y, _ = model.forward_seq(xb, torch.zeros(1, len(cb), H))
+            y = y.numpy()
+            for j, c in enumerate(cb):
+                s, e = lg.starts[c], lg.ends[c]
+                out[s:e] = y[j, : e - s]
+    return out
+
+
+def auc(y, s):
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def logloss(y, p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def train_step(lg: D.Log, sd: D.StepData, labels, args, hidden: int):
+    y_p, m_p, y_a, m_a, y_v, m_v = labels
+    yv_rev = np.expm1(y_v).astype(np.float32)  # revenue in the next 90 days
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    is_val = split_customers(len(lg.customer_ids), args.seed)
+    tr = np.flatnonzero(~is_val)
+    va = np.flatnonzero(is_val)
+    model = StepModel(D.N_STEP_FEATURES, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=args.step_lr)
+    K = args.bptt
+    arrays = [sd.x, y_p, m_p, y_a, m_a, yv_rev, m_v]
+    n_steps = 0
+    best = (float("inf"), None)
+    history = []
+    for epoch in range(args.step_epochs):
+        t0 = time.time()
+        model.train()
+        batches = make_batches(lg, tr, args.step_batch, rng)
+        rng.shuffle(batches)
+        tot, cnt = 0.0, 0
+        for cb in batches:
+            (xb, ypb, mpb, yab, mab, yvb, mvb), valid, T = pad_batch(lg, arrays, cb)
+            h = torch.zeros(1, len(cb), hidden)
+            for k0 in range(0, T, K):
+                sl = slice(k0, k0 + K)
+                v = valid[:, sl]
+                y, h = model.forward_seq(xb[:, sl], h)
+                loss = step_losses(y, ypb[:, sl], mpb[:, sl] & v, yab[:, sl], mab[:, sl] & v, yvb[:, sl], mvb[:, sl] & v)
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                h = h.detach()
+                tot += float(loss); cnt += 1; n_steps += 1
+        model.eval()
+        yl = run_step_model(model, lg, sd.x, va)
+        sel = np.zeros(lg.n, dtype=bool)
+        for c in va:
+            sel[lg.starts[c]:lg.ends[c]] = True
+        vp = sel & m_p
+        va_ = sel & m_a
+        vv = sel & m_v
+        r = yv_rev[vv] / VALUE_SCALE
+        z = yl[vv, 2]
+        m = {
+            "epoch": epoch + 1,
+            "train_loss": tot / max(cnt, 1),
+            "val_purchase_auc": auc(y_p[vp], yl[vp, 0]),
+            "val_purchase_logloss": logloss(y_p[vp], sigmoid(yl[vp, 0])),
+            "val_abandon_auc": auc(y_a[va_], yl[va_, 1]),
+            "val_abandon_logloss": logloss(y_a[va_], sigmoid(yl[va_, 1])),
+            "val_value_poisson_deviance": float(np.mean(np.exp(z) - r * z)),
+            "seconds": round(time.time() - t0, 1),
+        }
+        val_obj = m["val_purchase_logloss"] + 3.0 * m["val_abandon_logloss"] + 0.5 * m["val_value_poisson_deviance"]
+        m["val_objective"] = val_obj
+        history.append(m)
+        log(f"step epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items() if k != "epoch"))
+        if val_obj < best[0]:
+            best = (val_obj, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    model.eval()
+    # calibration of the value head on validation
+    yl = run_step_model(model, lg, sd.x, va)
+    sel = np.zeros(lg.n, dtype=bool)
+    for c in va:
+        sel[lg.starts[c]:lg.ends[c]] = True
+    vv = sel & m_v
+    pred_rev = np.exp(np.minimum(yl[vv, 2], 20)) * VALUE_SCALE
+    best_m = min(history, key=lambda h: h["val_objective"])
+    best_m = dict(best_m)
+    best_m["val_value_mean_predicted"] = float(pred_rev.mean())
+    best_m["val_value_mean_actual"] = float(yv_rev[vv].mean())
+    best_m["val_value_mae"] = float(np.abs(pred_rev - yv_rev[vv]).mean())
+    best_m["val_value_spearman"] = spearman(pred_rev, yv_rev[vv])
+    return model, best_m, history, {"train_customers": int(len(tr)), "val_customers": int(len(va)),
+                                    "purchase_labels": int(m_p.sum()), "abandon_labels": int(m_a.sum()),
+                                    "value_labels": int(m_v.sum()), "purchase_rate": float(y_p[m_p].mean()),
+                                    "abandon_rate": float(y_a[m_a].mean())}
+
+
+def spearman(a, b):
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# =============================================================================================
+# Attribution models
+
+
+class TouchEncoder(nn.Module):
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.ch = nn.Embedding(len(D.CHANNELS), 16)
+        self.et = nn.Embedding(len(D.EVENT_TYPES), 8)
+        self.cb = nn.Embedding(D.CAMPAIGN_BUCKETS, 8)
+        self.mlp = nn.Sequential(nn.Linear(16 + 8 + 8 + 2, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU())
+
+    def forward(self, channel, event_type, campaign_bucket, age, position):
+        z = torch.cat([self.ch(channel), self.et(event_type), self.cb(campaign_bucket),
+                       age.unsqueeze(-1), position.unsqueeze(-1)], dim=-1)
+        return self.mlp(z)
+
+
+def masked_softmax(scores, mask):
+    s = scores + (mask - 1.0) * 1e4
+    s = s - s.max(dim=-1, keepdim=True).values
+    w = torch.exp(s) * mask
+    return w / (w.sum(dim=-1, keepdim=True) + 1e-9)
+
+
+class AttentionAttribution(nn.Module):
+    """DNAMTA-like: touch embeddings, additive (Bahdanau) attention pooling, plus an additive
+    per-touch intensity path (sum of softplus terms, like a hazard), then an MLP."""
+    kind = "attention"
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.enc = TouchEncoder(d)
+        self.att_w = nn.Linear(d, d)
+        self.att_v = nn.Linear(d, 1, bias=False)
+        self.intensity = nn.Linear(d, 1)
+        self.out = nn.Sequential(nn.Linear(d + 2, d), nn.ReLU(), nn.Linear(d, 1))
+
+    def forward(self, channel, event_type, campaign_bucket, age, position, mask):
+        e = self.enc(channel, event_type, campaign_bucket, age, position)
+        a = masked_softmax(self.att_v(torch.tanh(self.att_w(e))).squeeze(-1), mask)
+        ctx = (a.unsqueeze(-1) * e).sum(dim=1)
+        lam = (Fn.softplus(self.intensity(e)).squeeze(-1) * mask).sum(dim=1, keepdim=True)
+        n = mask.sum(dim=1, keepdim=True)
+        logit = self.out(torch.cat([ctx, torch.log1p(lam), torch.log1p(n)], dim=-1))
+        return torch.sigmoid(logit), a
+
+
+class CnnAttribution(nn.Module):
+    """1D CNN over the journey; attention output = softmax of a per-position saliency score over the mask."""
+    kind = "cnn"
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.enc = TouchEncoder(d)
+        self.c1 = nn.Conv1d(d, d, 5, padding=2)
+        self.c2 = nn.Conv1d(d, d, 5, padding=2)
+        self.score = nn.Linear(d, 1)
+        self.out = nn.Sequential(nn.Linear(2 * d + 1, d), nn.ReLU(), nn.Linear(d, 1))
+
+    def forward(self, channel, event_type, campaign_bucket, age, position, mask):
+        e = self.enc(channel, event_type, campaign_bucket, age, position) * mask.unsqueeze(-1)
+        h = torch.relu(self.c1(e.transpose(1, 2)))
+        h = torch.relu(self.c2(h)).transpose(1, 2) * mask.unsqueeze(-1)
+        a = masked_softmax(self.score(h).squeeze(-1), mask)
+        att_pool = (a.unsqueeze(-1) * h).sum(dim=1)
+        max_pool = (h + (mask.unsqueeze(-1) - 1.0) * 1e4).max(dim=1).values * (mask.sum(1, keepdim=True) > 0).float()
+        n = mask.sum(dim=1, keepdim=True)
+        logit = self.out(torch.cat([att_pool, max_pool, torch.log1p(n)], dim=-1))
+        return torch.sigmoid(logit), a
+
+
+ATTR_INPUTS = ["channel", "event_type", "campaign_bucket", "age", "position", "mask"]
+
+
+def build_attr_dataset(lg: D.Log, seed: int, path_ms: int, neg_per_day: float = 0.2, L: int = D.ATTR_L):
+    """Positives: journeys ending in a purchase. Negatives: journeys cut at random times (uniform in
+    each customer's span) with no purchase in the following 7 days. Touchpoints in the last
+    path_ms before the end are left out (the purchase path)."""
+    rng = np.random.default_rng(seed + 7)
+    tps_all, purch_all = D.customer_touch_index(lg)
+    end = lg.log_end
+    rows, ys, custs = [], [], []
+    ts = lg.ts
+    for c in range(len(lg.customer_ids)):
+        tps, pur = tps_all[c], purch_all[c]
+        if len(tps) == 0:
+            continue
+        for p in pur:
+            j = D.journey_at(lg, tps, pur, int(ts[p]), at_purchase=p)
+            r = D.journey_arrays(lg, j, int(ts[p]), L, path_ms)
+            if r[5].sum() > 0:
+                rows.append(r[:6]); ys.append(1.0); custs.append(c)
+        s, e = int(ts[lg.starts[c]]), int(ts[lg.ends[c] - 1])
+        span_days = (e - s) / D.DAY_MS
+        k = rng.poisson(max(span_days, 0.5) * neg_per_day)
+        pts = ts[pur]
+        for t in rng.uniform(s, e + 1, size=k).astype(np.int64):
+            if t + D.PURCHASE_HORIZON_MS > end:
+                continue
+            if ((pts > t) & (pts <= t + D.PURCHASE_HORIZON_MS)).any():
+                continue
+            j = D.journey_at(lg, tps, pur, int(t))
+            r = D.journey_arrays(lg, j, int(t), L, path_ms)
+            if r[5].sum() > 0:
+                rows.append(r[:6]); ys.append(0.0); custs.append(c)
+    cols = [np.stack([r[i] for r in rows]) for i in range(6)]
+    return cols, np.asarray(ys, dtype=np.float32), np.asarray(custs)
+
+
+def to_tensors(cols, idx=None):
+    if idx is not None:
+        cols = [c[idx] for c in cols]
+    return [torch.from_numpy(c) for c in cols]
+
+
+def train_attr(kind: str, cols, y, is_val_row, args):
+    torch.manual_seed(args.seed)
+    model = AttentionAttribution() if kind == "attention" else CnnAttribution()
+    opt = torch.optim.Adam(model.parameters(), lr=args.attr_lr, weight_decay=1e-5)
+    tr = np.flatnonzero(~is_val_row)
+    va = np.flatnonzero(is_val_row)
+    rng = np.random.default_rng(args.seed)
+    Xva = to_tensors(cols, va)
+    best = (float("inf"), None, None)
+    history = []
+    for epoch in range(args.attr_epochs):
+        t0 = time.time()
+        model.train()
+        perm = rng.permutation(tr)
+        for i in range(0, len(perm), args.attr_batch):
+            b = perm[i:i + args.attr_batch]
+            p, _ = model(*to_tensors(cols, b))
+            loss = Fn.binary_cross_entropy(p.squeeze(-1).clamp(1e-6, 1 - 1e-6), torch.from_numpy(y[b]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            pv = model(*Xva)[0].squeeze(-1).numpy()
+        m = {"epoch": epoch + 1, "val_auc": auc(y[va], pv), "val_logloss": logloss(y[va], pv),
+             "seconds": round(time.time() - t0, 1)}
+        history.append(m)
+        log(f"attribution[{kind}] epoch {epoch + 1}: val_auc={m['val_auc']:.4f} val_logloss={m['val_logloss']:.4f} ({m['seconds']} s)")
+        if m["val_logloss"] < best[0]:
+            best = (m["val_logloss"], {k: v.clone() for k, v in model.state_dict().items()}, m)
+    model.load_state_dict(best[1])
+    model.eval()
+    return model, best[2], history
+
+
+# =============================================================================================
+# Export, metadata, fixtures
+
+
+def export_onnx(module, args_t, path, input_names, output_names, dynamic_axes):
+    torch.onnx.export(module, args_t, path, input_names=input_names, output_names=output_names,
+                      dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    import onnx
+    m = onnx.load(path)
+    onnx.checker.check_model(m, full_check=True)
+    return sorted({n.op_type for n in m.graph.node}), m
+
+
+def ort_run(path, feeds):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return [o.name for o in sess.get_outputs()], sess.run(None, feeds)
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def export_step(model: StepModel, out_dir: str, lg: D.Log, sd: D.StepData, metrics, history, data_desc, hidden):
+    os.makedirs(out_dir, exist_ok=True)
+    ex = StepExport(model).eval()
+    F = D.N_STEP_FEATURES
+    path = os.path.join(out_dir, "model.onnx")
+    ops, m = export_onnx(ex, (torch.zeros(2, F), torch.zeros(2, hidden)), path, ["features", "hidden_in"],
+                         ["hidden_out", "p_purchase", "p_abandon", "expected_value"],
+                         {"features": {0: "batch"}, "hidden_in": {0: "batch"}, "hidden_out": {0: "batch"},
+                          "p_purchase": {0: "batch"}, "p_abandon": {0: "batch"}, "expected_value": {0: "batch"}})
+    gru = [n for n in m.graph.node if n.op_type == "GRU"]
+    lbr = [a.i for n in gru for a in n.attribute if a.name == "linear_before_reset"]
+    assert gru and lbr == [1], f"expected one GRU with linear_before_reset=1, got {lbr}"
+    # fixtures: 8 consecutive events of one customer with a cart (hidden state carried), batch 1 each
+    c = int(np.argmax([(sd.cart_open[s:e].any() and (lg.etype[s:e] == D.PURCHASE).any()) for s, e in zip(lg.starts, lg.ends)]))
+    s = int(lg.starts[c])
+    opened = np.flatnonzero(sd.cart_open[s:lg.ends[c]])
+    i0 = s + max(int(opened[0]) - 4, 0)
+    fixtures = []
+    h_t = torch.zeros(1, hidden)
+    h_o = np.zeros((1, hidden), dtype=np.float32)
+    max_diff = 0.0
+    for i in range(i0, min(i0 + 8, int(lg.ends[c]))):
+        f = torch.from_numpy(sd.x[i:i + 1])
+        with torch.no_grad():
+            ht, pp, pa, ev = ex(f, h_t)
+        _, (ho, op, oa, oe) = ort_run(path, {"features": sd.x[i:i + 1], "hidden_in": h_o})
+        d = max(float(np.abs(ht.numpy() - ho).max()), float(np.abs(pp.numpy() - op).max()),
+                float(np.abs(pa.numpy() - oa).max()), float(np.abs(ev.numpy() - oe).max()) / max(1.0, float(abs(oe).max())))
+        max_diff = max(max_diff, d)
+        fixtures.append({
+            "event": {"event_id": lg.event_ids[i], "event_type": D.EVENT_TYPES[lg.etype[i]],
+                      "channel": None if lg.chan[i] == D.CH_NONE else D.CHANNELS[lg.chan[i]], "ts": int(lg.ts[i])},
+            "inputs": {"features": sd.x[i:i + 1].tolist(), "hidden_in": h_o.tolist()},
+            "torch": {"hidden_out": ht.numpy().tolist(), "p_purchase": pp.numpy().tolist(),
+                      "p_abandon": pa.numpy().tolist(), "expected_value": ev.numpy().tolist()},
+            "onnxruntime": {"hidden_out": ho.tolist(), "p_purchase": op.tolist(),
+                            "p_abandon": oa.tolist(), "expected_value": oe.tolist()},
+            "max_abs_diff": d,
+        })
+        h_t, h_o = ht, ho  # carry the state as the processor would (ONNX state into ONNX)
+    # batch > 1 parity (dynamic batch)
+    xb = sd.x[i0:i0 + 8]
+    hb = np.random.default_rng(1).normal(0, 0.5, (len(xb), hidden)).astype(np.float32)
+    with torch.no_grad():
+        tb = ex(torch.from_numpy(xb), torch.from_numpy(hb))
+    _, ob = ort_run(path, {"features": xb, "hidden_in": hb})
+    batch_diff = max(float(np.abs(a.numpy() - b).max() / (1.0 if k < 3 else max(1.0, float(np.abs(b).max()))))
+                     for k, (a, b) in enumerate(zip(tb, ob)))
+    write_json(os.path.join(out_dir, "fixtures.json"), {
+        "model": "journey_step", "version": VERSION,
+        "description": "8 consecutive events of one customer (batch 1), hidden state carried from the previous "
+                       "fixture's ONNX Runtime hidden_out; the first hidden_in is zeros. Tolerance: 1e-4 absolute "
+                       "(expected_value relative).",
+        "max_abs_diff": max_diff, "batch8_max_abs_diff": batch_diff,
+        "batch8": {"features": xb.tolist(), "hidden_in": hb.tolist(),
+                   "onnxruntime": {n: o.tolist() for n, o in zip(["hidden_out", "p_purchase", "p_abandon", "expected_value"], ob)}},
+        "fixtures": fixtures,
+    })
+    feat_desc = step_feature_doc()
+    write_json(os.path.join(out_dir, "metadata.json"), {
+        "name": "journey_step", "version": VERSION, "framework": f"pytorch {torch.__version__}",
+        "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)", "ops": ops,
+                 "gru_linear_before_reset": 1, "size_bytes": os.path.getsize(path)},
+        "inputs": [
+            {"name": "features", "dtype": "float32", "shape": ["batch", D.N_STEP_FEATURES]},
+            {"name": "hidden_in", "dtype": "float32", "shape": ["batch", hidden],
+             "note": "the customer's hidden state after its previous event; zeros for a new customer"},
+        ],
+        "outputs": [
+            {"name": "hidden_out", "dtype": "float32", "shape": ["batch", hidden], "note": "store per customer"},
+            {"name": "p_purchase", "dtype": "float32", "shape": ["batch", 1],
+             "note": "P(a purchase strictly after this event within 7 days)"},
+            {"name": "p_abandon", "dtype": "float32", "shape": ["batch", 1],
+             "note": "P(no purchase within 24 h after this event | the cart is open after it and the customer "
+                     "then stays inactive for 10 min). Read it at the 10-minute inactivity check of an open cart."},
+            {"name": "expected_value", "dtype": "float32", "shape": ["batch", 1],
+             "note": "expected revenue (currency units of the log) of the purchases in the 90 days after this "
+                     "event; head = exp(z) * 100, trained with a Poisson loss, so it estimates the mean"},
+        ],
+        "hidden_size": hidden,
+        "horizons": {"purchase_days": 7, "abandon_hours": 24, "abandon_check_minutes": 10, "value_days": 90},
+        "feature_encoding": feat_desc,
+        "training": {**data_desc, "metrics_validation": metrics, "history": history},
+        "parity": {"fixtures_max_abs_diff": max_diff, "batch8_max_abs_diff": batch_diff},
+    })
+    return ops, max_diff
+
+
+def step_feature_doc():
+    return {
+        "count": D.N_STEP_FEATURES,
+        "order": D.STEP_FEATURES,
+        "event_type_vocabulary": {n: i for i, n in enumerate(D.EVENT_TYPES)},
+        "event_type_unknown": "other (index 11)",
+        "channel_vocabulary": {**{n: i for i, n in enumerate(D.CHANNELS)}, "none": D.CH_NONE},
+        "channel_unknown": "other (index 11); an event without channel sets channel=none (index 12)",
+        "one_hot_offsets": {"event_type": 0, "channel": len(D.EVENT_TYPES)},
+        "normalisation": D.NORM,
+        "definitions": {
+            "value": "the event's value (purchase revenue, unit price on cart events), 0 when absent or negative",
+            "seconds since previous event": "ts minus the customer's previous event's ts in seconds (>= 0); 0 for the first event",
+            "first_event": "1 for the customer's first event (the one that starts the hidden state from zeros)",
+            "new_session": "1 when session_id is present and differs from the previous event's session_id (absent "
+                           "previous counts as different), or when session_id is absent and the gap is >= 30 min, "
+                           "or on the first event",
+            "cart state": "after applying the event, as processor/src/journey (cart_add opens/adds, quantity "
+                          "default 1, unit price = value; cart_remove removes quantity or the whole line, an empty "
+                          "cart closes; purchase closes the cart). cart_value = sum(quantity * unit_price), "
+                          "cart_quantity = sum(quantity); 0 when no cart is open",
+            "hour_utc": "(ts mod 86 400 000) / 3 600 000, fractional",
+            "has_purchased": "1 if the customer had a purchase at or before this event",
+            "days since previous purchase": "(ts - ts of the latest purchase at or before this event) / 86 400 000; 0 if none",
+            "days since first event": "(ts - the customer's first event's ts) / 86 400 000",
+            "checkout_started": "1 if a checkout_start happened since the open cart was opened (0 without cart)",
+        },
+        "event_order": "per customer by (ts, arrival order)",
+    }
+
+
+def attr_feature_doc(path_ms):
+    return {
+        "L": D.ATTR_L,
+        "channel_vocabulary": {n: i for i, n in enumerate(D.CHANNELS)},
+        "channel_unknown": "other (index 11)",
+        "event_type_vocabulary": {n: i for i, n in enumerate(D.EVENT_TYPES)},
+        "event_type_unknown": "other (index 11)",
+        "campaign_bucket": f"0 = no campaign (and padding); else 1 + (FNV-1a 32-bit of the campaign's UTF-8 bytes) mod {D.CAMPAIGN_BUCKETS - 1} "
+                           "(offset basis 0x811C9DC5, prime 0x01000193)",
+        "age": f"log1p(hours from the touchpoint to the end of the journey (the conversion ts)) / {D.AGE_LOG_SCALE:.10f} (= log1p(720))",
+        "position": "(i + 0.5) / k for the i-th (0-based, oldest first) of the k touchpoints given to the model; 0 on padding",
+        "mask": "1.0 for the k touchpoints (positions 0..k-1), 0.0 for padding at the end",
+        "journey": "the customer's touchpoints (impression, click, email_open, email_click with a channel) after the "
+                   "previous purchase (touchpoints at or before it are spent), at or before the conversion ts, within "
+                   "30 days; oldest first. Touchpoints in the last "
+                   f"{path_ms // 60000} minutes before the conversion are the purchase path (navigational brand clicks, "
+                   "coupon clicks): they are not given to the model and get no deep credit. Of the rest the newest L "
+                   "are kept.",
+        "deep_credit": "credit_i = max(0, P(full) - P(journey with touchpoint i masked)) normalised to sum 1 over the "
+                       "touchpoints; if all are 0 (or no touchpoint is older than the purchase path) fall back to time "
+                       "decay (7-day half-life) over the whole journey",
+        "purchase_path_minutes": path_ms // 60000,
+    }
+
+
+def export_attr(model, out_dir, cols, y, metrics, history, data_desc, path_ms, name, other_metrics):
+    os.makedirs(out_dir, exist_ok=True)
+    L = D.ATTR_L
+    path = os.path.join(out_dir, "model.onnx")
+    ex_in = tuple(torch.from_numpy(c[:2]) for c in cols)
+    ops, _ = export_onnx(model, ex_in, path, ATTR_INPUTS, ["p_conversion", "attention"],
+                         {**{n: {0: "batch"} for n in ATTR_INPUTS}, "p_conversion": {0: "batch"}, "attention": {0: "batch"}})
+    rng = np.random.default_rng(3)
+    pos = rng.choice(np.flatnonzero(y == 1), 4, replace=False)
+    neg = rng.choice(np.flatnonzero(y == 0), 4, replace=False)
+    idx = np.concatenate([pos, neg])
+    feeds = {n: cols[i][idx] for i, n in enumerate(ATTR_INPUTS)}
+    with torch.no_grad():
+        tp, ta = model(*[torch.from_numpy(feeds[n]) for n in ATTR_INPUTS])
+    _, (op, oa) = ort_run(path, feeds)
+    diff = max(float(np.abs(tp.numpy() - op).max()), float(np.abs(ta.numpy() - oa).max()))
+    fixtures = []
+    for r in range(len(idx)):
+        fixtures.append({
+            "label": float(y[idx[r]]),
+            "inputs": {n: feeds[n][r:r + 1].tolist() for n in ATTR_INPUTS},
+            "torch": {"p_conversion": tp[r:r + 1].numpy().tolist(), "attention": ta[r:r + 1].numpy().tolist()},
+            "onnxruntime": {"p_conversion": op[r:r + 1].tolist(), "attention": oa[r:r + 1].tolist()},
+            "max_abs_diff": max(float(np.abs(tp[r].numpy() - op[r]).max()), float(np.abs(ta[r].numpy() - oa[r]).max())),
+        })
+    write_json(os.path.join(out_dir, "fixtures.json"), {
+        "model": name, "version": VERSION,
+        "description": "4 converting and 4 non-converting validation journeys, each batch 1 (run together as batch 8 "
+                       "for the max_abs_diff). Tolerance: 1e-4 absolute.",
+        "max_abs_diff": diff, "fixtures": fixtures})
+    write_json(os.path.join(out_dir, "metadata.json"), {
+        "name": name, "version": VERSION, "architecture": model.kind, "framework": f"pytorch {torch.__version__}",
+        "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)", "ops": ops, "size_bytes": os.path.getsize(path)},
+        "inputs": [{"name": n, "dtype": "int64" if n in ("channel", "event_type", "campaign_bucket") else "float32",
+                    "shape": ["batch", L]} for n in ATTR_INPUTS],
+        "outputs": [
+            {"name": "p_conversion", "dtype": "float32", "shape": ["batch", 1],
+             "note": "P(the journey ends in a purchase) against journeys cut at random times with no purchase in the next 7 days"},
+            {"name": "attention", "dtype": "float32", "shape": ["batch", L],
+             "note": ("additive attention weights" if model.kind == "attention" else "softmax of a per-position saliency score")
+                     + " normalised over the mask (0 on padding); diagnostic, the deep credit uses removal effects"},
+        ],
+        "feature_encoding": attr_feature_doc(path_ms),
+        "training": {**data_desc, "metrics_validation": metrics, "history": history, "compared_with": other_metrics},
+        "parity": {"fixtures_max_abs_diff": diff},
+    })
+    return ops, diff
+
+
+# =============================================================================================
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log", required=True, help="event log: a .jsonl file or a directory of .jsonl files")
+    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="output directory (default: models/)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--step-epochs", type=int, default=4)
+    ap.add_argument("--step-batch", type=int, default=64)
+    ap.add_argument("--step-lr", type=float, default=3e-3)
+    ap.add_argument("--bptt", type=int, default=64, help="truncated BPTT length (events)")
+    ap.add_argument("--attr-epochs", type=int, default=10)
+    ap.add_argument("--attr-batch", type=int, default=256)
+    ap.add_argument("--attr-lr", type=float, default=2e-3)
+    ap.add_argument("--purchase-path-minutes", type=int, default=30,
+                    help="touchpoints this close before a conversion are its purchase path, not inputs (0 = off)")
+    ap.add_argument("--skip-step", action="store_true", help="only the attribution models")
+    ap.add_argument("--skip-attr", action="store_true", help="only the step model")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    t_all = time.time()
+    log(f"reading {args.log}")
+    lg = D.load_log(args.log)
+    log(f"{lg.n} events, {len(lg.customer_ids)} customers, {(lg.log_end - int(lg.ts.min())) / D.DAY_MS:.0f} days")
+    data_desc = {"log": os.path.basename(os.path.normpath(args.log)), "events": int(lg.n),
+                 "customers": len(lg.customer_ids), "purchases": int((lg.etype == D.PURCHASE).sum()),
+                 "seed": args.seed, "trained_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    summary = {}
+    if not args.skip_step:
+        t0 = time.time()
+        sd = D.step_features(lg)
+        labels = D.step_labels(lg, sd)
+        model, metrics, history, counts = train_step(lg, sd, labels, args, args.hidden)
+        desc = {**data_desc, **counts, "bptt": args.bptt, "epochs": args.step_epochs,
+                "labels": "from the log: purchases within 7 d / 90 d after each event (events closer than the horizon "
+                          "to the end of the log are not labelled); abandonment = no purchase within 24 h, labelled "
+                          "at events after which the cart is open, the customer is inactive >= 10 min, and the cart "
+                          "had no 30-min inactivity before"}
+        ops, diff = export_step(model, os.path.join(args.out, "journey_step"), lg, sd, metrics, history, desc, args.hidden)
+        summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
+        log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
+    if not args.skip_attr:
+        t0 = time.time()
+        path_ms = args.purchase_path_minutes * 60_000
+        cols, y, custs = build_attr_dataset(lg, args.seed, path_ms)
+        is_val = split_customers(len(lg.customer_ids), args.seed)[custs]
+        log(f"attribution data: {int(y.sum())} converting, {int((1 - y).sum())} non-converting journeys ({time.time() - t0:.0f} s)")
+        adesc = {**data_desc, "positives": int(y.sum()), "negatives": int((1 - y).sum()),
+                 "validation_rows": int(is_val.sum()), "epochs": args.attr_epochs,
+                 "examples": "positives: the journey of every purchase; negatives: journeys cut at random times "
+                             "(Poisson, 0.2 per day of each customer's span) with no purchase in the following 7 days; "
+                             f"touchpoints in the last {args.purchase_path_minutes} min before the end left out"}
+        res = {}
+        for kind in ("attention", "cnn"):
+            res[kind] = train_attr(kind, cols, y, is_val, args)
+        winner = min(res, key=lambda k: res[k][1]["val_logloss"])
+        loser = "cnn" if winner == "attention" else "attention"
+        log(f"attribution winner by validation log-loss: {winner}")
+        for kind, name in ((winner, "attribution"), (loser, f"attribution_{loser}")):
+            model, m, hist = res[kind]
+            other = {"architecture": (loser if kind == winner else winner),
+                     **res[loser if kind == winner else winner][1]}
+            ops, diff = export_attr(model, os.path.join(args.out, name), cols, y, {**m, "selected": kind == winner},
+                                    hist, adesc, path_ms, name, other)
+            summary[name] = {"architecture": kind, "metrics": m, "ops": ops, "parity": diff}
+            log(f"{name} ({kind}) exported (ops {ops}, parity {diff:.2e})")
+        stale = os.path.join(args.out, f"attribution_{winner}")
+        if os.path.isdir(stale):
+            log(f"note: {stale} is from an earlier run where {winner} lost; remove it")
+        summary["attribution_seconds"] = round(time.time() - t0, 1)
+    summary["total_seconds"] = round(time.time() - t_all, 1)
+    log(f"done in {summary['total_seconds']:.0f} s")
+    print(json.dumps(summary, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
