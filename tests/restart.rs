@@ -48,7 +48,9 @@ fn restart_continues_from_committed_offsets() {
     let t = (now_ms() - 10 * DAY).div_euclid(HOUR) * HOUR;
 
     send_journeys(&topics, 0, 100, t);
-    let first = Processor::start(&topics, &[]);
+    // windows close right after they end, so the changelog holds tombstones the restart must read
+    let settings = [("attribution.window_retention", "0"), ("event_time.idle_timeout", "1h")];
+    let first = Processor::start(&topics, &settings);
     let got = read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 100);
     assert_eq!(got.len(), 100, "first run: {}", first.log());
     let (status, log) = first.stop();
@@ -56,7 +58,7 @@ fn restart_continues_from_committed_offsets() {
     assert_eq!(committed(&topics), vec![100, 100], "every consumed record's offset committed on shutdown");
 
     send_journeys(&topics, 100, 200, t);
-    let second = Processor::start(&topics, &[]);
+    let second = Processor::start(&topics, &settings);
     read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 200);
     let all = read_all(&topics.conversions, Duration::from_secs(4));
     let ids: HashSet<String> = all.iter().map(|r| r.json()["conversion_id"].as_str().unwrap().to_string()).collect();

@@ -455,7 +455,7 @@ impl Processor {
             topic: &self.cfg.topics.dlq,
             partition: None,
             key: msg.key(),
-            payload: msg.payload().unwrap_or_default(),
+            payload: msg.payload(),
             headers: Some(headers),
         })?;
         Ok(())
@@ -478,7 +478,7 @@ impl Processor {
                     (&self.cfg.topics.alerts, a.customer_id.as_str())
                 }
             };
-            self.sink.send(OutRecord { topic, partition: None, key: Some(key.as_bytes()), payload: &self.buf, headers: None })?;
+            self.sink.send(OutRecord { topic, partition: None, key: Some(key.as_bytes()), payload: Some(&self.buf), headers: None })?;
         }
         Ok(())
     }
@@ -504,7 +504,7 @@ impl Processor {
                     topic: &self.cfg.topics.changelog,
                     partition: Some(*p),
                     key: Some(&entry.key),
-                    payload: entry.value.as_deref().unwrap_or_default(),
+                    payload: entry.value.as_deref(),
                     headers: None,
                 })?;
             }
@@ -519,7 +519,7 @@ impl Processor {
                 topic: &self.cfg.topics.channel_partials,
                 partition: Some(partials_partition(rec.window_start, channel, self.partials_partitions)),
                 key: Some(key.as_bytes()),
-                payload: &self.buf,
+                payload: Some(&self.buf),
                 headers: None,
             })?;
         }
@@ -531,7 +531,7 @@ impl Processor {
             self.buf.clear();
             serde_json::to_writer(&mut self.buf, &rec)?;
             let key = total_key(rec.window_start, &rec.channel);
-            self.sink.send(OutRecord { topic: &self.cfg.topics.channels, partition: None, key: Some(key.as_bytes()), payload: &self.buf, headers: None })?;
+            self.sink.send(OutRecord { topic: &self.cfg.topics.channels, partition: None, key: Some(key.as_bytes()), payload: Some(&self.buf), headers: None })?;
         }
 
         let mut tpl = TopicPartitionList::new();

@@ -105,11 +105,20 @@ pub fn send_raw(p: &BaseProducer, topic: &str, partition: i32, key: Option<&[u8]
     if let Some(h) = headers {
         rec = rec.headers(h);
     }
-    p.send(rec).map_err(|(e, _)| e).expect("send");
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => panic!("send: {e}"),
+        }
+    }
 }
 
 pub fn flush(p: &BaseProducer) {
-    p.flush(Duration::from_secs(30)).expect("flush");
+    p.flush(Duration::from_secs(120)).expect("flush");
 }
 
 /// An event of the input contract as JSON.

@@ -114,7 +114,8 @@ pub struct OutRecord<'a> {
     pub topic: &'a str,
     pub partition: Option<i32>,
     pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+    /// None writes a null value (a tombstone on compacted topics).
+    pub payload: Option<&'a [u8]>,
     pub headers: Option<OwnedHeaders>,
 }
 
@@ -195,7 +196,10 @@ impl Sink {
     /// when librdkafka's queue is full.
     pub fn send(&mut self, rec: OutRecord<'_>) -> Result<(), SinkError> {
         self.ensure_transaction()?;
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(rec.topic).payload(rec.payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(rec.topic);
+        if let Some(p) = rec.payload {
+            record = record.payload(p);
+        }
         if let Some(k) = rec.key {
             record = record.key(k);
         }
