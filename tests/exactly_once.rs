@@ -169,3 +169,19 @@ fn read_uncommitted_count(topic: &str) -> usize {
     }
     n
 }
+
+/// A fatal producer error (injected inside librdkafka before the 4th commit): the processor
+/// replaces its producer, reloads state from the changelog and goes on; outputs exactly once.
+#[test]
+fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
+    let topics = Topics::new("fatal");
+    create_topic(&topics.events, PARTITIONS);
+    produce_stream(&topics.events, 8_000, 15, 0.0);
+    let proc = Processor::start_as(&topics, "a", &[("processing.max_batch_events", "500"), ("event_time.idle_timeout", "1h")], &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
+    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
+    let got = collect_outputs(&topics);
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("recreating the producer"), "the fault was injected and handled:\n{log}");
+    assert_same_outputs(&got, &reference_run(&topics.events));
+}

@@ -94,6 +94,8 @@ struct Processor {
     changelog: Vec<ChangelogEntry>,
     /// Fault injection for tests: abort every Nth transaction instead of committing it.
     abort_every: Option<u64>,
+    /// Fault injection for tests: a fatal producer error before the Nth commit.
+    fatal_at: Option<u64>,
     transactions: u64,
     /// When the producer was last recreated after fatal errors.
     recreated: Vec<Instant>,
@@ -140,6 +142,7 @@ impl Runner {
         if let Some(n) = abort_every {
             tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
         }
+        let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         let state = Processor {
             engine_cfg: EngineConfig::from_config(&cfg),
             cfg,
@@ -154,6 +157,7 @@ impl Runner {
             restorer,
             changelog: Vec::new(),
             abort_every,
+            fatal_at,
             transactions: 0,
             recreated: Vec::new(),
             last_input: HashMap::new(),
@@ -352,8 +356,8 @@ impl Processor {
         match self.sink.abort_transaction() {
             Ok(()) => {}
             Err(e) if e.class() == Some(TxnClass::Fenced) => return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id())),
-            Err(e) if e.class() == Some(TxnClass::Fatal) => return self.recreate_producer(consumer, &e),
-            Err(e) => return Err(e.into()),
+            // A producer that cannot even abort is replaced: the new one's init aborts the transaction.
+            Err(e) => return self.recreate_producer(consumer, &e),
         }
         self.stats.aborts += 1;
         self.telemetry.aborted(why);
@@ -541,6 +545,10 @@ impl Processor {
         if self.sink.is_transactional() {
             if self.sink.in_transaction() || !self.pending.is_empty() {
                 self.transactions += 1;
+                if self.fatal_at == Some(self.transactions) {
+                    tracing::warn!("fault injection: fatal producer error");
+                    self.sink.inject_fatal_error();
+                }
                 if self.abort_every.is_some_and(|n| self.transactions % n == 0) {
                     self.sink.flush()?;
                     return self.abort_and_rewind(consumer, "fault injection");

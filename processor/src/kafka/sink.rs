@@ -143,6 +143,20 @@ impl Sink {
         Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, sent: 0 })
     }
 
+    /// Test-only fault injection: raises a fatal error inside librdkafka, as a broken producer would.
+    pub fn inject_fatal_error(&self) {
+        use std::ffi::CString;
+        let reason = CString::new("fault injection").expect("no NUL");
+        // SAFETY: the client pointer is valid for the producer's lifetime; librdkafka copies the reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                self.producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     pub fn is_transactional(&self) -> bool {
         self.transactional
     }
@@ -152,11 +166,20 @@ impl Sink {
         self.in_transaction
     }
 
+    /// A producer that raised a fatal error cannot go on, whatever the failed call said.
+    fn refine(&self, e: SinkError) -> SinkError {
+        match e {
+            SinkError::Transaction { op, class, source } if class != TxnClass::Fenced && self.producer.client().fatal_error().is_some() => {
+                SinkError::Transaction { op, class: TxnClass::Fatal, source }
+            }
+            other => other,
+        }
+    }
+
     fn ensure_transaction(&mut self) -> Result<(), SinkError> {
         if self.transactional && !self.in_transaction {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| SinkError::Transaction { op: "begin", class: classify(&e), source: e })?;
+            let begun = self.producer.begin_transaction().map_err(|e| SinkError::Transaction { op: "begin", class: classify(&e), source: e });
+            begun.map_err(|e| self.refine(e))?;
             self.in_transaction = true;
         }
         Ok(())
@@ -167,8 +190,8 @@ impl Sink {
     pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), SinkError> {
         self.ensure_transaction()?;
         let timeout = self.flush_timeout;
-        retry("send_offsets", || self.producer.send_offsets_to_transaction(offsets, group, timeout))?;
-        retry("commit", || self.producer.commit_transaction(timeout))?;
+        retry("send_offsets", || self.producer.send_offsets_to_transaction(offsets, group, timeout)).map_err(|e| self.refine(e))?;
+        retry("commit", || self.producer.commit_transaction(timeout)).map_err(|e| self.refine(e))?;
         self.in_transaction = false;
         self.producer.context().failed.swap(0, Ordering::AcqRel);
         Ok(())
@@ -185,7 +208,7 @@ impl Sink {
         self.producer.purge(PurgeConfig::default().queue());
         let _ = self.producer.flush(self.flush_timeout);
         let timeout = self.flush_timeout;
-        retry("abort", || self.producer.abort_transaction(timeout))?;
+        retry("abort", || self.producer.abort_transaction(timeout)).map_err(|e| self.refine(e))?;
         self.in_transaction = false;
         self.producer.context().failed.swap(0, Ordering::AcqRel);
         *self.producer.context().first_error.lock().expect("delivery lock") = None;
@@ -220,7 +243,7 @@ impl Sink {
                     self.producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) if self.transactional => {
-                    return Err(SinkError::Transaction { op: "produce", class: classify(&e), source: e })
+                    return Err(self.refine(SinkError::Transaction { op: "produce", class: classify(&e), source: e }))
                 }
                 Err((e, _)) => return Err(SinkError::Send { topic: rec.topic.to_string(), source: e }),
             }
