@@ -362,26 +362,40 @@ AGE_LOG_SCALE = math.log1p(30 * 24)  # age = log1p(hours before the end) / log1p
 ATTR_NORM = {"age_log_scale": AGE_LOG_SCALE}
 
 
+PREV_PURCHASE_AGE_CAP = 2.0    # the previous-purchase context token's age is clipped to this
+
+
 def journey_arrays(log: Log, tp_idx: np.ndarray, end_ts: int, L: int = ATTR_L,
-                   exclude_recent_ms: int = 0):
+                   exclude_recent_ms: int = 0, prev_purchase_ts: int | None = None):
     """Encodes one journey (indices of touchpoint events, oldest first) ending at end_ts.
 
-    Touchpoints newer than end_ts - exclude_recent_ms are left out (the purchase path)."""
+    Touchpoints newer than end_ts - exclude_recent_ms are left out (the purchase path). When the
+    customer bought before, position 0 holds a context token for that purchase (event_type
+    purchase, channel other, campaign 0, age = time since it, position 0): it informs the model
+    (refractory period, repeat customer) but is never credited. Returns the six input arrays,
+    the touchpoint event indices given to the model and their positions in the arrays."""
     if exclude_recent_ms:
         tp_idx = tp_idx[log.ts[tp_idx] <= end_ts - exclude_recent_ms]
-    tp_idx = tp_idx[-L:]
+    off = 1 if prev_purchase_ts is not None else 0
+    tp_idx = tp_idx[len(tp_idx) - min(len(tp_idx), L - off):]
     k = len(tp_idx)
     ch = np.zeros(L, dtype=np.int64); et = np.zeros(L, dtype=np.int64); cb = np.zeros(L, dtype=np.int64)
     age = np.zeros(L, dtype=np.float32); pos = np.zeros(L, dtype=np.float32); m = np.zeros(L, dtype=np.float32)
+    if off:
+        ch[0] = CH_OTHER
+        et[0] = PURCHASE
+        age[0] = min(np.log1p(max(end_ts - prev_purchase_ts, 0) / HOUR_MS) / AGE_LOG_SCALE, PREV_PURCHASE_AGE_CAP)
+        m[0] = 1.0
     if k:
-        ch[:k] = np.minimum(log.chan[tp_idx], CH_OTHER)
-        et[:k] = log.etype[tp_idx]
-        cb[:k] = log.camp[tp_idx]
+        sl = slice(off, off + k)
+        ch[sl] = np.minimum(log.chan[tp_idx], CH_OTHER)
+        et[sl] = log.etype[tp_idx]
+        cb[sl] = log.camp[tp_idx]
         hours = np.maximum(end_ts - log.ts[tp_idx], 0) / HOUR_MS
-        age[:k] = np.log1p(hours) / AGE_LOG_SCALE
-        pos[:k] = (np.arange(k) + 0.5) / k
-        m[:k] = 1.0
-    return ch, et, cb, age, pos, m, tp_idx
+        age[sl] = np.log1p(hours) / AGE_LOG_SCALE
+        pos[sl] = (np.arange(k) + 0.5) / k
+        m[sl] = 1.0
+    return ch, et, cb, age, pos, m, tp_idx, np.arange(off, off + k)
 
 
 def customer_touch_index(log: Log):
@@ -394,9 +408,11 @@ def customer_touch_index(log: Log):
     return tps, purchases
 
 
-def journey_at(log: Log, tps: np.ndarray, purchases: np.ndarray, t: int, at_purchase: int | None = None):
+def journey_at(log: Log, tps: np.ndarray, purchases: np.ndarray, t: int, at_purchase: int | None = None,
+               with_prev: bool = False):
     """Touchpoints of the journey at time t: after the previous purchase, at or before t, within
-    the lookback. at_purchase = index of the purchase event ending the journey (its own ts = t)."""
+    the lookback. at_purchase = index of the purchase event ending the journey (its own ts = t).
+    with_prev: also return the previous purchase's ts (or None)."""
     ts = log.ts
     prev = purchases[purchases < at_purchase] if at_purchase is not None else purchases[ts[purchases] <= t]
     lo_ts = ts[prev[-1]] if len(prev) else -1
@@ -404,4 +420,6 @@ def journey_at(log: Log, tps: np.ndarray, purchases: np.ndarray, t: int, at_purc
     if len(prev):
         # touchpoints at or before the previous purchase were spent by it
         sel = sel[ts[sel] > lo_ts]
+    if with_prev:
+        return sel, (int(lo_ts) if len(prev) else None)
     return sel

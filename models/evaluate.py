@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""Evaluates the exported ONNX models on a held-out simulator run (events + truth files).
+
+    python models/evaluate.py --heldout models/data/heldout [--train-log models/data/train] [--models models]
+
+Runs the shipped model.onnx files with ONNX Runtime (one thread) and compares them with baselines:
+  - journey_step: P(purchase in 7 d) AUC / log-loss vs logistic regressions on per-channel touch
+    counts and recency (fitted on --train-log);
+  - attribution: channel shares of the credited conversions, deep credit (removal effects) vs the
+    rules, against the true shares (truth_conversions.jsonl) and the counterfactual truth
+    (truth_channels.json, when the run had --counterfactual);
+  - abandonment: alerts from P(abandon) at a 10-minute inactivity check vs fixed timers, against
+    truth_carts.jsonl.
+Writes <models>/evaluation.json and prints the tables (markdown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tsdata as D  # noqa: E402
+
+HALF_LIFE_MS = 7 * D.DAY_MS
+METHODS = ["deep", "time_decay", "last_touch", "first_touch", "linear", "position_based"]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def session(path):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def auc(y, s):
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(y, s))
+
+
+def logloss(y, p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Step model over a whole log (ONNX, all customers stepped in parallel)
+
+
+def run_step_onnx(path, lg: D.Log, x: np.ndarray, hidden: int):
+    sess = session(path)
+    n_c = len(lg.starts)
+    lens = lg.ends - lg.starts
+    order = np.argsort(-lens, kind="stable")  # longest first: active customers are a prefix
+    out = np.zeros((lg.n, 3), dtype=np.float32)
+    h = np.zeros((n_c, hidden), dtype=np.float32)
+    starts = lg.starts[order]
+    for t in range(int(lens.max())):
+        k = int((lens[order] > t).sum())
+        idx = starts[:k] + t
+        ho, pp, pa, ev = sess.run(None, {"features": x[idx], "hidden_in": h[:k]})
+        h[:k] = ho
+        out[idx, 0] = pp[:, 0]; out[idx, 1] = pa[:, 0]; out[idx, 2] = ev[:, 0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Logistic-regression baselines
+
+
+def baseline_features(lg: D.Log, idx: np.ndarray, sd: D.StepData | None = None):
+    """Per event: per-channel touch counts in the last 30 days (log1p) and recency (log1p hours since
+    the channel's last touch in the last 30 days / log1p(720), 1 if none, + a 'none' flag);
+    optionally the step model's input features of the event."""
+    tps, _ = D.customer_touch_index(lg)
+    cust_of = np.repeat(np.arange(len(lg.starts)), lg.ends - lg.starts)
+    C = len(D.CHANNELS)
+    f = np.zeros((len(idx), 3 * C), dtype=np.float32)
+    f[:, C:] = 1.0
+    idx = np.asarray(idx)
+    cs = cust_of[idx]
+    bounds = np.flatnonzero(np.diff(cs)) + 1  # idx is sorted, so events of a customer are contiguous
+    for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(idx)]])):
+        c = cs[lo]
+        tp = tps[c]
+        if len(tp) == 0:
+            continue
+        t = lg.ts[idx[lo:hi]]
+        for ch in np.unique(lg.chan[tp]):
+            tts = lg.ts[tp[lg.chan[tp] == ch]]
+            r = np.searchsorted(tts, t, side="right")
+            l = np.searchsorted(tts, t - D.LOOKBACK_MS, side="left")
+            n = r - l
+            has = n > 0
+            f[lo:hi, ch] = np.log1p(n)
+            last = tts[np.maximum(r - 1, 0)]
+            rec = np.log1p(np.maximum(t - last, 0) / D.HOUR_MS) / np.log1p(720)
+            f[lo:hi, C + ch] = np.where(has, rec, 1.0)
+            f[lo:hi, 2 * C + ch] = ~has
+    if sd is not None:
+        f = np.concatenate([f, sd.x[idx]], axis=1)
+    return f
+
+
+def eval_step(models_dir, hl, sd_h, lab_h, tr, sd_t, lab_t, rng, n_eval=300_000, n_fit=300_000):
+    meta = json.load(open(os.path.join(models_dir, "journey_step", "metadata.json")))
+    H = meta["hidden_size"]
+    t0 = time.time()
+    out = run_step_onnx(os.path.join(models_dir, "journey_step", "model.onnx"), hl, sd_h.x, H)
+    log(f"step model over the held-out log: {time.time() - t0:.0f} s")
+    y_p, m_p, y_a, m_a, y_v, m_v = lab_h
+    ev_idx = np.flatnonzero(m_p)
+    ev_idx = np.sort(rng.choice(ev_idx, min(n_eval, len(ev_idx)), replace=False))
+    yt = lab_t[0]
+    fit_idx = np.flatnonzero(lab_t[1])
+    fit_idx = np.sort(rng.choice(fit_idx, min(n_fit, len(fit_idx)), replace=False))
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    res = {"events_evaluated": int(len(ev_idx)), "purchase_rate": float(y_p[ev_idx].mean())}
+    res["gru_step_model"] = {"auc": auc(y_p[ev_idx], out[ev_idx, 0]), "logloss": logloss(y_p[ev_idx], out[ev_idx, 0])}
+    for name, use_sd in (("lr_touch_counts_recency", False), ("lr_touch_counts_recency_plus_event_features", True)):
+        t0 = time.time()
+        Xf = baseline_features(tr, fit_idx, sd_t if use_sd else None)
+        Xe = baseline_features(hl, ev_idx, sd_h if use_sd else None)
+        sc = StandardScaler().fit(Xf)
+        lr = LogisticRegression(max_iter=2000, C=1.0).fit(sc.transform(Xf), yt[fit_idx])
+        p = lr.predict_proba(sc.transform(Xe))[:, 1]
+        res[name] = {"auc": auc(y_p[ev_idx], p), "logloss": logloss(y_p[ev_idx], p)}
+        log(f"{name}: {res[name]} ({time.time() - t0:.0f} s)")
+    res["constant_rate"] = {"auc": 0.5, "logloss": logloss(y_p[ev_idx], np.full(len(ev_idx), yt[lab_t[1]].mean()))}
+    # value head
+    vv = np.flatnonzero(m_v)
+    rev = np.expm1(y_v[vv])
+    pred = out[vv, 2]
+    ra, rb = np.argsort(np.argsort(pred)), np.argsort(np.argsort(rev))
+    res["expected_value"] = {"events": int(len(vv)), "mean_predicted": float(pred.mean()), "mean_actual": float(rev.mean()),
+                             "mae": float(np.abs(pred - rev).mean()),
+                             "mae_constant_mean": float(np.abs(rev.mean() - rev).mean()),
+                             "spearman": float(np.corrcoef(ra, rb)[0, 1])}
+    # abandon head on its labels
+    res["abandon_head"] = {"labels": int(m_a.sum()), "rate": float(y_a[m_a].mean()),
+                           "auc": auc(y_a[m_a], out[m_a, 1]), "logloss": logloss(y_a[m_a], out[m_a, 1])}
+    return res, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Abandonment alerts
+
+
+def eval_abandon(hl: D.Log, sd: D.StepData, out, truth_carts_path, rng, target_precision=0.9):
+    eid = {e: i for i, e in enumerate(hl.event_ids)}
+    carts = [json.loads(l) for l in open(truth_carts_path)]
+    ts = hl.ts
+    cust_end = np.repeat(hl.ends, hl.ends - hl.starts)
+    BIG = np.int64(10) ** 15
+    rows = []  # per cart: abandoned, customer, last_activity truth, checks [(ts_alert, p)], gaps [(ts_last, gap)]
+    for c in carts:
+        i0 = eid.get(c["cart_add_event_id"])
+        if i0 is None:
+            continue
+        end = cust_end[i0]
+        i = i0
+        checks, gaps = [], []
+        while i < end and sd.cart_id[i] == i0:
+            gap = ts[i + 1] - ts[i] if i + 1 < end else BIG
+            if gap >= D.ALERT_CHECK_MS and not sd.cart_quiet[i]:
+                checks.append((int(ts[i]) + D.ALERT_CHECK_MS, float(out[i, 1])))
+            gaps.append((int(ts[i]), int(gap)))
+            i += 1
+        rows.append((bool(c["abandoned"]), c["customer_id"], int(c["last_activity_ts"]), checks, gaps))
+    custs = sorted({r[1] for r in rows})
+    calib = set(rng.choice(custs, len(custs) // 2, replace=False).tolist())
+
+    def policy_model(theta):
+        return [next((t for t, p in r[3] if p >= theta), None) for r in rows]
+
+    def policy_timer(T):
+        return [next((t0 + T for t0, g in r[4] if g >= T), None) for r in rows]
+
+    def metrics(alerts, subset):
+        tp = fp = fn = 0
+        lead, delay = [], []
+        for r, a, s in zip(rows, alerts, subset):
+            if not s:
+                continue
+            if a is not None and r[0]:
+                tp += 1
+                lead.append((r[2] + D.ABANDON_HORIZON_MS - a) / D.HOUR_MS)
+            elif a is not None:
+                fp += 1
+            elif r[0]:
+                fn += 1
+        prec = tp / max(tp + fp, 1)
+        rec = tp / max(tp + fn, 1)
+        return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-9), "alerts": tp + fp,
+                "median_lead_time_hours": float(np.median(lead)) if lead else None}
+
+    in_cal = [r[1] in calib for r in rows]
+    in_test = [not x for x in in_cal]
+    # threshold: the lowest one whose precision on the calibration half reaches the target
+    thetas = np.linspace(0.5, 0.995, 100)
+
+    def threshold_for(target):
+        for th in thetas:
+            m = metrics(policy_model(th), in_cal)
+            if m["precision"] >= target and m["alerts"] > 0:
+                return float(th)
+        return None
+
+    chosen = threshold_for(target_precision)
+    res = {"carts": len(rows), "test_carts": int(sum(in_test)),
+           "abandoned_rate_test": float(np.mean([r[0] for r, s in zip(rows, in_test) if s])),
+           "target_precision": target_precision, "threshold": chosen,
+           "lead_time": "hours from the alert to the end of the 24 h abandonment window (truth last_activity_ts + 24 h), "
+                        "true-positive alerts"}
+    table = {}
+    if chosen is not None:
+        table[f"model_p_abandon_at_10min (precision>={target_precision})"] = metrics(policy_model(chosen), in_test)
+    lo = threshold_for(0.85)
+    res["threshold_precision_0.85"] = lo
+    if lo is not None:
+        table["model_p_abandon_at_10min (precision>=0.85)"] = metrics(policy_model(lo), in_test)
+    # an F1-optimal threshold (also chosen on the calibration half)
+    best = max(thetas, key=lambda th: metrics(policy_model(th), in_cal)["f1"])
+    res["threshold_f1"] = float(best)
+    table["model_p_abandon_at_10min_f1_threshold"] = metrics(policy_model(best), in_test)
+    table["alert_every_10min_check"] = metrics(policy_model(0.0), in_test)
+    for name, T in (("timer_30min", 30), ("timer_1h", 60), ("timer_2h", 120), ("timer_10h", 600)):
+        table[name] = metrics(policy_timer(T * 60_000), in_test)
+    if chosen is not None:
+        # production-style policy: an early alert when the model is confident, the 10 h timer otherwise
+        early = policy_model(chosen)
+        late = policy_timer(600 * 60_000)
+        table[f"hybrid: model (precision>={target_precision}) at 10 min, else timer_10h"] = metrics(
+            [e if e is not None else l for e, l in zip(early, late)], in_test)
+    res["table"] = table
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution: channel shares
+
+
+def rule_credits(ts_tp: np.ndarray, t_conv: int):
+    k = len(ts_tp)
+    age = (t_conv - ts_tp).astype(float)
+    w = np.power(2.0, -(age - age.min()) / HALF_LIFE_MS)
+    td = w / w.sum()
+    last = np.zeros(k); last[-1] = 1
+    first = np.zeros(k); first[0] = 1
+    lin = np.full(k, 1.0 / k)
+    if k <= 2:
+        pb = lin.copy()
+    else:
+        pb = np.full(k, 0.2 / (k - 2)); pb[0] = 0.4; pb[-1] = 0.4
+    return {"time_decay": td, "last_touch": last, "first_touch": first, "linear": lin, "position_based": pb}
+
+
+def removal_credits(sess, items, batch=4096):
+    """items: list of (cols (6 arrays of L), positions of the touchpoints). Returns per item
+    (credits over those positions normalised to 1, or None if all removal effects are 0; P(full))."""
+    rows = []
+    owner = []
+    for n, (cols, positions) in enumerate(items):
+        rows.append(cols); owner.append((n, -1))
+        for i, q in enumerate(positions):
+            c2 = [c.copy() for c in cols]
+            c2[5][q] = 0.0
+            rows.append(c2); owner.append((n, i))
+    p = np.zeros(len(rows), dtype=np.float32)
+    for b in range(0, len(rows), batch):
+        chunk = rows[b:b + batch]
+        feeds = {name: np.stack([r[j] for r in chunk]) for j, name in enumerate(["channel", "event_type", "campaign_bucket", "age", "position", "mask"])}
+        p[b:b + batch] = sess.run(["p_conversion"], feeds)[0][:, 0]
+    full = {}
+    credits = [np.zeros(len(q)) for _, q in items]
+    for (n, i), v in zip(owner, p):
+        if i < 0:
+            full[n] = v
+        else:
+            credits[n][i] = v
+    out = []
+    for n in range(len(items)):
+        d = np.maximum(0.0, full[n] - credits[n])
+        out.append((d / d.sum() if d.sum() > 0 else None, float(full[n])))
+    return out
+
+
+def eval_attribution(models_dir, names, hl: D.Log, truth_dir):
+    eid = {e: i for i, e in enumerate(hl.event_ids)}
+    tps_all, pur_all = D.customer_touch_index(hl)
+    cust_of = np.repeat(np.arange(len(hl.starts)), hl.ends - hl.starts)
+    convs = []
+    truth_ch = {}
+    n_conv = n_empty = 0
+    for line in open(os.path.join(truth_dir, "truth_conversions.jsonl")):
+        c = json.loads(line)
+        n_conv += 1
+        p = eid.get(c["conversion_id"])
+        if p is None:
+            continue
+        cu = cust_of[p]
+        j, prev = D.journey_at(hl, tps_all[cu], pur_all[cu], int(hl.ts[p]), at_purchase=p, with_prev=True)
+        j = j[-64:]
+        if len(j) == 0:
+            n_empty += 1
+            continue
+        for t in c["touchpoints"]:
+            truth_ch[t["channel"]] = truth_ch.get(t["channel"], 0.0) + t["true_share"]
+        convs.append((p, j, prev))
+    channels = sorted({D.CHANNELS[hl.chan[i]] for _, j, _ in convs for i in j} | set(truth_ch))
+    credited = {m: {ch: 0.0 for ch in channels} for m in METHODS if m != "deep"}
+    # the rules again, over the journey without its purchase path (the deep model's exclusion), to
+    # separate what the exclusion alone does from what the model does
+    PATH_RULES = ("time_decay", "last_touch", "linear")
+    for m in PATH_RULES:
+        credited[f"{m}+path"] = {ch: 0.0 for ch in channels}
+    path_ms_rules = 30 * 60_000
+    for p, j, _ in convs:
+        rc = rule_credits(hl.ts[j], int(hl.ts[p]))
+        chs = [D.CHANNELS[hl.chan[i]] for i in j]
+        for m, w in rc.items():
+            for ch, x in zip(chs, w):
+                credited[m][ch] += x
+        jp = j[hl.ts[j] <= hl.ts[p] - path_ms_rules]
+        if len(jp) == 0:
+            jp = j
+        rcp = rule_credits(hl.ts[jp], int(hl.ts[p]))
+        chs = [D.CHANNELS[hl.chan[i]] for i in jp]
+        for m in PATH_RULES:
+            for ch, x in zip(chs, rcp[m]):
+                credited[f"{m}+path"][ch] += x
+    deep = {}
+    fallback = {}
+    for name in names:
+        meta = json.load(open(os.path.join(models_dir, name, "metadata.json")))
+        path_ms = meta["feature_encoding"]["purchase_path_minutes"] * 60_000
+        L = meta["feature_encoding"]["L"]
+        context = meta["feature_encoding"].get("previous_purchase_token", False)
+        sess = session(os.path.join(models_dir, name, "model.onnx"))
+        items, maps = [], []
+        for p, j, prev in convs:
+            r = D.journey_arrays(hl, j, int(hl.ts[p]), L, path_ms, prev if context else None)
+            items.append((list(r[:6]), r[7]))
+            maps.append(r[6])
+        t0 = time.time()
+        res = removal_credits(sess, items)
+        log(f"{name}: removal effects for {len(items)} conversions in {time.time() - t0:.0f} s")
+        cr = {ch: 0.0 for ch in channels}
+        fb = 0
+        for (p, j, _), (w, _), used in zip(convs, res, maps):
+            if w is None:
+                fb += 1
+                w_all = rule_credits(hl.ts[j], int(hl.ts[p]))["time_decay"]
+                for i, x in zip(j, w_all):
+                    cr[D.CHANNELS[hl.chan[i]]] += x
+            else:
+                for i, x in zip(used, w):
+                    cr[D.CHANNELS[hl.chan[i]]] += x
+        deep[name] = cr
+        fallback[name] = fb
+
+    def norm(d):
+        s = sum(d.values())
+        return {k: (v / s if s else 0.0) for k, v in d.items()}
+
+    truth = norm({ch: truth_ch.get(ch, 0.0) for ch in channels})
+    cf = None
+    tc_path = os.path.join(truth_dir, "truth_channels.json")
+    if os.path.exists(tc_path):
+        tcj = json.load(open(tc_path))
+        vals = {ch: (tcj["channels"].get(ch, {}) or {}).get("counterfactual_incremental_conversions") for ch in channels}
+        if all(v is not None for v in vals.values()):
+            cf = norm({k: max(0.0, v) for k, v in vals.items()})
+    shares = {f"deep[{n}]": norm(deep[n]) for n in names}
+    shares.update({m: norm(credited[m]) for m in credited})
+
+    def mae(a, b):
+        return float(np.mean([abs(a[ch] - b[ch]) for ch in channels]))
+
+    res = {"conversions": n_conv, "conversions_with_touchpoints": len(convs), "without_touchpoints": n_empty,
+           "channels": channels, "truth_true_shares": truth, "truth_counterfactual": cf, "shares": shares,
+           "mae_vs_true_shares": {m: mae(s, truth) for m, s in shares.items()},
+           "mae_vs_counterfactual": ({m: mae(s, cf) for m, s in shares.items()} if cf else None),
+           "deep_time_decay_fallbacks": fallback}
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def markdown(r):
+    lines = []
+    if "step" in r:
+        s = r["step"]
+        lines += [f"### Journey step model: P(purchase within 7 days), events of {r['heldout']}", "",
+                  f"{s['events_evaluated']} events sampled (purchase rate {pct(s['purchase_rate'])}).", "",
+                  "| model | AUC | log-loss |", "|---|---|---|"]
+        for k in ("gru_step_model", "lr_touch_counts_recency", "lr_touch_counts_recency_plus_event_features", "constant_rate"):
+            lines.append(f"| {k} | {s[k]['auc']:.4f} | {s[k]['logloss']:.4f} |")
+        v = s["expected_value"]
+        a = s["abandon_head"]
+        lines += ["", f"expected_value (90-day revenue): mean predicted {v['mean_predicted']:.2f} vs actual "
+                  f"{v['mean_actual']:.2f}; MAE {v['mae']:.2f} (constant mean: {v['mae_constant_mean']:.2f}); "
+                  f"Spearman {v['spearman']:.3f}. p_abandon on its labels: AUC {a['auc']:.4f}, log-loss "
+                  f"{a['logloss']:.4f} (rate {pct(a['rate'])}, {a['labels']} labels).", ""]
+    if "abandon" in r:
+        a = r["abandon"]
+        lines += [f"### Cart abandonment alerts (test half of the carts of {r['heldout']})", "",
+                  f"{a['test_carts']} carts, {pct(a['abandoned_rate_test'])} abandoned; threshold for precision "
+                  f"{a['target_precision']}: {a['threshold']}, F1 threshold: {a['threshold_f1']:.3f} (chosen on the other half).", "",
+                  "| policy | precision | recall | F1 | alerts | median lead time (h) |", "|---|---|---|---|---|---|"]
+        for k, m in a["table"].items():
+            lt = f"{m['median_lead_time_hours']:.2f}" if m["median_lead_time_hours"] is not None else "-"
+            lines.append(f"| {k} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['alerts']} | {lt} |")
+        lines.append("")
+    if "attribution" in r:
+        a = r["attribution"]
+        ms = list(a["shares"].keys())
+        lines += [f"### Channel shares of credited conversions ({r['heldout']})", "",
+                  f"{a['conversions_with_touchpoints']} conversions with touchpoints ({a['without_touchpoints']} without).", "",
+                  "| channel | truth (true shares) | truth (counterfactual) | " + " | ".join(ms) + " |",
+                  "|---|---|---|" + "---|" * len(ms)]
+        for ch in a["channels"]:
+            cf = pct(a["truth_counterfactual"][ch]) if a["truth_counterfactual"] else "-"
+            lines.append(f"| {ch} | {pct(a['truth_true_shares'][ch])} | {cf} | " + " | ".join(pct(a["shares"][m][ch]) for m in ms) + " |")
+        lines.append("| **MAE vs true shares** | | | " + " | ".join(f"**{a['mae_vs_true_shares'][m]:.3f}**" for m in ms) + " |")
+        if a["mae_vs_counterfactual"]:
+            lines.append("| **MAE vs counterfactual** | | | " + " | ".join(f"**{a['mae_vs_counterfactual'][m]:.3f}**" for m in ms) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--heldout", required=True, help="simulator output directory (events.jsonl + truth files)")
+    ap.add_argument("--train-log", default=os.path.join(here, "data", "train"), help="log the LR baselines are fitted on")
+    ap.add_argument("--models", default=here)
+    ap.add_argument("--out", default=None, help="JSON results (default <models>/evaluation.json)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--target-precision", type=float, default=0.9)
+    ap.add_argument("--only", choices=["step", "attribution"], default=None)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    hl = D.load_log(os.path.join(args.heldout, "events.jsonl"))
+    log(f"held-out log: {hl.n} events")
+    r = {"heldout": os.path.basename(os.path.normpath(args.heldout))}
+    if args.only in (None, "step"):
+        sd_h = D.step_features(hl)
+        lab_h = D.step_labels(hl, sd_h)
+        tr = D.load_log(args.train_log)
+        sd_t = D.step_features(tr)
+        lab_t = D.step_labels(tr, sd_t)
+        r["step"], out = eval_step(args.models, hl, sd_h, lab_h, tr, sd_t, lab_t, rng)
+        r["abandon"] = eval_abandon(hl, sd_h, out, os.path.join(args.heldout, "truth_carts.jsonl"), rng, args.target_precision)
+    if args.only in (None, "attribution"):
+        names = [n for n in sorted(os.listdir(args.models)) if n.startswith("attribution")
+                 and os.path.exists(os.path.join(args.models, n, "model.onnx"))]
+        r["attribution"] = eval_attribution(args.models, names, hl, args.heldout)
+    r["seconds"] = round(time.time() - t0, 1)
+    out_path = args.out or os.path.join(args.models, "evaluation.json")
+    with open(out_path, "w") as f:
+        json.dump(r, f, indent=2)
+        f.write("\n")
+    md = markdown(r)
+    with open(os.path.splitext(out_path)[0] + ".md", "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
