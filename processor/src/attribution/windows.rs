@@ -33,10 +33,6 @@ impl ChannelWindows {
         ChannelWindows { width, retention, entries: HashMap::default(), dirty: Vec::new(), closed: Vec::new(), dropped_late: 0 }
     }
 
-    pub fn width(&self) -> Millis {
-        self.width
-    }
-
     /// Whether the window holding `ts` still accepts contributions at watermark `wm`.
     #[inline]
     pub fn is_open(&self, ts: Millis, wm: Millis) -> bool {

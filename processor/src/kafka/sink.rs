@@ -15,7 +15,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext};
 
-/// Errors of the output path. `retriable()` says whether trying again may help.
+/// Errors of the output path; `class()` says what to do about a transactional one.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot create the producer: {0}")]
@@ -44,10 +44,6 @@ pub enum TxnClass {
 }
 
 impl SinkError {
-    pub fn retriable(&self) -> bool {
-        matches!(self, SinkError::FlushTimeout(_)) || self.class() == Some(TxnClass::Retry)
-    }
-
     /// The transactional class of the error, if it came from a transactional call.
     pub fn class(&self) -> Option<TxnClass> {
         match self {
@@ -124,15 +120,13 @@ pub struct Sink {
     flush_timeout: Duration,
     transactional: bool,
     in_transaction: bool,
-    /// Records sent since creation.
-    pub sent: u64,
 }
 
 impl Sink {
     /// A plain (idempotent) producer for at-least-once delivery.
     pub fn new(config: &ClientConfig, flush_timeout: Duration) -> Result<Sink, SinkError> {
         let producer = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
-        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false, sent: 0 })
+        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false })
     }
 
     /// A transactional producer: `config` must carry `transactional.id`. Initialising fences any
@@ -140,7 +134,7 @@ impl Sink {
     pub fn transactional(config: &ClientConfig, timeout: Duration) -> Result<Sink, SinkError> {
         let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
         retry("init", || producer.init_transactions(timeout))?;
-        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, sent: 0 })
+        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false })
     }
 
     /// Test-only fault injection: raises a fatal error inside librdkafka, as a broken producer would.
@@ -234,10 +228,7 @@ impl Sink {
         }
         loop {
             match self.producer.send(record) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
@@ -248,11 +239,6 @@ impl Sink {
                 Err((e, _)) => return Err(SinkError::Send { topic: rec.topic.to_string(), source: e }),
             }
         }
-    }
-
-    /// Serves delivery callbacks without blocking.
-    pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
     }
 
     /// Waits until every queued record is delivered; fails if any delivery failed since the last flush.
