@@ -14,6 +14,7 @@ pub mod journey;
 pub mod output;
 pub mod time;
 pub mod http;
+pub mod inference;
 pub mod kafka;
 pub mod runner;
 pub mod telemetry;

@@ -52,6 +52,15 @@ pub struct ConversionRecord {
     pub conversion_value: f64,
     pub currency: Option<String>,
     pub touchpoints: Vec<CreditedTouchpoint>,
+    /// How `deep` was computed: `removal_effect`, `shapley`, or `time_decay_fallback` (the model
+    /// saw no lift, or no touchpoint lies before the purchase path); null without models.
+    pub deep_method: Option<&'static str>,
+    /// The attribution model's P(conversion) of the journey.
+    pub conversion_probability: Option<f64>,
+    /// The step model's expected value of the customer's next 90 days, after this purchase.
+    pub expected_future_value: Option<f64>,
+    /// Version of the models that touched this record.
+    pub model_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,6 +75,8 @@ pub struct TopTouchpoint {
     pub channel: Channel,
     pub campaign: Option<String>,
     pub time_decay_credit: f64,
+    /// Deep credit of the journey so far (null without models).
+    pub deep_credit: Option<f64>,
 }
 
 /// `touchstream.alerts.cart-abandonment`, key = customer id.
@@ -78,10 +89,28 @@ pub struct AlertRecord {
     pub currency: Option<String>,
     pub items: Vec<CartItem>,
     pub last_activity_ts: Millis,
+    /// `model` (P(abandon) crossed the threshold at the inactivity check) or `inactivity_timeout`.
     pub reason: &'static str,
     pub abandonment_probability: Option<f64>,
+    /// P(purchase within 7 days) from the step model.
+    pub conversion_probability: Option<f64>,
     pub top_touchpoints: Vec<TopTouchpoint>,
-    pub recommended_action: &'static str,
+    pub recommended_action: String,
+    pub model_version: Option<String>,
+}
+
+/// `touchstream.scores` (compacted), key = customer id: the customer's current model scores.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreRecord {
+    pub customer_id: String,
+    /// Event time of the customer's latest scored event.
+    pub ts: Millis,
+    pub purchase_probability: f64,
+    /// P(the open cart is abandoned); meaningful while a cart is open.
+    pub abandonment_probability: f64,
+    pub cart_open: bool,
+    pub expected_value: f64,
+    pub model_version: String,
 }
 
 /// Per-window, per-channel numbers: touchpoints seen and conversions/revenue credited by each rule.
@@ -90,6 +119,9 @@ pub struct WindowNumbers {
     pub touchpoints: u64,
     pub conversions: [f64; 5],
     pub revenue: [f64; 5],
+    /// Deep credit (models only): conversions, revenue and expected future value credited.
+    #[serde(default)]
+    pub deep: Option<[f64; 3]>,
 }
 
 impl WindowNumbers {
@@ -98,6 +130,12 @@ impl WindowNumbers {
         for i in 0..5 {
             self.conversions[i] += other.conversions[i];
             self.revenue[i] += other.revenue[i];
+        }
+        if let Some(d) = other.deep {
+            let mine = self.deep.get_or_insert([0.0; 3]);
+            for i in 0..3 {
+                mine[i] += d[i];
+            }
         }
     }
 }
@@ -112,6 +150,9 @@ pub struct ChannelWindowRecord {
     pub touchpoints: u64,
     pub credited_conversions: RuleColumns,
     pub credited_revenue: RuleColumns,
+    /// Expected future value (step model) of the converting customers, by deep credit.
+    #[serde(default)]
+    pub credited_expected_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source_partition: Option<i32>,
 }
@@ -123,8 +164,9 @@ impl ChannelWindowRecord {
             window_end: window_start + width,
             channel: channel.as_str().to_string(),
             touchpoints: n.touchpoints,
-            credited_conversions: RuleColumns::from_array(n.conversions),
-            credited_revenue: RuleColumns::from_array(n.revenue),
+            credited_conversions: RuleColumns { deep: n.deep.map(|d| d[0]), ..RuleColumns::from_array(n.conversions) },
+            credited_revenue: RuleColumns { deep: n.deep.map(|d| d[1]), ..RuleColumns::from_array(n.revenue) },
+            credited_expected_value: n.deep.map(|d| d[2]),
             source_partition,
         }
     }
@@ -133,6 +175,9 @@ impl ChannelWindowRecord {
             touchpoints: self.touchpoints,
             conversions: self.credited_conversions.to_array(),
             revenue: self.credited_revenue.to_array(),
+            deep: self.credited_conversions.deep.map(|c| {
+                [c, self.credited_revenue.deep.unwrap_or(0.0), self.credited_expected_value.unwrap_or(0.0)]
+            }),
         }
     }
 }
@@ -153,16 +198,33 @@ mod schema_tests {
     #[track_caller]
     fn conforms<T: Serialize>(record: &T, schema: &Schema) {
         let value = apache_avro::to_value(record).expect("to avro value");
+        // the record has exactly the schema's fields (resolution alone ignores extra ones)
+        if let (apache_avro::types::Value::Record(fields), Schema::Record(rs)) = (&value, schema) {
+            let got: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+            let want: Vec<&str> = rs.fields.iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(got, want, "fields of {}", serde_json::to_string(record).unwrap());
+        }
         let resolved = value.clone().resolve(schema);
         assert!(resolved.is_ok(), "{:?}\nfor {}", resolved.err(), serde_json::to_string(record).unwrap());
     }
 
     #[test]
     fn outputs_conform_to_their_avro_schemas() {
+        outputs_conform(false);
+    }
+
+    #[test]
+    fn outputs_with_models_conform_to_their_avro_schemas() {
+        outputs_conform(true);
+    }
+
+    fn outputs_conform(models: bool) {
         let conversion = schema(include_str!("../../schemas/attribution_conversion.avsc"));
         let alert = schema(include_str!("../../schemas/cart_abandonment_alert.avsc"));
         let channels = schema(include_str!("../../schemas/attribution_channel_window.avsc"));
-        let mut engine = PartitionEngine::new(0, EngineConfig::default());
+        let scores = schema(include_str!("../../schemas/customer_score.avsc"));
+        let cfg = EngineConfig::default().with_models(models.then(crate::inference::test_models));
+        let mut engine = PartitionEngine::new(0, cfg);
         let mut out = Vec::new();
         let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };
         let events = [
@@ -193,8 +255,16 @@ mod schema_tests {
         engine.drain_changed_windows(&mut windows);
         assert!(!windows.is_empty());
         for mut w in windows {
+            assert_eq!(w.credited_conversions.deep.is_some(), models);
+            assert_eq!(w.credited_expected_value.is_some(), models && w.credited_conversions.deep.is_some());
             w.source_partition = None; // totals on the channels topic carry no source partition
             conforms(&w, &channels);
+        }
+        let mut records = Vec::new();
+        engine.drain_scores(&mut records);
+        assert_eq!(records.len(), if models { 2 } else { 0 });
+        for r in &records {
+            conforms(r, &scores);
         }
     }
 

@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     fn partial(src: i32, touchpoints: u64, td: f64) -> ChannelWindowRecord {
-        let n = WindowNumbers { touchpoints, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [td * 10.0, 0.0, 0.0, 0.0, 0.0] };
+        let n = WindowNumbers { touchpoints, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [td * 10.0, 0.0, 0.0, 0.0, 0.0], deep: None };
         ChannelWindowRecord::new(0, 3_600_000, Channel::Email, &n, Some(src))
     }
 
@@ -149,7 +149,7 @@ mod tests {
         let day = 86_400_000;
         let mut a = ChannelAggregator::new(day);
         let at = |src: i32, start: Millis, td: f64| {
-            let n = WindowNumbers { touchpoints: 1, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [0.0; 5] };
+            let n = WindowNumbers { touchpoints: 1, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [0.0; 5], deep: None };
             ChannelWindowRecord::new(start, 3_600_000, Channel::Email, &n, Some(src))
         };
         a.apply(&at(0, 0, 1.0));

@@ -26,11 +26,13 @@ pub struct ChannelWindows {
     closed: Vec<(Millis, Channel)>,
     /// Contributions that arrived for windows already closed and dropped.
     pub dropped_late: u64,
+    /// Models run: every window carries deep numbers (zero until credited).
+    pub deep: bool,
 }
 
 impl ChannelWindows {
     pub fn new(width: Millis, retention: Millis) -> Self {
-        ChannelWindows { width, retention, entries: HashMap::default(), dirty: Vec::new(), closed: Vec::new(), dropped_late: 0 }
+        ChannelWindows { width, retention, entries: HashMap::default(), dirty: Vec::new(), closed: Vec::new(), dropped_late: 0, deep: false }
     }
 
     /// Whether the window holding `ts` still accepts contributions at watermark `wm`.
@@ -46,7 +48,8 @@ impl ChannelWindows {
             return None;
         }
         let key = (window_start(ts, self.width), channel);
-        let e = self.entries.entry(key).or_default();
+        let deep = self.deep;
+        let e = self.entries.entry(key).or_insert_with(|| Entry { numbers: WindowNumbers { deep: deep.then_some([0.0; 3]), ..WindowNumbers::default() }, dirty: false });
         if !e.dirty {
             e.dirty = true;
             self.dirty.push(key);
@@ -62,13 +65,20 @@ impl ChannelWindows {
         }
     }
 
-    /// Credits a conversion at `conversion_ts` worth `value` to `channel` with per-rule `credit`.
+    /// Credits a conversion at `conversion_ts` worth `value` to `channel` with per-rule `credit`,
+    /// and with models its `deep` credit and the customer's expected future value.
     #[inline]
-    pub fn add_credit(&mut self, conversion_ts: Millis, channel: Channel, credit: &[f64; 5], value: f64, wm: Millis) {
+    pub fn add_credit(&mut self, conversion_ts: Millis, channel: Channel, credit: &[f64; 5], deep: Option<(f64, f64)>, value: f64, wm: Millis) {
         if let Some(e) = self.entry(conversion_ts, channel, wm) {
             for (i, c) in credit.iter().enumerate() {
                 e.numbers.conversions[i] += c;
                 e.numbers.revenue[i] += c * value;
+            }
+            if let Some((d, future)) = deep {
+                let n = e.numbers.deep.get_or_insert([0.0; 3]);
+                n[0] += d;
+                n[1] += d * value;
+                n[2] += d * future;
             }
         }
     }
@@ -129,7 +139,7 @@ mod tests {
         let mut w = ChannelWindows::new(H, 2 * H);
         w.add_touchpoint(10, Channel::Email, 0);
         w.add_touchpoint(H + 10, Channel::Email, 0);
-        w.add_credit(H + 20, Channel::Email, &[0.5, 1.0, 0.0, 0.5, 0.5], 10.0, 0);
+        w.add_credit(H + 20, Channel::Email, &[0.5, 1.0, 0.0, 0.5, 0.5], None, 10.0, 0);
         let mut out = Vec::new();
         w.drain_changed(3, 0, &mut out, &mut Vec::new());
         assert_eq!(out.len(), 2);

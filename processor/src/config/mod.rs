@@ -24,6 +24,8 @@ pub struct Config {
     pub journey: JourneyConfig,
     pub attribution: AttributionConfig,
     pub alerts: AlertsConfig,
+    pub models: ModelsConfig,
+    pub scores: ScoresConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -64,6 +66,7 @@ pub struct TopicsConfig {
     pub dlq: String,
     pub channel_partials: String,
     pub changelog: String,
+    pub scores: String,
     pub create: bool,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -104,7 +107,57 @@ pub struct AttributionConfig {
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     pub inactivity_timeout: Span,
-    pub incentive_min_cart_value: f64,
+    /// With models: the inactivity after which P(abandon) is read.
+    pub model_check: Span,
+    /// With models: alert at the check when P(abandon) >= this.
+    pub abandon_threshold: f64,
+    /// `recommended_action` tiers, first match wins.
+    pub actions: Vec<ActionTier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionTier {
+    pub action: String,
+    /// Matches alerts whose P(abandon) is at least this (alerts without a probability match 0 only).
+    #[serde(default)]
+    pub min_probability: f64,
+    #[serde(default)]
+    pub min_cart_value: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub enabled: bool,
+    /// Folder holding `<name>/model.onnx` + `metadata.json`; empty = the models built into the binary.
+    pub dir: String,
+    pub step: String,
+    pub attribution: String,
+    pub deep_credit: DeepCreditMode,
+    pub shapley_samples: usize,
+    pub shapley_exact_max: usize,
+    /// Rows per tract call of the step model.
+    pub max_batch: usize,
+    pub check_fixtures: bool,
+    /// Watch `dir` and reload on change (SIGHUP always reloads).
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeepCreditMode {
+    Removal,
+    Shapley,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoresConfig {
+    pub enabled: bool,
+    /// A customer's score is written when P(purchase) or P(abandon) moved by more than this, or
+    /// the expected value by more than this fraction.
+    pub min_change: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +271,7 @@ impl Config {
             ("topics.dlq", &self.topics.dlq),
             ("topics.channel_partials", &self.topics.channel_partials),
             ("topics.changelog", &self.topics.changelog),
+            ("topics.scores", &self.topics.scores),
         ];
         for (i, (key, name)) in topics.iter().enumerate() {
             not_blank(key, name)?;
@@ -259,8 +313,44 @@ impl Config {
         positive("attribution.window", self.attribution.window)?;
         non_negative("attribution.window_retention", self.attribution.window_retention)?;
         positive("alerts.inactivity_timeout", self.alerts.inactivity_timeout)?;
-        if !self.alerts.incentive_min_cart_value.is_finite() || self.alerts.incentive_min_cart_value < 0.0 {
-            return Err(key_err("alerts.incentive_min_cart_value", "must be a non-negative number"));
+        positive("alerts.model_check", self.alerts.model_check)?;
+        if !(0.0..=1.0).contains(&self.alerts.abandon_threshold) {
+            return Err(key_err("alerts.abandon_threshold", "must be between 0 and 1"));
+        }
+        if self.alerts.actions.is_empty() {
+            return Err(key_err("alerts.actions", "needs at least one tier"));
+        }
+        for (i, t) in self.alerts.actions.iter().enumerate() {
+            let key = format!("alerts.actions[{i}]");
+            not_blank(&format!("{key}.action"), &t.action)?;
+            if !(0.0..=1.0).contains(&t.min_probability) {
+                return Err(key_err(&format!("{key}.min_probability"), "must be between 0 and 1"));
+            }
+            if !t.min_cart_value.is_finite() || t.min_cart_value < 0.0 {
+                return Err(key_err(&format!("{key}.min_cart_value"), "must be a non-negative number"));
+            }
+        }
+        if !self.alerts.actions.iter().any(|t| t.min_probability == 0.0 && t.min_cart_value == 0.0) {
+            return Err(key_err("alerts.actions", "needs a catch-all tier (min_probability = 0, min_cart_value = 0)"));
+        }
+        if self.models.enabled {
+            not_blank("models.step", &self.models.step)?;
+            not_blank("models.attribution", &self.models.attribution)?;
+            if !self.models.dir.trim().is_empty() && !Path::new(&self.models.dir).is_dir() {
+                return Err(key_err("models.dir", format!("`{}` is not a folder", self.models.dir)));
+            }
+            if !(1..=4096).contains(&self.models.max_batch) {
+                return Err(key_err("models.max_batch", "must be between 1 and 4096"));
+            }
+            if !(1..=4096).contains(&self.models.shapley_samples) {
+                return Err(key_err("models.shapley_samples", "must be between 1 and 4096"));
+            }
+            if self.models.shapley_exact_max > 12 {
+                return Err(key_err("models.shapley_exact_max", "must be at most 12 (2^12 model rows per conversion)"));
+            }
+        }
+        if !self.scores.min_change.is_finite() || self.scores.min_change < 0.0 {
+            return Err(key_err("scores.min_change", "must be a non-negative number"));
         }
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(key_err("http.listen", format!("`{}` is not an address like 0.0.0.0:9464", self.http.listen)));

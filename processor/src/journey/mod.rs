@@ -42,6 +42,36 @@ pub struct Cart {
     pub last_cart_ts: Millis,
     /// Set once the abandonment alert for this cart was written.
     pub alerted: bool,
+    /// A `checkout_start` happened since the cart opened.
+    #[serde(default)]
+    pub checkout_started: bool,
+    /// With models: the `last_activity_ts` whose inactivity check already read P(abandon).
+    #[serde(default = "never")]
+    pub model_checked: Millis,
+}
+
+fn never() -> Millis {
+    Millis::MIN
+}
+
+/// The step model's per-customer state: its hidden state and the scores after the customer's
+/// latest event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelState {
+    pub hidden: Vec<f32>,
+    /// P(purchase), P(abandon), expected value after the latest event.
+    pub scores: [f32; 3],
+    /// Event time of the event the scores belong to.
+    pub scored_ts: Millis,
+    /// The scores last written to the scores topic.
+    #[serde(default)]
+    pub written: Option<[f32; 3]>,
+}
+
+impl ModelState {
+    pub fn new(hidden: usize) -> Self {
+        ModelState { hidden: vec![0.0; hidden], scores: [0.0; 3], scored_ts: Millis::MIN, written: None }
+    }
 }
 
 impl Cart {
@@ -78,9 +108,21 @@ pub struct CustomerState {
     /// Event time of the latest purchase; touchpoints at or before it are spent.
     pub last_purchase_ts: Millis,
     pub counters: Counters,
+    /// Hash of the previous event's session id (0: none), for the step model's `new_session`.
+    #[serde(default)]
+    pub prev_session: u64,
+    /// The step model's state (absent without models, or before the first scored event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Box<ModelState>>,
     /// Queued for the changelog since the last drain (not part of the state itself).
     #[serde(skip)]
     pub(crate) queued: bool,
+    /// Position in the engine's list of changed customers while queued.
+    #[serde(skip)]
+    pub(crate) changed_idx: u32,
+    /// Events of this customer waiting for the step model.
+    #[serde(skip)]
+    pub(crate) pending: u32,
 }
 
 impl CustomerState {
@@ -94,7 +136,11 @@ impl CustomerState {
             last_event_ts: ts,
             last_purchase_ts: Millis::MIN,
             counters: Counters::default(),
+            prev_session: 0,
+            model: None,
             queued: false,
+            changed_idx: 0,
+            pending: 0,
         }
     }
 
@@ -144,6 +190,8 @@ impl CustomerState {
                     last_activity_ts: ev.ts,
                     last_cart_ts: ev.ts,
                     alerted: false,
+                    checkout_started: false,
+                    model_checked: Millis::MIN,
                 });
                 if let Some(c) = &ev.currency {
                     if cart.currency.as_deref() != Some(c.as_ref()) {
@@ -186,6 +234,12 @@ impl CustomerState {
                 }
                 false
             }
+            EventType::CheckoutStart => {
+                if let Some(cart) = &mut self.cart {
+                    cart.checkout_started = true;
+                }
+                false
+            }
             _ => false,
         }
     }
@@ -215,6 +269,9 @@ impl CustomerState {
         if let Some(c) = &self.cart {
             n += c.opened_by.len() + c.lines.capacity() * size_of::<CartLine>();
             n += c.lines.iter().map(|l| l.product_id.len()).sum::<usize>();
+        }
+        if let Some(m) = &self.model {
+            n += size_of::<ModelState>() + m.hidden.capacity() * size_of::<f32>();
         }
         n + self.session_id.as_ref().map_or(0, |s| s.len())
     }

@@ -1,20 +1,34 @@
 //! The processing of one input partition: a deterministic function of (state, events in partition
 //! order) -> (state, outputs). No I/O happens here; the runner feeds events and ships outputs.
+//!
+//! With models, every event also goes through the journey step model. Events wait in a small
+//! queue and run in batched waves ([`scoring`]); the queue is flushed whenever a decision needs a
+//! score (a purchase, an inactivity check, a timeout alert), when it is full, and before the
+//! runner drains state, so every output sees exactly the scores of an unbatched run.
+
+pub mod scoring;
+#[cfg(test)]
+mod model_tests;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
 use crate::attribution::credits::{self, Credits};
 use crate::attribution::windows::ChannelWindows;
 use crate::changelog::{self, ChangelogEntry, ChangelogKey, PartitionMeta, RestoreError};
-use crate::output::WindowNumbers;
-use crate::config::Config;
+use crate::config::{ActionTier, Config};
 use crate::event::{Channel, Event, EventType};
+use crate::inference::features;
+use crate::inference::step::{EXPECTED_VALUE, P_ABANDON, P_PURCHASE};
+use crate::inference::ModelSet;
 use crate::journey::CustomerState;
-use crate::output::{AlertRecord, CartItem, ChannelWindowRecord, ConversionRecord, CreditedTouchpoint, TopTouchpoint};
+use crate::output::WindowNumbers;
+use crate::output::{AlertRecord, CartItem, ChannelWindowRecord, ConversionRecord, CreditedTouchpoint, ScoreRecord, TopTouchpoint};
 use crate::time::{Millis, Watermark};
+use scoring::{Scoring, ScoringStats};
 
 /// The settings the engine reads, in milliseconds.
 #[derive(Debug, Clone)]
@@ -26,8 +40,13 @@ pub struct EngineConfig {
     pub window: Millis,
     pub window_retention: Millis,
     pub inactivity_timeout: Millis,
-    pub incentive_min_cart_value: f64,
+    pub model_check: Millis,
+    pub abandon_threshold: f64,
+    pub actions: Arc<[ActionTier]>,
     pub allowed_lateness: Millis,
+    pub scores_min_change: f64,
+    /// The models, when enabled (see [`EngineConfig::with_models`]).
+    pub models: Option<Arc<ModelSet>>,
 }
 
 impl EngineConfig {
@@ -40,9 +59,27 @@ impl EngineConfig {
             window: c.attribution.window.ms(),
             window_retention: c.attribution.window_retention.ms(),
             inactivity_timeout: c.alerts.inactivity_timeout.ms(),
-            incentive_min_cart_value: c.alerts.incentive_min_cart_value,
+            model_check: c.alerts.model_check.ms(),
+            abandon_threshold: c.alerts.abandon_threshold,
+            actions: c.alerts.actions.clone().into(),
             allowed_lateness: c.event_time.allowed_lateness.ms(),
+            scores_min_change: c.scores.min_change,
+            models: None,
         }
+    }
+
+    pub fn with_models(mut self, models: Option<Arc<ModelSet>>) -> Self {
+        self.models = models;
+        self
+    }
+
+    /// The first matching `recommended_action` tier.
+    fn action(&self, probability: Option<f64>, cart_value: f64) -> String {
+        let p = probability.unwrap_or(0.0);
+        self.actions
+            .iter()
+            .find(|t| (probability.is_some() || t.min_probability == 0.0) && p >= t.min_probability && cart_value >= t.min_cart_value)
+            .map_or_else(|| "reminder".to_string(), |t| t.action.clone())
     }
 }
 
@@ -72,6 +109,7 @@ struct Scratch {
     idx: Vec<usize>,
     credits: Vec<Credits>,
     decay: Vec<f64>,
+    deep: Vec<f64>,
 }
 
 /// All state of one input partition.
@@ -80,14 +118,15 @@ pub struct PartitionEngine {
     partition: i32,
     cfg: EngineConfig,
     customers: HashMap<Box<str>, CustomerState, RandomState>,
-    /// Lazy abandonment timers: (deadline, customer). A popped timer whose cart moved on is
-    /// re-armed at the cart's current deadline or dropped.
+    /// Lazy cart timers: (when something may be due, customer). A popped timer whose cart moved
+    /// on is re-armed at the cart's next due time or dropped.
     timers: BinaryHeap<Reverse<(Millis, Box<str>)>>,
     windows: ChannelWindows,
     watermark: Watermark,
     seq: u64,
     next_sweep: Millis,
     scratch: Scratch,
+    scoring: Option<Scoring>,
     /// Customers changed since the last changelog drain.
     changed: Vec<Box<str>>,
     /// Customers forgotten since the last changelog drain.
@@ -102,9 +141,18 @@ pub struct PartitionEngine {
 
 impl PartitionEngine {
     pub fn new(partition: i32, cfg: EngineConfig) -> Self {
+        let scoring = cfg.models.as_ref().and_then(|m| match Scoring::new(m.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, partition, "cannot run the models; this partition runs rules only");
+                None
+            }
+        });
+        let mut windows = ChannelWindows::new(cfg.window, cfg.window_retention);
+        windows.deep = scoring.is_some();
         PartitionEngine {
             partition,
-            windows: ChannelWindows::new(cfg.window, cfg.window_retention),
+            windows,
             watermark: Watermark::new(cfg.allowed_lateness),
             cfg,
             customers: HashMap::default(),
@@ -112,6 +160,7 @@ impl PartitionEngine {
             seq: 0,
             next_sweep: Millis::MIN,
             scratch: Scratch::default(),
+            scoring,
             changed: Vec::new(),
             forgotten: Vec::new(),
             closed_windows: Vec::new(),
@@ -141,11 +190,82 @@ impl PartitionEngine {
         &self.windows
     }
 
+    /// The models this engine runs.
+    pub fn models(&self) -> Option<&Arc<ModelSet>> {
+        self.scoring.as_ref().map(|s| &s.set)
+    }
+
+    /// Model counters since the last call.
+    pub fn take_scoring_stats(&mut self) -> ScoringStats {
+        self.scoring.as_mut().map(|s| std::mem::take(&mut s.stats)).unwrap_or_default()
+    }
+
+    /// Swaps the models (a reload): pending events finish on the old ones first. When the step
+    /// model's hidden size changes, every hidden state is reset; returns how many were.
+    pub fn set_models(&mut self, models: Option<Arc<ModelSet>>) -> Result<usize, String> {
+        let next = models.as_ref().map(|m| Scoring::new(m.clone())).transpose()?;
+        self.flush();
+        let old_hidden = self.scoring.as_ref().map(|s| s.set.step.hidden);
+        let new_hidden = models.as_ref().map(|m| m.step.hidden);
+        let mut reset = 0;
+        if old_hidden != new_hidden {
+            for (key, c) in self.customers.iter_mut() {
+                if c.model.as_ref().is_some_and(|m| Some(m.hidden.len()) != new_hidden) {
+                    c.model = None;
+                    reset += 1;
+                    if !c.queued {
+                        c.queued = true;
+                        c.changed_idx = self.changed.len() as u32;
+                        self.changed.push(key.clone());
+                    }
+                }
+            }
+        }
+        self.cfg.models = models;
+        self.windows.deep = next.is_some();
+        self.scoring = next;
+        Ok(reset)
+    }
+
     /// Approximate bytes of state (customers, timers, windows).
     pub fn approx_bytes(&self) -> usize {
         let customers: usize = self.customers.iter().map(|(k, c)| c.approx_bytes(k.len())).sum();
         let timers: usize = self.timers.iter().map(|Reverse((_, k))| 24 + k.len()).sum();
         customers + timers + self.windows.len() * 128
+    }
+
+    fn mark_changed(&mut self, key: &str) {
+        if let Some(c) = self.customers.get_mut(key) {
+            if !c.queued {
+                c.queued = true;
+                c.changed_idx = self.changed.len() as u32;
+                self.changed.push(key.into());
+            }
+        }
+    }
+
+    /// Runs the step model on every pending event.
+    pub fn flush(&mut self) {
+        if let Some(s) = &mut self.scoring {
+            s.flush(&mut self.customers, &self.changed);
+        }
+    }
+
+    fn flush_for(&mut self, key: &str) {
+        if self.customers.get(key).is_some_and(|c| c.pending > 0) {
+            self.flush();
+        }
+    }
+
+    /// When the customer's open cart may next need attention: the model's inactivity check (if
+    /// not done for the current inactivity) or the timeout rule.
+    fn next_due(&self, cart: &crate::journey::Cart) -> Millis {
+        let rule = cart.deadline(self.cfg.inactivity_timeout);
+        if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts {
+            rule.min(cart.last_activity_ts.saturating_add(self.cfg.model_check))
+        } else {
+            rule
+        }
     }
 
     /// Processes one valid event of this partition.
@@ -157,50 +277,112 @@ impl PartitionEngine {
         self.seq += 1;
         let seq = self.seq;
         let wm = self.watermark.current();
-        let cfg = &self.cfg;
 
         let key: &str = ev.customer_id.as_ref();
         if !self.customers.contains_key(key) {
             self.customers.insert(key.into(), CustomerState::new(ev.ts));
         }
+        self.mark_changed(key);
+
+        // The customer's own next event shows (in event time) whether the cart sat idle long
+        // enough for the model's check or the timeout, whatever the watermark says.
+        self.cart_checks(key, ev.ts, out);
+
+        let cfg = &self.cfg;
         let customer = self.customers.get_mut(key).expect("present");
-        if !customer.queued {
-            customer.queued = true;
-            self.changed.push(key.into());
-        }
-
-        // The customer's own next event shows (in event time) whether the cart sat idle for the
-        // whole timeout, whatever the watermark says.
-        if let Some(cart) = &customer.cart {
-            let deadline = cart.deadline(cfg.inactivity_timeout);
-            if !cart.alerted && ev.ts >= deadline {
-                out.push(Output::Alert(build_alert(key, customer, deadline, cfg, &mut self.scratch)));
-            }
-        }
-
+        let prev_ts = customer.last_event_ts;
         customer.touch(ev);
+        let mut conversion = None;
         match ev.event_type {
             t if t.is_touchpoint() => {
                 customer.add_touchpoint(ev, seq, cfg.lookback, cfg.max_touchpoints);
                 self.windows.add_touchpoint(ev.ts, ev.channel.unwrap_or(Channel::Other), wm);
             }
-            EventType::CartAdd | EventType::CartRemove => {
+            EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart => {
                 if customer.apply_cart(ev) {
-                    let deadline = customer.cart.as_ref().map_or(Millis::MAX, |c| c.deadline(cfg.inactivity_timeout));
-                    self.timers.push(Reverse((deadline, key.into())));
+                    let due = {
+                        let cart = customer.cart.as_ref().expect("just opened");
+                        let rule = cart.deadline(cfg.inactivity_timeout);
+                        if self.scoring.is_some() { rule.min(cart.last_activity_ts.saturating_add(cfg.model_check)) } else { rule }
+                    };
+                    self.timers.push(Reverse((due, key.into())));
                 }
             }
             EventType::Purchase => {
-                let record = convert(ev, customer, cfg, &mut self.windows, wm, &mut self.scratch);
-                out.push(Output::Conversion(record));
+                conversion = Some(convert(ev, customer, cfg, &mut self.scratch, self.scoring.as_mut()));
             }
             _ => {}
+        }
+        if let Some(s) = &mut self.scoring {
+            let gap = if customer.counters.events == 1 { 0 } else { (ev.ts - prev_ts).max(0) };
+            let session = features::session_hash(ev.session_id.as_deref());
+            let new_session = features::new_session(session, customer.prev_session, gap);
+            customer.prev_session = session;
+            let input = scoring::step_input(customer, ev.ts, ev.event_type, ev.channel, ev.value, gap, new_session);
+            s.enqueue(customer, &input);
+        }
+        if let Some(mut record) = conversion {
+            // The expected future value after the purchase is the step model's output for it.
+            self.flush();
+            let future = self.scoring.as_ref().and_then(|s| {
+                let m = self.customers.get(key)?.model.as_ref()?;
+                record.model_version = Some(s.set.version.to_string());
+                Some(f64::from(m.scores[EXPECTED_VALUE]))
+            });
+            record.expected_future_value = future;
+            for t in &record.touchpoints {
+                let rules = [t.time_decay, t.last_touch, t.first_touch, t.linear, t.position_based];
+                let deep = t.deep.map(|d| (d, future.unwrap_or(0.0)));
+                self.windows.add_credit(record.conversion_ts, t.channel, &rules, deep, record.conversion_value, wm);
+            }
+            out.push(Output::Conversion(record));
+        }
+        if self.scoring.as_ref().is_some_and(|s| s.pending() >= s.flush_at) {
+            self.flush();
         }
 
         if self.watermark.observe(ev.ts) {
             self.on_watermark(out);
         }
         Processed { late }
+    }
+
+    /// The checks an event of the customer itself triggers on its open cart at event time `ts`.
+    fn cart_checks(&mut self, key: &str, ts: Millis, out: &mut Vec<Output>) {
+        let Some(cart) = self.customers.get(key).and_then(|c| c.cart.as_ref()) else { return };
+        if cart.alerted {
+            return;
+        }
+        let check_at = cart.last_activity_ts.saturating_add(self.cfg.model_check);
+        if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts && ts >= check_at {
+            self.model_check(key, check_at, out);
+        }
+        let Some(cart) = self.customers.get(key).and_then(|c| c.cart.as_ref()) else { return };
+        let deadline = cart.deadline(self.cfg.inactivity_timeout);
+        if !cart.alerted && ts >= deadline {
+            self.alert(key, deadline, "inactivity_timeout", out);
+        }
+    }
+
+    /// The model's inactivity check of the customer's open cart: alert when P(abandon) after the
+    /// customer's latest event reaches the threshold.
+    fn model_check(&mut self, key: &str, check_at: Millis, out: &mut Vec<Output>) {
+        self.flush_for(key);
+        let Some(customer) = self.customers.get_mut(key) else { return };
+        let p = customer.model.as_ref().map(|m| f64::from(m.scores[P_ABANDON]));
+        let Some(cart) = customer.cart.as_mut() else { return };
+        cart.model_checked = cart.last_activity_ts;
+        self.mark_changed(key);
+        if p.is_some_and(|p| p >= self.cfg.abandon_threshold) {
+            self.alert(key, check_at, "model", out);
+        }
+    }
+
+    fn alert(&mut self, key: &str, alert_ts: Millis, reason: &'static str, out: &mut Vec<Output>) {
+        self.flush_for(key);
+        self.mark_changed(key);
+        let customer = self.customers.get_mut(key).expect("present");
+        out.push(Output::Alert(build_alert(key, customer, alert_ts, reason, &self.cfg, &mut self.scratch, self.scoring.as_mut())));
     }
 
     /// No input for the idle period: move the watermark to wall clock minus the allowed lateness.
@@ -215,13 +397,48 @@ impl PartitionEngine {
         self.windows.drain_changed(self.partition, self.watermark.current(), out, &mut self.closed_windows);
     }
 
+    /// Score records for the customers whose scores moved by more than `scores.min_change`
+    /// since they were last written (call before [`Self::drain_changelog`]).
+    pub fn drain_scores(&mut self, out: &mut Vec<ScoreRecord>) {
+        self.flush();
+        let Some(s) = &self.scoring else { return };
+        let min = self.cfg.scores_min_change as f32;
+        for key in &self.changed {
+            let Some(c) = self.customers.get_mut(key) else { continue };
+            let cart_open = c.cart.is_some();
+            let Some(m) = c.model.as_mut() else { continue };
+            let moved = match m.written {
+                None => true,
+                Some(w) => {
+                    (m.scores[P_PURCHASE] - w[P_PURCHASE]).abs() > min
+                        || (m.scores[P_ABANDON] - w[P_ABANDON]).abs() > min
+                        || (m.scores[EXPECTED_VALUE] - w[EXPECTED_VALUE]).abs() > min * w[EXPECTED_VALUE].abs().max(1.0)
+                }
+            };
+            if moved {
+                m.written = Some(m.scores);
+                out.push(ScoreRecord {
+                    customer_id: key.to_string(),
+                    ts: m.scored_ts,
+                    purchase_probability: f64::from(m.scores[P_PURCHASE]),
+                    abandonment_probability: f64::from(m.scores[P_ABANDON]),
+                    cart_open,
+                    expected_value: f64::from(m.scores[EXPECTED_VALUE]),
+                    model_version: s.set.version.to_string(),
+                });
+            }
+        }
+    }
+
     /// Changelog records for everything that changed since the last call: changed customers,
     /// forgotten customers and closed windows (tombstones), changed windows (`windows`, as drained
     /// by [`Self::drain_changed_windows`]) and the partition's meta record.
     pub fn drain_changelog(&mut self, windows: &[ChannelWindowRecord], out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+        self.flush();
         for key in self.changed.drain(..) {
             if let Some(c) = self.customers.get_mut(&key) {
                 c.queued = false;
+                c.changed_idx = 0;
                 out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(serde_json::to_vec(c)?) });
             }
         }
@@ -294,42 +511,51 @@ impl PartitionEngine {
         Ok(())
     }
 
-    /// Ends a restore: re-arms the abandonment timers of open carts.
+    /// Ends a restore: re-arms the timers of open carts.
     pub fn finish_restore(&mut self) {
         self.timers.clear();
+        let mut timers = std::mem::take(&mut self.timers);
         for (key, c) in &self.customers {
             if let Some(cart) = &c.cart {
                 if !cart.alerted {
-                    self.timers.push(Reverse((cart.deadline(self.cfg.inactivity_timeout), key.clone())));
+                    timers.push(Reverse((self.next_due(cart), key.clone())));
                 }
             }
         }
+        self.timers = timers;
     }
 
     fn on_watermark(&mut self, out: &mut Vec<Output>) {
         let wm = self.watermark.current();
-        while let Some(Reverse((deadline, _))) = self.timers.peek() {
-            if *deadline > wm {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > wm {
                 break;
             }
-            let Reverse((deadline, key)) = self.timers.pop().expect("peeked");
-            let Some(customer) = self.customers.get_mut(&key) else { continue };
-            let Some(cart) = &customer.cart else { continue };
+            let Reverse((_, key)) = self.timers.pop().expect("peeked");
+            let Some(cart) = self.customers.get(&key).and_then(|c| c.cart.as_ref()) else { continue };
             if cart.alerted {
                 continue;
             }
-            let current = cart.deadline(self.cfg.inactivity_timeout);
-            if current <= wm {
-                out.push(Output::Alert(build_alert(&key, customer, current, &self.cfg, &mut self.scratch)));
-                if !customer.queued {
-                    customer.queued = true;
-                    self.changed.push(key);
+            if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts {
+                let check_at = cart.last_activity_ts.saturating_add(self.cfg.model_check);
+                if check_at <= wm {
+                    self.model_check(&key, check_at, out);
                 }
-            } else if current > deadline {
-                self.timers.push(Reverse((current, key)));
             }
+            let Some(cart) = self.customers.get(&key).and_then(|c| c.cart.as_ref()) else { continue };
+            if cart.alerted {
+                continue;
+            }
+            let deadline = cart.deadline(self.cfg.inactivity_timeout);
+            if deadline <= wm {
+                self.alert(&key, deadline, "inactivity_timeout", out);
+                continue;
+            }
+            let next = self.next_due(cart);
+            self.timers.push(Reverse((next, key)));
         }
         if wm >= self.next_sweep {
+            self.flush();
             self.expire(wm);
             let step = (self.cfg.customer_ttl / 24).clamp(60_000, 3_600_000);
             self.next_sweep = wm.saturating_add(step);
@@ -366,25 +592,26 @@ fn select_journey(customer: &CustomerState, until: Millis, lookback: Millis, scr
     }
 }
 
-/// Builds the conversion record for a purchase and credits the channel windows; spends the
-/// journey's touchpoints and closes the cart.
-fn convert(
-    ev: &Event<'_>,
-    customer: &mut CustomerState,
-    cfg: &EngineConfig,
-    windows: &mut ChannelWindows,
-    wm: Millis,
-    scratch: &mut Scratch,
-) -> ConversionRecord {
+/// Builds the conversion record for a purchase (rule credits, and deep credit with models);
+/// spends the journey's touchpoints and closes the cart. The caller credits the channel windows.
+fn convert(ev: &Event<'_>, customer: &mut CustomerState, cfg: &EngineConfig, scratch: &mut Scratch, scoring: Option<&mut Scoring>) -> ConversionRecord {
     let conv_ts = ev.ts;
     let value = ev.value.or_else(|| customer.cart.as_ref().map(|c| c.value())).unwrap_or(0.0);
     let currency = ev.currency.as_deref().map(str::to_string).or_else(|| customer.cart.as_ref().and_then(|c| c.currency.as_deref().map(str::to_string)));
     select_journey(customer, conv_ts, cfg.lookback, scratch);
     credits::assign(&scratch.ts, cfg.half_life, &mut scratch.credits);
+    let mut deep_method = None;
+    let mut conversion_probability = None;
+    let with_models = scoring.is_some();
+    if let Some(s) = scoring {
+        let fallback: Vec<f64> = scratch.credits.iter().map(|c| c.0[0]).collect();
+        let d = s.deep_credit(customer, &scratch.idx, conv_ts, &fallback, scoring::seed_of(&ev.event_id), &mut scratch.deep);
+        deep_method = Some(d.method);
+        conversion_probability = d.p_conversion;
+    }
     let mut touchpoints = Vec::with_capacity(scratch.idx.len().max(1));
-    for (&i, c) in scratch.idx.iter().zip(&scratch.credits) {
+    for (n, (&i, c)) in scratch.idx.iter().zip(&scratch.credits).enumerate() {
         let t = &customer.touchpoints[i];
-        windows.add_credit(conv_ts, t.channel, &c.0, value, wm);
         touchpoints.push(CreditedTouchpoint {
             event_id: Some(t.event_id.to_string()),
             channel: t.channel,
@@ -396,11 +623,10 @@ fn convert(
             first_touch: c.0[2],
             linear: c.0[3],
             position_based: c.0[4],
-            deep: None,
+            deep: with_models.then(|| scratch.deep[n]),
         });
     }
     if touchpoints.is_empty() {
-        windows.add_credit(conv_ts, Channel::Direct, &[1.0; 5], value, wm);
         touchpoints.push(CreditedTouchpoint {
             event_id: None,
             channel: Channel::Direct,
@@ -412,7 +638,7 @@ fn convert(
             first_touch: 1.0,
             linear: 1.0,
             position_based: 1.0,
-            deep: None,
+            deep: with_models.then_some(1.0),
         });
     }
     customer.touchpoints.retain(|t| t.ts > conv_ts);
@@ -427,22 +653,52 @@ fn convert(
         conversion_value: value,
         currency,
         touchpoints,
+        deep_method,
+        conversion_probability,
+        expected_future_value: None,
+        model_version: None,
     }
 }
 
 /// Builds the abandonment alert of the customer's open cart at `alert_ts` and marks it alerted.
-fn build_alert(key: &str, customer: &mut CustomerState, alert_ts: Millis, cfg: &EngineConfig, scratch: &mut Scratch) -> AlertRecord {
+fn build_alert(
+    key: &str,
+    customer: &mut CustomerState,
+    alert_ts: Millis,
+    reason: &'static str,
+    cfg: &EngineConfig,
+    scratch: &mut Scratch,
+    scoring: Option<&mut Scoring>,
+) -> AlertRecord {
     select_journey(customer, alert_ts, cfg.lookback, scratch);
     credits::time_decay(&scratch.ts, cfg.half_life, &mut scratch.decay);
-    let mut ranked: Vec<(f64, usize)> = scratch.decay.iter().copied().zip(scratch.idx.iter().copied()).collect();
+    let (mut probability, mut conversion_probability, mut model_version) = (None, None, None);
+    let with_models = scoring.is_some();
+    if let Some(s) = scoring {
+        if let Some(m) = &customer.model {
+            probability = Some(f64::from(m.scores[P_ABANDON]));
+            conversion_probability = Some(f64::from(m.scores[P_PURCHASE]));
+        }
+        model_version = Some(s.set.version.to_string());
+        let fallback = scratch.decay.clone();
+        s.deep_credit(customer, &scratch.idx, alert_ts, &fallback, scoring::seed_of(key), &mut scratch.deep);
+    }
+    let mut ranked: Vec<(f64, usize, usize)> = (0..scratch.idx.len())
+        .map(|n| (if with_models { scratch.deep[n] } else { scratch.decay[n] }, n, scratch.idx[n]))
+        .collect();
     // highest credit first; among equals the latest touch
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.2.cmp(&a.2)));
     let top_touchpoints = ranked
         .iter()
         .take(3)
-        .map(|&(credit, i)| {
+        .map(|&(_, n, i)| {
             let t = &customer.touchpoints[i];
-            TopTouchpoint { channel: t.channel, campaign: t.campaign.as_deref().map(str::to_string), time_decay_credit: credit }
+            TopTouchpoint {
+                channel: t.channel,
+                campaign: t.campaign.as_deref().map(str::to_string),
+                time_decay_credit: scratch.decay[n],
+                deep_credit: with_models.then(|| scratch.deep[n]),
+            }
         })
         .collect();
     customer.counters.alerts += 1;
@@ -461,10 +717,12 @@ fn build_alert(key: &str, customer: &mut CustomerState, alert_ts: Millis, cfg: &
             .map(|l| CartItem { product_id: l.product_id.to_string(), quantity: l.quantity, unit_price: l.unit_price })
             .collect(),
         last_activity_ts: cart.last_activity_ts,
-        reason: "inactivity_timeout",
-        abandonment_probability: None,
+        reason,
+        abandonment_probability: probability,
+        conversion_probability,
         top_touchpoints,
-        recommended_action: if cart_value >= cfg.incentive_min_cart_value { "incentive" } else { "reminder" },
+        recommended_action: cfg.action(probability, cart_value),
+        model_version,
     }
 }
 

@@ -1,0 +1,85 @@
+//! The engine with models against `models/fixtures/stream_parity.json`: the training pipeline's own
+//! features, ONNX Runtime step outputs and deep credits for a stream of simulated customers.
+
+use serde_json::Value;
+
+use super::*;
+use crate::event::{decode, Validation};
+use crate::inference::test_models;
+
+fn engine_with_models() -> PartitionEngine {
+    PartitionEngine::new(0, EngineConfig::default().with_models(Some(test_models())))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Feeds `events` one at a time, flushing after each, and compares features, scores and hidden
+/// state heads with `steps`, then the deep credit of every conversion.
+fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
+    let mut engine = engine_with_models();
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let mut out = Vec::new();
+    let mut worst = [0f64; 4];
+    for (ev, step) in events.iter().zip(steps) {
+        let text = serde_json::to_string(ev).unwrap();
+        let key = ev["customer_id"].as_str().unwrap();
+        let e = decode(Some(key.as_bytes()), text.as_bytes(), &check).unwrap_or_else(|err| panic!("{err}: {text}"));
+        engine.process(&e, &mut out);
+        let s = engine.scoring.as_ref().unwrap();
+        let got = s.last_features().to_vec();
+        engine.flush();
+        let want: Vec<f64> = step["features"].as_array().unwrap().iter().map(f).collect();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = (f64::from(*g) - w).abs();
+            worst[0] = worst[0].max(d);
+            assert!(d <= 1e-6, "event {}: feature {} ({}) is {g}, the pipeline computes {w}", step["event_id"], i, features::NAMES[i]);
+        }
+        let m = engine.customer(key).unwrap().model.as_ref().unwrap();
+        let (pp, pa, ev_) = (f64::from(m.scores[P_PURCHASE]), f64::from(m.scores[P_ABANDON]), f64::from(m.scores[EXPECTED_VALUE]));
+        let d = [(pp - f(&step["p_purchase"])).abs(), (pa - f(&step["p_abandon"])).abs(), (ev_ - f(&step["expected_value"])).abs() / f(&step["expected_value"]).abs().max(1.0)];
+        for (k, d) in d.iter().enumerate() {
+            worst[1 + k.min(2)] = worst[1 + k.min(2)].max(*d);
+            assert!(*d <= 1e-4, "event {}: score {k} differs by {d} from ONNX Runtime", step["event_id"]);
+        }
+        for (j, w) in step["hidden_out_head"].as_array().unwrap().iter().enumerate() {
+            assert!((f64::from(m.hidden[j]) - f(w)).abs() <= 1e-4, "event {}: hidden[{j}]", step["event_id"]);
+        }
+    }
+    let records: Vec<&ConversionRecord> = out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect();
+    assert_eq!(records.len(), conversions.len(), "one conversion record per purchase");
+    for want in conversions {
+        let id = want["purchase_event_id"].as_str().unwrap();
+        let got = records.iter().find(|r| r.conversion_id == id).unwrap_or_else(|| panic!("no conversion {id}"));
+        let sum: f64 = got.touchpoints.iter().map(|t| t.deep.unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits sum to {sum}");
+        if want["skipped_no_touchpoints"].as_bool() == Some(true) {
+            assert_eq!(got.touchpoints[0].channel, Channel::Direct);
+            continue;
+        }
+        let fallback = want["fallback_time_decay"].as_bool().unwrap();
+        assert_eq!(got.deep_method == Some("time_decay_fallback"), fallback, "{id}: fallback");
+        if !fallback {
+            assert!((got.conversion_probability.unwrap() - f(&want["p_full"])).abs() <= 1e-5, "{id}: P(conversion)");
+        }
+        let journey = want["journey"].as_array().unwrap();
+        assert_eq!(got.touchpoints.len(), journey.len(), "{id}: journey length");
+        for (t, w) in got.touchpoints.iter().zip(journey) {
+            assert_eq!(t.event_id.as_deref(), w["event_id"].as_str(), "{id}: journey order");
+            let d = (t.deep.unwrap() - f(&w["credit"])).abs();
+            assert!(d <= 1e-3, "{id}: deep credit of {} is {} but the pipeline computes {}", w["event_id"], t.deep.unwrap(), w["credit"]);
+        }
+    }
+    eprintln!("max differences: features {:.2e}, p_purchase {:.2e}, p_abandon {:.2e}, expected value (rel) {:.2e}", worst[0], worst[1], worst[2], worst[3]);
+}
+
+#[test]
+fn features_scores_and_deep_credit_match_the_training_pipeline() {
+    let doc: Value = serde_json::from_str(include_str!("../../../models/fixtures/stream_parity.json")).unwrap();
+    let arr = |v: &Value| v.as_array().unwrap().clone();
+    check_stream(&arr(&doc["events"]), &arr(&doc["steps"]), &arr(&doc["conversions"]));
+    let syn = &doc["synthetic"];
+    check_stream(&arr(&syn["events"]), &arr(&syn["steps"]), &arr(&syn["conversions"]));
+}

@@ -1,0 +1,277 @@
+//! The models inside a partition engine: the step model's pending events and their batched
+//! "waves", and deep credit for a journey. One [`Scoring`] per partition engine: it owns its tract
+//! execution state and buffers, so nothing is shared or locked per event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use foldhash::fast::RandomState;
+
+use crate::inference::attribution::{campaign_bucket, AttributionRunner, ModelTouch};
+use crate::inference::features::{self, StepInput};
+use crate::inference::step::{StepRunner, StepScores};
+use crate::inference::ModelSet;
+use crate::journey::{CustomerState, ModelState};
+use crate::time::Millis;
+
+/// One event waiting for the step model.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    /// Index into the engine's list of changed customers.
+    customer: u32,
+    /// The customer's n-th pending event: wave n runs after wave n-1.
+    wave: u32,
+    ts: Millis,
+}
+
+/// Counters for telemetry (drained by the runner).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ScoringStats {
+    pub events: u64,
+    pub calls: u64,
+    pub rows: u64,
+    pub errors: u64,
+    /// Hidden states reset because the model's hidden size changed.
+    pub resets: u64,
+    pub seconds: f64,
+    pub deep_calls: u64,
+    pub deep_rows: u64,
+    pub deep_fallbacks: u64,
+    pub deep_seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct Scoring {
+    pub set: Arc<ModelSet>,
+    step: StepRunner,
+    attr: AttributionRunner,
+    feats: Vec<f32>,
+    reqs: Vec<Request>,
+    order: Vec<u32>,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    h_out: Vec<f32>,
+    scores: Vec<StepScores>,
+    touches: Vec<ModelTouch>,
+    /// Pending events that trigger a flush by themselves.
+    pub flush_at: usize,
+    pub stats: ScoringStats,
+    #[cfg(test)]
+    last: Vec<f32>,
+}
+
+/// Deep credit of a journey, per journey touchpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JourneyDeep {
+    pub method: &'static str,
+    pub p_conversion: Option<f64>,
+}
+
+impl Scoring {
+    pub fn new(set: Arc<ModelSet>) -> Result<Scoring, String> {
+        let step = StepRunner::new(&set.step).map_err(|e| format!("{e:#}"))?;
+        let attr = AttributionRunner::new(&set.attribution).map_err(|e| format!("{e:#}"))?;
+        let flush_at = set.max_batch * 8;
+        Ok(Scoring {
+            set,
+            step,
+            attr,
+            feats: Vec::new(),
+            reqs: Vec::new(),
+            order: Vec::new(),
+            x: Vec::new(),
+            h: Vec::new(),
+            h_out: Vec::new(),
+            scores: Vec::new(),
+            touches: Vec::new(),
+            flush_at,
+            stats: ScoringStats::default(),
+            #[cfg(test)]
+            last: Vec::new(),
+        })
+    }
+
+    pub fn pending(&self) -> usize {
+        self.reqs.len()
+    }
+
+    /// The feature vector of the latest event (tests).
+    #[cfg(test)]
+    pub fn last_features(&self) -> &[f32] {
+        &self.last
+    }
+
+    /// Queues one event of `customer` (whose state already includes the event).
+    pub fn enqueue(&mut self, customer: &mut CustomerState, input: &StepInput) {
+        let at = self.feats.len();
+        self.feats.resize(at + features::COUNT, 0.0);
+        features::encode(input, &mut self.feats[at..]);
+        #[cfg(test)]
+        {
+            self.last = self.feats[at..].to_vec();
+        }
+        self.reqs.push(Request { customer: customer.changed_idx, wave: customer.pending, ts: input.ts });
+        customer.pending += 1;
+        self.stats.events += 1;
+    }
+
+    /// Runs every pending event through the step model, wave by wave (a customer's events in
+    /// order, different customers together, at most `max_batch` rows per call), and stores the
+    /// new hidden states and scores in the customers' state.
+    pub fn flush(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>, changed: &[Box<str>]) {
+        if self.reqs.is_empty() {
+            return;
+        }
+        let hdim = self.set.step.hidden;
+        let f = features::COUNT;
+        let max_batch = self.set.max_batch;
+        let Scoring { reqs, order, feats, x, h, h_out, scores, step, stats, .. } = self;
+        order.clear();
+        order.extend(0..reqs.len() as u32);
+        order.sort_by_key(|&i| reqs[i as usize].wave);
+        let mut start = 0;
+        while start < order.len() {
+            let wave = reqs[order[start] as usize].wave;
+            let mut end = start;
+            while end < order.len() && end - start < max_batch && reqs[order[end] as usize].wave == wave {
+                end += 1;
+            }
+            let rows = end - start;
+            x.clear();
+            h.clear();
+            for &i in &order[start..end] {
+                let i = i as usize;
+                x.extend_from_slice(&feats[i * f..(i + 1) * f]);
+                match customers.get(&changed[reqs[i].customer as usize]).and_then(|c| c.model.as_ref()) {
+                    Some(m) if m.hidden.len() == hdim => h.extend_from_slice(&m.hidden),
+                    Some(_) => {
+                        stats.resets += 1;
+                        h.resize(h.len() + hdim, 0.0);
+                    }
+                    None => h.resize(h.len() + hdim, 0.0),
+                }
+            }
+            h_out.resize(rows * hdim, 0.0);
+            scores.resize(rows, [0.0; 3]);
+            let t = Instant::now();
+            let ran = step.run(rows, x, h, h_out, scores);
+            stats.seconds += t.elapsed().as_secs_f64();
+            stats.calls += 1;
+            stats.rows += rows as u64;
+            match ran {
+                Ok(()) => {
+                    for (j, &i) in order[start..end].iter().enumerate() {
+                        let r = reqs[i as usize];
+                        if let Some(c) = customers.get_mut(&changed[r.customer as usize]) {
+                            let m = c.model.get_or_insert_with(|| Box::new(ModelState::new(hdim)));
+                            if m.hidden.len() != hdim {
+                                m.hidden = vec![0.0; hdim];
+                            }
+                            m.hidden.copy_from_slice(&h_out[j * hdim..(j + 1) * hdim]);
+                            m.scores = scores[j];
+                            m.scored_ts = r.ts;
+                        }
+                    }
+                }
+                Err(e) => {
+                    stats.errors += 1;
+                    tracing::warn!(error = %format!("{e:#}"), rows, "step model failed; these events keep the previous scores");
+                }
+            }
+            start = end;
+        }
+        for r in reqs.iter() {
+            if let Some(c) = customers.get_mut(&changed[r.customer as usize]) {
+                c.pending = 0;
+            }
+        }
+        reqs.clear();
+        feats.clear();
+    }
+
+    /// Deep credit for the journey `idx` (indices into `customer.touchpoints`, oldest first) ending
+    /// at `until`. Writes one credit per journey touchpoint into `out`; touchpoints of the purchase
+    /// path or beyond the model's length get 0. Falls back to `fallback` (time decay) when the
+    /// model sees no lift.
+    pub fn deep_credit(&mut self, customer: &CustomerState, idx: &[usize], until: Millis, fallback: &[f64], seed: u64, out: &mut Vec<f64>) -> JourneyDeep {
+        let model = &self.set.attribution;
+        let previous = (customer.last_purchase_ts != Millis::MIN && customer.last_purchase_ts <= until).then_some(customer.last_purchase_ts);
+        let cut = until.saturating_sub(model.purchase_path_ms);
+        let eligible = idx.iter().take_while(|&&i| customer.touchpoints[i].ts <= cut).count();
+        let room = model.len - usize::from(model.previous_purchase_token && previous.is_some());
+        let first = eligible.saturating_sub(room);
+        self.touches.clear();
+        for &i in &idx[first..eligible] {
+            let t = &customer.touchpoints[i];
+            self.touches.push(ModelTouch { channel: t.channel, event_type: t.event_type, campaign_bucket: campaign_bucket(t.campaign.as_deref()), ts: t.ts });
+        }
+        out.clear();
+        out.resize(idx.len(), 0.0);
+        let fall_back = |out: &mut Vec<f64>| {
+            out.clear();
+            out.extend_from_slice(fallback);
+        };
+        if self.touches.is_empty() {
+            self.stats.deep_fallbacks += 1;
+            fall_back(out);
+            return JourneyDeep { method: "time_decay_fallback", p_conversion: None };
+        }
+        let t = Instant::now();
+        let result = self.attr.deep_credit(model, self.set.deep_mode, until, previous, &self.touches, seed);
+        self.stats.deep_seconds += t.elapsed().as_secs_f64();
+        self.stats.deep_calls += 1;
+        match result {
+            Ok(d) if !d.credits.is_empty() => {
+                self.stats.deep_rows += self.attr.scores.len() as u64;
+                out[first..eligible].copy_from_slice(&d.credits);
+                let method = match self.set.deep_mode {
+                    crate::inference::attribution::DeepMode::Removal => "removal_effect",
+                    crate::inference::attribution::DeepMode::Shapley { .. } => "shapley",
+                };
+                JourneyDeep { method, p_conversion: Some(d.p_conversion) }
+            }
+            Ok(d) => {
+                self.stats.deep_fallbacks += 1;
+                fall_back(out);
+                JourneyDeep { method: "time_decay_fallback", p_conversion: Some(d.p_conversion) }
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                self.stats.deep_fallbacks += 1;
+                tracing::warn!(error = %format!("{e:#}"), "attribution model failed; time decay used for deep credit");
+                fall_back(out);
+                JourneyDeep { method: "time_decay_fallback", p_conversion: None }
+            }
+        }
+    }
+}
+
+/// The step model's input for an event, from the customer's state after it.
+pub fn step_input(customer: &CustomerState, ts: Millis, event_type: crate::event::EventType, channel: Option<crate::event::Channel>, value: Option<f64>, gap_ms: Millis, new_session: bool) -> StepInput {
+    StepInput {
+        ts,
+        event_type,
+        channel,
+        value,
+        gap_ms,
+        first_event: customer.counters.events == 1,
+        new_session,
+        cart: customer.cart.as_ref().map(|c| {
+            let qty: i64 = c.lines.iter().map(|l| l.quantity).sum();
+            (c.value(), qty as f64, c.checkout_started)
+        }),
+        last_purchase_ts: (customer.last_purchase_ts != Millis::MIN && customer.last_purchase_ts <= ts).then_some(customer.last_purchase_ts),
+        first_event_ts: customer.first_event_ts,
+    }
+}
+
+/// A stable 64-bit seed from a string (sampled Shapley values are deterministic per conversion).
+pub fn seed_of(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,394 @@
+//! The attribution model: P(conversion) of a journey of touchpoints under a mask. Deep credit
+//! scores the journey and its counterfactuals (touchpoints masked out) in one batched call:
+//! removal effects (the default) or Shapley values (exact for short journeys, sampled otherwise).
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::contract::{self, Dim, Metadata};
+use super::step::flat;
+use super::{ModelError, ModelFiles};
+use crate::event::{Channel, EventType};
+use crate::time::Millis;
+
+const HOUR_MS: f64 = 3_600_000.0;
+/// Campaign hash buckets: 0 = none, else 1 + FNV-1a 32 (campaign) mod 63.
+pub const CAMPAIGN_BUCKETS: u32 = 64;
+
+/// How deep credit is computed from the model's scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeepMode {
+    /// credit_i = max(0, P(journey) - P(journey without i)), normalised.
+    Removal,
+    /// Shapley values of P over the touchpoints, clipped at 0 and normalised: exact up to
+    /// `exact_max` touchpoints, else `samples` random permutations (seeded per conversion).
+    Shapley { samples: usize, exact_max: usize },
+}
+
+/// A loaded, validated attribution model (shared, immutable).
+#[derive(Debug)]
+pub struct AttributionModel {
+    plan: Arc<TypedRunnableModel>,
+    pub meta: Metadata,
+    /// Sequence length.
+    pub len: usize,
+    /// Touchpoints this close before the conversion are the purchase path: not scored, not credited.
+    pub purchase_path_ms: Millis,
+    pub previous_purchase_token: bool,
+    /// log1p(720): ages are log1p(hours) / this.
+    age_scale: f64,
+}
+
+/// One touchpoint as the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelTouch {
+    pub channel: Channel,
+    pub event_type: EventType,
+    pub campaign_bucket: i64,
+    pub ts: Millis,
+}
+
+pub fn campaign_bucket(campaign: Option<&str>) -> i64 {
+    match campaign {
+        None | Some("") => 0,
+        Some(c) => {
+            let mut h: u32 = 0x811C_9DC5;
+            for b in c.bytes() {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            1 + i64::from(h % (CAMPAIGN_BUCKETS - 1))
+        }
+    }
+}
+
+impl AttributionModel {
+    pub fn load(files: &ModelFiles) -> Result<AttributionModel, ModelError> {
+        let meta = Metadata::parse(&files.name, &files.metadata)?;
+        let len = meta.encoding("/L")?.as_u64().ok_or_else(|| meta.err("feature_encoding/L is not a number"))? as usize;
+        if !(2..=1024).contains(&len) {
+            return Err(meta.err(format!("feature_encoding/L = {len} is out of range")));
+        }
+        let seq: &[Dim] = &[Dim::Batch, Dim::Fixed(len)];
+        meta.expect_tensors(
+            "inputs",
+            &meta.inputs,
+            &[
+                ("channel", "int64", seq),
+                ("event_type", "int64", seq),
+                ("campaign_bucket", "int64", seq),
+                ("age", "float32", seq),
+                ("position", "float32", seq),
+                ("mask", "float32", seq),
+            ],
+        )?;
+        meta.expect_tensors("outputs", &meta.outputs, &[("p_conversion", "float32", &[Dim::Batch, Dim::Fixed(1)]), ("attention", "float32", seq)])?;
+        meta.expect_vocabulary("/channel_vocabulary", &contract::channel_names())?;
+        meta.expect_vocabulary("/event_type_vocabulary", &contract::event_type_names())?;
+        let bucket_rule = meta.encoding("/campaign_bucket")?.as_str().unwrap_or_default();
+        if !bucket_rule.contains("mod 63") || !bucket_rule.contains("FNV-1a 32") {
+            return Err(meta.err(format!("feature_encoding/campaign_bucket is `{bucket_rule}`; the processor uses 1 + FNV-1a 32 mod 63")));
+        }
+        let age_rule = meta.encoding("/age")?.as_str().unwrap_or_default();
+        if !age_rule.contains("log1p(720)") {
+            return Err(meta.err(format!("feature_encoding/age is `{age_rule}`; the processor uses log1p(hours) / log1p(720)")));
+        }
+        let purchase_path_minutes = meta.encoding_f64("/purchase_path_minutes").unwrap_or(0.0);
+        let previous_purchase_token = meta.feature_encoding.pointer("/previous_purchase_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let plan = contract::load_plan(&meta, &files.onnx)?;
+        let model = AttributionModel {
+            plan,
+            meta,
+            len,
+            purchase_path_ms: (purchase_path_minutes * 60_000.0) as Millis,
+            previous_purchase_token,
+            age_scale: 720f64.ln_1p(),
+        };
+        if let (Some(fixtures), true) = (&files.fixtures, files.check_fixtures) {
+            model.check_fixtures(fixtures)?;
+        }
+        Ok(model)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.meta.version
+    }
+
+    fn check_fixtures(&self, bytes: &[u8]) -> Result<(), ModelError> {
+        let parity = |index: usize, message: String| ModelError::Parity { model: self.meta.name.clone(), index, message };
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| parity(0, e.to_string()))?;
+        let fixtures = doc["fixtures"].as_array().ok_or_else(|| parity(0, "no `fixtures` list".into()))?;
+        let mut runner = AttributionRunner::new(self).map_err(|e| parity(0, e.to_string()))?;
+        for (i, fx) in fixtures.iter().enumerate() {
+            let input = &fx["inputs"];
+            let ints = |name: &str| flat(&input[name]).iter().map(|v| *v as i64).collect::<Vec<i64>>();
+            let (ch, et, cb) = (ints("channel"), ints("event_type"), ints("campaign_bucket"));
+            let (age, pos, mask) = (flat(&input["age"]), flat(&input["position"]), flat(&input["mask"]));
+            if [ch.len(), et.len(), cb.len(), age.len(), pos.len(), mask.len()].iter().any(|n| *n != self.len) {
+                return Err(parity(i, "fixture inputs have the wrong size".into()));
+            }
+            runner.clear();
+            runner.channel.extend_from_slice(&ch);
+            runner.event_type.extend_from_slice(&et);
+            runner.campaign.extend_from_slice(&cb);
+            runner.age.extend_from_slice(&age);
+            runner.position.extend_from_slice(&pos);
+            runner.mask.extend_from_slice(&mask);
+            runner.run().map_err(|e| parity(i, e.to_string()))?;
+            let want = flat(&fx["onnxruntime"]["p_conversion"]).first().copied().unwrap_or(f32::NAN);
+            if (runner.scores[0] - want).abs() > 1e-4 {
+                return Err(parity(i, format!("p_conversion = {} but the fixture says {want}", runner.scores[0])));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs an [`AttributionModel`]; owns the execution state and the input buffers (reused).
+pub struct AttributionRunner {
+    model_len: usize,
+    state: TypedSimpleState,
+    channel: Vec<i64>,
+    event_type: Vec<i64>,
+    campaign: Vec<i64>,
+    age: Vec<f32>,
+    position: Vec<f32>,
+    mask: Vec<f32>,
+    /// P(conversion) per row of the last run.
+    pub scores: Vec<f32>,
+    /// Coalitions (bit sets / permutations) of the Shapley modes.
+    perm: Vec<usize>,
+    phi: Vec<f64>,
+}
+
+impl std::fmt::Debug for AttributionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttributionRunner").field("len", &self.model_len).finish()
+    }
+}
+
+/// Deep credit of one journey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeepCredit {
+    /// Per touchpoint given to [`AttributionRunner::deep_credit`], non-negative, summing to 1;
+    /// empty when the model saw no lift (the caller falls back to time decay).
+    pub credits: Vec<f64>,
+    /// P(conversion) of the full journey.
+    pub p_conversion: f64,
+}
+
+impl AttributionRunner {
+    pub fn new(model: &AttributionModel) -> TractResult<AttributionRunner> {
+        Ok(AttributionRunner {
+            model_len: model.len,
+            state: TypedSimpleState::new(&model.plan)?,
+            channel: Vec::new(),
+            event_type: Vec::new(),
+            campaign: Vec::new(),
+            age: Vec::new(),
+            position: Vec::new(),
+            mask: Vec::new(),
+            scores: Vec::new(),
+            perm: Vec::new(),
+            phi: Vec::new(),
+        })
+    }
+
+    fn clear(&mut self) {
+        self.channel.clear();
+        self.event_type.clear();
+        self.campaign.clear();
+        self.age.clear();
+        self.position.clear();
+        self.mask.clear();
+    }
+
+    fn rows(&self) -> usize {
+        self.mask.len() / self.model_len
+    }
+
+    fn run(&mut self) -> TractResult<()> {
+        let (rows, l) = (self.rows(), self.model_len);
+        let shape = [rows, l];
+        let out = self.state.run(tvec![
+            Tensor::from_shape(&shape, &self.channel)?.into(),
+            Tensor::from_shape(&shape, &self.event_type)?.into(),
+            Tensor::from_shape(&shape, &self.campaign)?.into(),
+            Tensor::from_shape(&shape, &self.age)?.into(),
+            Tensor::from_shape(&shape, &self.position)?.into(),
+            Tensor::from_shape(&shape, &self.mask)?.into(),
+        ])?;
+        self.scores.clear();
+        let view = out[0].try_as_plain_ram()?;
+        self.scores.extend_from_slice(&view.as_slice::<f32>()?[..rows]);
+        Ok(())
+    }
+
+    /// Writes the full journey as row 0 (mask = 1 on the token and the touchpoints). Returns the
+    /// offset of the first touchpoint (1 with a previous-purchase token).
+    fn write_base(&mut self, model: &AttributionModel, conv_ts: Millis, previous_purchase: Option<Millis>, touches: &[ModelTouch]) -> usize {
+        self.clear();
+        let l = model.len;
+        let hours = |ts: Millis| ((conv_ts - ts).max(0) as f64 / HOUR_MS).ln_1p() / model.age_scale;
+        let mut offset = 0;
+        if let (true, Some(p)) = (model.previous_purchase_token, previous_purchase) {
+            self.channel.push(Channel::Other.index() as i64);
+            self.event_type.push(EventType::Purchase.index() as i64);
+            self.campaign.push(0);
+            self.age.push(hours(p).min(2.0) as f32);
+            self.position.push(0.0);
+            self.mask.push(1.0);
+            offset = 1;
+        }
+        let k = touches.len();
+        for (i, t) in touches.iter().enumerate() {
+            self.channel.push(t.channel.index() as i64);
+            self.event_type.push(t.event_type.index() as i64);
+            self.campaign.push(t.campaign_bucket);
+            self.age.push(hours(t.ts) as f32);
+            self.position.push(((i as f64 + 0.5) / k as f64) as f32);
+            self.mask.push(1.0);
+        }
+        for _ in offset + k..l {
+            self.channel.push(0);
+            self.event_type.push(0);
+            self.campaign.push(0);
+            self.age.push(0.0);
+            self.position.push(0.0);
+            self.mask.push(0.0);
+        }
+        offset
+    }
+
+    /// Appends a copy of row 0 with the touchpoints not in `keep` masked out.
+    fn push_masked(&mut self, offset: usize, k: usize, keep: impl Fn(usize) -> bool) {
+        let l = self.model_len;
+        self.channel.extend_from_within(..l);
+        self.event_type.extend_from_within(..l);
+        self.campaign.extend_from_within(..l);
+        self.age.extend_from_within(..l);
+        self.position.extend_from_within(..l);
+        let start = self.mask.len();
+        self.mask.extend_from_within(..l);
+        for i in 0..k {
+            if !keep(i) {
+                self.mask[start + offset + i] = 0.0;
+            }
+        }
+    }
+
+    /// Deep credit for `touches` (oldest first, at most the model's length, minus one with a
+    /// previous-purchase token), one batched model call. `seed` makes sampled Shapley values
+    /// deterministic per conversion.
+    pub fn deep_credit(
+        &mut self,
+        model: &AttributionModel,
+        mode: DeepMode,
+        conv_ts: Millis,
+        previous_purchase: Option<Millis>,
+        touches: &[ModelTouch],
+        seed: u64,
+    ) -> TractResult<DeepCredit> {
+        let k = touches.len();
+        let offset = self.write_base(model, conv_ts, previous_purchase, touches);
+        debug_assert!(offset + k <= model.len);
+        self.phi.clear();
+        self.phi.resize(k, 0.0);
+        match mode {
+            DeepMode::Removal => {
+                for i in 0..k {
+                    self.push_masked(offset, k, |j| j != i);
+                }
+                self.run()?;
+                let full = f64::from(self.scores[0]);
+                for i in 0..k {
+                    self.phi[i] = full - f64::from(self.scores[1 + i]);
+                }
+            }
+            DeepMode::Shapley { exact_max, .. } if k <= exact_max => {
+                // rows 1..=2^k: coalition bit set s = row - 1 (row 0 is the full journey again)
+                for s in 0..(1usize << k) {
+                    self.push_masked(offset, k, |j| s & (1 << j) != 0);
+                }
+                self.run()?;
+                let v = |s: usize| f64::from(self.scores[1 + s]);
+                let fact: Vec<f64> = (0..=k).scan(1.0, |acc, n| {
+                    if n > 0 {
+                        *acc *= n as f64;
+                    }
+                    Some(*acc)
+                }).collect();
+                for s in 0..(1usize << k) {
+                    let size = s.count_ones() as usize;
+                    for i in 0..k {
+                        if s & (1 << i) == 0 {
+                            let w = fact[size] * fact[k - size - 1] / fact[k];
+                            self.phi[i] += w * (v(s | (1 << i)) - v(s));
+                        }
+                    }
+                }
+            }
+            DeepMode::Shapley { samples, .. } => {
+                // row 1: empty coalition; then for each permutation the k growing prefixes
+                let mut rng = seed | 1;
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                self.push_masked(offset, k, |_| false);
+                let mut perms = std::mem::take(&mut self.perm);
+                perms.clear();
+                let mut member = vec![false; k];
+                for _ in 0..samples.max(1) {
+                    let base = perms.len();
+                    perms.extend(0..k);
+                    for i in (1..k).rev() {
+                        let j = (next() % (i as u64 + 1)) as usize;
+                        perms.swap(base + i, base + j);
+                    }
+                    member.iter_mut().for_each(|m| *m = false);
+                    for &p in &perms[base..base + k] {
+                        member[p] = true;
+                        self.push_masked(offset, k, |j| member[j]);
+                    }
+                }
+                self.run()?;
+                let n = samples.max(1);
+                for s in 0..n {
+                    let mut prev = f64::from(self.scores[1]);
+                    for step in 0..k {
+                        let cur = f64::from(self.scores[2 + s * k + step]);
+                        self.phi[perms[s * k + step]] += (cur - prev) / n as f64;
+                        prev = cur;
+                    }
+                }
+                self.perm = perms;
+            }
+        }
+        let p_conversion = f64::from(self.scores[0]);
+        let mut credits: Vec<f64> = self.phi.iter().map(|c| c.max(0.0)).collect();
+        let total: f64 = credits.iter().sum();
+        if total > 0.0 && total.is_finite() {
+            credits.iter_mut().for_each(|c| *c /= total);
+        } else {
+            credits.clear();
+        }
+        Ok(DeepCredit { credits, p_conversion })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaign_buckets_follow_the_contract() {
+        assert_eq!(campaign_bucket(None), 0);
+        assert_eq!(campaign_bucket(Some("")), 0);
+        // FNV-1a 32 of "a" is 0xE40C292C
+        assert_eq!(campaign_bucket(Some("a")), 1 + (0xE40C_292Cu32 % 63) as i64);
+    }
+}

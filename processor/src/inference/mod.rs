@@ -1,0 +1,193 @@
+//! The ONNX models on the stream, run with tract on the CPU: loading and validating them against
+//! their written contract (`metadata.json`), the journey step model ([`step`]) run once per event in
+//! batched waves, and deep credit from the attribution model ([`attribution`]).
+//!
+//! A [`ModelSet`] is immutable and shared; each partition engine owns its own runners (tract
+//! execution state and buffers), so nothing is locked on the hot path.
+
+pub mod attribution;
+pub mod contract;
+pub mod features;
+pub mod step;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::ModelsConfig;
+use attribution::{AttributionModel, DeepMode};
+use step::StepModel;
+
+/// A model that cannot be used. Never retried: at start the processor exits, on a reload the old
+/// models keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model {model}: cannot read {path}: {message}")]
+    Read { model: String, path: String, message: String },
+    #[error("model {model}: metadata.json is invalid: {message}")]
+    Metadata { model: String, message: String },
+    #[error("model {model}: contract mismatch: {message}")]
+    Contract { model: String, message: String },
+    #[error("model {model}: tract cannot load it: {message}")]
+    Tract { model: String, message: String },
+    #[error("model {model}: parity fixture {index} failed: {message}")]
+    Parity { model: String, index: usize, message: String },
+}
+
+/// The files of one model.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub name: String,
+    pub onnx: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub fixtures: Option<Vec<u8>>,
+    /// Run the parity fixtures through tract at load time.
+    pub check_fixtures: bool,
+}
+
+/// The default models, built into the binary (trained on simulated data; see models/README.md).
+const BUILTIN: [(&str, &[u8], &[u8], &[u8]); 3] = [
+    (
+        "journey_step",
+        include_bytes!("../../../models/journey_step/model.onnx"),
+        include_bytes!("../../../models/journey_step/metadata.json"),
+        include_bytes!("../../../models/journey_step/fixtures.json"),
+    ),
+    (
+        "attribution",
+        include_bytes!("../../../models/attribution/model.onnx"),
+        include_bytes!("../../../models/attribution/metadata.json"),
+        include_bytes!("../../../models/attribution/fixtures.json"),
+    ),
+    (
+        "attribution_cnn",
+        include_bytes!("../../../models/attribution_cnn/model.onnx"),
+        include_bytes!("../../../models/attribution_cnn/metadata.json"),
+        include_bytes!("../../../models/attribution_cnn/fixtures.json"),
+    ),
+];
+
+impl ModelFiles {
+    /// `<dir>/<name>/{model.onnx, metadata.json, fixtures.json}`; fixtures are optional.
+    pub fn from_dir(dir: &Path, name: &str, check_fixtures: bool) -> Result<ModelFiles, ModelError> {
+        let read = |file: &str| {
+            let path = dir.join(name).join(file);
+            std::fs::read(&path).map_err(|e| ModelError::Read { model: name.to_string(), path: path.display().to_string(), message: e.to_string() })
+        };
+        let fixtures = dir.join(name).join("fixtures.json").exists().then(|| read("fixtures.json")).transpose()?;
+        Ok(ModelFiles { name: name.to_string(), onnx: read("model.onnx")?, metadata: read("metadata.json")?, fixtures, check_fixtures })
+    }
+
+    /// A model built into the binary.
+    pub fn builtin(name: &str, check_fixtures: bool) -> Result<ModelFiles, ModelError> {
+        let (_, onnx, metadata, fixtures) = BUILTIN.iter().find(|b| b.0 == name).ok_or_else(|| ModelError::Read {
+            model: name.to_string(),
+            path: "(built in)".into(),
+            message: format!("no built-in model named `{name}`; built in: {:?}", BUILTIN.map(|b| b.0)),
+        })?;
+        Ok(ModelFiles { name: name.to_string(), onnx: onnx.to_vec(), metadata: metadata.to_vec(), fixtures: Some(fixtures.to_vec()), check_fixtures })
+    }
+
+    fn load(cfg: &ModelsConfig, name: &str) -> Result<ModelFiles, ModelError> {
+        if cfg.dir.trim().is_empty() {
+            ModelFiles::builtin(name, cfg.check_fixtures)
+        } else {
+            ModelFiles::from_dir(Path::new(&cfg.dir), name, cfg.check_fixtures)
+        }
+    }
+}
+
+/// The models the processor runs, loaded and validated; immutable and shared.
+#[derive(Debug)]
+pub struct ModelSet {
+    pub step: StepModel,
+    pub attribution: AttributionModel,
+    pub deep_mode: DeepMode,
+    /// Rows per tract call of the step model.
+    pub max_batch: usize,
+    /// Stamped on every output a model touched: the versions of both models.
+    pub version: Arc<str>,
+}
+
+impl ModelSet {
+    /// Loads the configured models, or `None` when models are disabled.
+    pub fn load(cfg: &ModelsConfig) -> Result<Option<Arc<ModelSet>>, ModelError> {
+        if !cfg.enabled {
+            return Ok(None);
+        }
+        let step = StepModel::load(&ModelFiles::load(cfg, &cfg.step)?)?;
+        let attribution = AttributionModel::load(&ModelFiles::load(cfg, &cfg.attribution)?)?;
+        let version: Arc<str> = if step.version() == attribution.version() {
+            step.version().into()
+        } else {
+            format!("{}={};{}={}", step.meta.name, step.version(), attribution.meta.name, attribution.version()).into()
+        };
+        let deep_mode = match cfg.deep_credit {
+            crate::config::DeepCreditMode::Removal => DeepMode::Removal,
+            crate::config::DeepCreditMode::Shapley => DeepMode::Shapley { samples: cfg.shapley_samples, exact_max: cfg.shapley_exact_max },
+        };
+        Ok(Some(Arc::new(ModelSet { step, attribution, deep_mode, max_batch: cfg.max_batch, version })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn builtin_models_load_validate_and_pass_their_parity_fixtures() {
+        let mut cfg = Config::defaults().models;
+        cfg.check_fixtures = true;
+        let set = ModelSet::load(&cfg).unwrap().expect("enabled by default");
+        assert_eq!(set.step.hidden, 64);
+        assert_eq!(set.attribution.len, 64);
+        assert_eq!(set.attribution.purchase_path_ms, 30 * 60_000);
+        assert!(!set.version.is_empty());
+        // the CNN variant runs under the same contract
+        AttributionModel::load(&ModelFiles::builtin("attribution_cnn", true).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_model_whose_contract_differs_is_rejected_naming_the_mismatch() {
+        let mut files = ModelFiles::builtin("journey_step", false).unwrap();
+        let text = String::from_utf8(files.metadata.clone()).unwrap().replacen("\"hidden_in\"", "\"state_in\"", 1);
+        files.metadata = text.into_bytes();
+        let err = StepModel::load(&files).unwrap_err().to_string();
+        assert!(err.contains("journey_step") && err.contains("state_in"), "{err}");
+
+        let mut files = ModelFiles::builtin("attribution", false).unwrap();
+        let text = String::from_utf8(files.metadata.clone()).unwrap().replacen("\"paid_search\": 0", "\"paid_search\": 5", 1);
+        files.metadata = text.into_bytes();
+        let err = AttributionModel::load(&files).unwrap_err().to_string();
+        assert!(err.contains("channel_vocabulary"), "{err}");
+
+        // a step model file under the attribution contract
+        let mut files = ModelFiles::builtin("attribution", false).unwrap();
+        files.onnx = ModelFiles::builtin("journey_step", false).unwrap().onnx;
+        let err = AttributionModel::load(&files).unwrap_err().to_string();
+        assert!(err.contains("inputs are"), "{err}");
+    }
+
+    #[test]
+    fn a_model_that_breaks_its_fixtures_is_rejected() {
+        let mut files = ModelFiles::builtin("journey_step", true).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_slice(files.fixtures.as_ref().unwrap()).unwrap();
+        doc["fixtures"][0]["onnxruntime"]["p_purchase"] = serde_json::json!([[0.999]]);
+        files.fixtures = Some(serde_json::to_vec(&doc).unwrap());
+        let err = StepModel::load(&files).unwrap_err().to_string();
+        assert!(err.contains("parity fixture 0") && err.contains("p_purchase"), "{err}");
+    }
+}
+
+/// The built-in models, loaded once per test binary.
+#[cfg(test)]
+pub(crate) fn test_models() -> Arc<ModelSet> {
+    static MODELS: std::sync::OnceLock<Arc<ModelSet>> = std::sync::OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let mut cfg = crate::config::Config::defaults().models;
+            cfg.check_fixtures = false;
+            ModelSet::load(&cfg).unwrap().unwrap()
+        })
+        .clone()
+}

@@ -1,0 +1,168 @@
+//! The journey step model: a recurrent cell run once per event with the customer's hidden state in
+//! and out, giving P(purchase within 7 days), P(the open cart is abandoned) and expected value.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::contract::{self, Dim, Metadata};
+use super::{features, ModelError, ModelFiles};
+
+/// Index of each score in [`StepScores`].
+pub const P_PURCHASE: usize = 0;
+pub const P_ABANDON: usize = 1;
+pub const EXPECTED_VALUE: usize = 2;
+
+/// (P(purchase), P(abandon), expected value) after one event.
+pub type StepScores = [f32; 3];
+
+/// A loaded, validated step model (shared, immutable).
+#[derive(Debug)]
+pub struct StepModel {
+    plan: Arc<TypedRunnableModel>,
+    pub meta: Metadata,
+    pub hidden: usize,
+    /// The inactivity after which P(abandon) is meant to be read (ms).
+    pub abandon_check_ms: i64,
+}
+
+impl StepModel {
+    pub fn load(files: &ModelFiles) -> Result<StepModel, ModelError> {
+        let meta = Metadata::parse(&files.name, &files.metadata)?;
+        let hidden = meta.hidden_size.ok_or_else(|| meta.err("hidden_size is missing"))?;
+        if hidden == 0 || hidden > 4096 {
+            return Err(meta.err(format!("hidden_size {hidden} is out of range")));
+        }
+        let f = features::COUNT;
+        meta.expect_tensors("inputs", &meta.inputs, &[("features", "float32", &[Dim::Batch, Dim::Fixed(f)]), ("hidden_in", "float32", &[Dim::Batch, Dim::Fixed(hidden)])])?;
+        meta.expect_tensors(
+            "outputs",
+            &meta.outputs,
+            &[
+                ("hidden_out", "float32", &[Dim::Batch, Dim::Fixed(hidden)]),
+                ("p_purchase", "float32", &[Dim::Batch, Dim::Fixed(1)]),
+                ("p_abandon", "float32", &[Dim::Batch, Dim::Fixed(1)]),
+                ("expected_value", "float32", &[Dim::Batch, Dim::Fixed(1)]),
+            ],
+        )?;
+        let order: Vec<&str> = meta
+            .encoding("/order")?
+            .as_array()
+            .ok_or_else(|| meta.err("feature_encoding/order is not a list"))?
+            .iter()
+            .map(|v| v.as_str().unwrap_or("?"))
+            .collect();
+        if order != features::NAMES {
+            return Err(meta.err(format!("feature_encoding/order is {order:?}; the processor computes {:?}", features::NAMES)));
+        }
+        meta.expect_vocabulary("/event_type_vocabulary", &contract::event_type_names())?;
+        let mut channels = contract::channel_names();
+        channels.push("none");
+        meta.expect_vocabulary("/channel_vocabulary", &channels)?;
+        for (key, value) in features::NORMALISATION {
+            let got = meta.encoding_f64(&format!("/normalisation/{key}"))?;
+            if (got - value).abs() > 1e-12 {
+                return Err(meta.err(format!("feature_encoding/normalisation/{key} is {got}; the processor uses {value}")));
+            }
+        }
+        let check_minutes = meta
+            .feature_encoding
+            .pointer("/abandon_check_minutes")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10.0);
+        let plan = contract::load_plan(&meta, &files.onnx)?;
+        let model = StepModel { plan, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64 };
+        if let Some(fixtures) = &files.fixtures {
+            if files.check_fixtures {
+                model.check_fixtures(fixtures)?;
+            }
+        }
+        Ok(model)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.meta.version
+    }
+
+    /// Runs the committed parity fixtures (PyTorch / ONNX Runtime outputs) through tract.
+    pub fn check_fixtures(&self, bytes: &[u8]) -> Result<(), ModelError> {
+        let parity = |index: usize, message: String| ModelError::Parity { model: self.meta.name.clone(), index, message };
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| parity(0, e.to_string()))?;
+        let fixtures = doc["fixtures"].as_array().ok_or_else(|| parity(0, "no `fixtures` list".into()))?;
+        let mut runner = StepRunner::new(self).map_err(|e| parity(0, e.to_string()))?;
+        let (mut h, mut s) = (vec![0f32; self.hidden], [[0f32; 3]]);
+        for (i, fx) in fixtures.iter().enumerate() {
+            let x = flat(&fx["inputs"]["features"]);
+            let hin = flat(&fx["inputs"]["hidden_in"]);
+            if x.len() != features::COUNT || hin.len() != self.hidden {
+                return Err(parity(i, "fixture inputs have the wrong size".into()));
+            }
+            runner.run(1, &x, &hin, &mut h, &mut s).map_err(|e| parity(i, e.to_string()))?;
+            let want = &fx["onnxruntime"];
+            let close = |got: f32, want: f64, rel: bool| {
+                let tol = if rel { 1e-4 * want.abs().max(1.0) } else { 1e-4 };
+                (f64::from(got) - want).abs() <= tol
+            };
+            for (j, w) in flat(&want["hidden_out"]).iter().enumerate() {
+                if !close(h[j], f64::from(*w), false) {
+                    return Err(parity(i, format!("hidden_out[{j}] = {} but the fixture says {w}", h[j])));
+                }
+            }
+            for (k, name) in ["p_purchase", "p_abandon", "expected_value"].iter().enumerate() {
+                let w = flat(&want[*name]).first().copied().unwrap_or(f32::NAN);
+                if !close(s[0][k], f64::from(w), *name == "expected_value") {
+                    return Err(parity(i, format!("{name} = {} but the fixture says {w}", s[0][k])));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flattens a (nested) JSON array of numbers.
+pub(crate) fn flat(v: &serde_json::Value) -> Vec<f32> {
+    let mut out = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Number(n) => out.push(n.as_f64().unwrap_or(f64::NAN) as f32),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// Runs a [`StepModel`]; owns the per-thread execution state (reused across calls).
+pub struct StepRunner {
+    state: TypedSimpleState,
+    hidden: usize,
+}
+
+impl std::fmt::Debug for StepRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepRunner").field("hidden", &self.hidden).finish()
+    }
+}
+
+impl StepRunner {
+    pub fn new(model: &StepModel) -> TractResult<StepRunner> {
+        Ok(StepRunner { state: TypedSimpleState::new(&model.plan)?, hidden: model.hidden })
+    }
+
+    /// One batched step: `rows` feature vectors and hidden states in, new hidden states and scores
+    /// out (row-major slices).
+    pub fn run(&mut self, rows: usize, x: &[f32], h: &[f32], h_out: &mut [f32], scores: &mut [StepScores]) -> TractResult<()> {
+        let f = features::COUNT;
+        let xt = Tensor::from_shape(&[rows, f], &x[..rows * f])?;
+        let ht = Tensor::from_shape(&[rows, self.hidden], &h[..rows * self.hidden])?;
+        let out = self.state.run(tvec![xt.into(), ht.into()])?;
+        let views = [out[0].try_as_plain_ram()?, out[1].try_as_plain_ram()?, out[2].try_as_plain_ram()?, out[3].try_as_plain_ram()?];
+        h_out[..rows * self.hidden].copy_from_slice(&views[0].as_slice::<f32>()?[..rows * self.hidden]);
+        let (pp, pa, ev) = (views[1].as_slice::<f32>()?, views[2].as_slice::<f32>()?, views[3].as_slice::<f32>()?);
+        for r in 0..rows {
+            scores[r] = [pp[r], pa[r], ev[r]];
+        }
+        Ok(())
+    }
+}
