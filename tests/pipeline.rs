@@ -92,7 +92,8 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     flush(&p);
 
     let http = free_addr();
-    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http)]);
+    // the rules contract (models off); tests/models.rs covers the models on the broker
+    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http), ("models.enabled", "false")]);
 
     // ---- conversions: every credit column equals the hand-computed value
     let expected_conversions = 10;
@@ -235,7 +236,7 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
             .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
     };
     assert_eq!(metric("touchstream_conversions_total"), expected_conversions as f64);
-    assert_eq!(metric("touchstream_alerts_total"), 3.0);
+    assert_eq!(metric("touchstream_alerts_total{reason=\"inactivity_timeout\"}"), 3.0);
     assert_eq!(metric("touchstream_events_total{event_type=\"purchase\"}"), expected_conversions as f64);
     assert_eq!(metric("touchstream_invalid_events_total{kind=\"key_mismatch\"}"), 1.0);
 

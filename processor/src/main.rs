@@ -87,6 +87,17 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// Sets `flag` on SIGHUP (reload the models).
+fn on_reload_signal(flag: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the models at the next batch boundary");
+            flag.store(true, Ordering::Release);
+        }
+    });
+}
+
 /// Sets `flag` on SIGTERM or Ctrl-C.
 fn on_shutdown_signal(flag: Arc<AtomicBool>) {
     tokio::spawn(async move {
@@ -103,6 +114,10 @@ fn on_shutdown_signal(flag: Arc<AtomicBool>) {
 async fn start_http(cfg: &Config, health: Arc<Health>) -> Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("touchstream_inference_seconds".into()),
+            &[0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
     if cfg.http.enabled {
@@ -122,7 +137,12 @@ async fn run(cfg: Config) -> Result<()> {
     on_shutdown_signal(shutdown.clone());
     kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
     tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
-    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.run()).await??;
+    let reload = Arc::new(AtomicBool::new(false));
+    on_reload_signal(reload.clone());
+    if cfg.models.enabled && cfg.models.watch && !cfg.models.dir.trim().is_empty() {
+        touchstream::inference::watch(&cfg.models, reload.clone(), shutdown.clone());
+    }
+    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.with_reload(reload).run()).await??;
     tracing::info!(?stats, "stopped cleanly");
     Ok(())
 }
@@ -139,6 +159,9 @@ fn main() -> Result<()> {
         Command::CheckConfig(args) => {
             let cfg = args.load()?;
             println!("{cfg:#?}");
+            if let Some(m) = touchstream::inference::ModelSet::load(&cfg.models).context("config section `models`")? {
+                println!("models ok: {} (step {}, attribution {})", m.version, m.step.meta.name, m.attribution.meta.name);
+            }
             println!("config ok");
             Ok(())
         }

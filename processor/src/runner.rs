@@ -25,7 +25,8 @@ use crate::kafka::admin::{self, AdminError};
 use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
-use crate::output::ChannelWindowRecord;
+use crate::inference::{ModelError, ModelSet};
+use crate::output::{ChannelWindowRecord, ScoreRecord};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
@@ -47,6 +48,8 @@ pub enum RunError {
     ProducerFailed(String),
     #[error("fenced: another instance with transactional.id {0:?} took over; this one stops")]
     Fenced(String),
+    #[error(transparent)]
+    Models(#[from] ModelError),
 }
 
 impl From<RestoreError> for RunError {
@@ -70,6 +73,14 @@ pub struct RunStats {
 pub struct Runner {
     consumer: BaseConsumer<SignallingContext>,
     state: Processor,
+}
+
+impl Runner {
+    /// `flag` set means: reload the models at the next batch boundary (SIGHUP, the folder watcher).
+    pub fn with_reload(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.state.reload = flag;
+        self
+    }
 }
 
 /// Kafka timeout of the loop's blocking calls (commit, seek, committed offsets).
@@ -108,6 +119,10 @@ struct Processor {
     last_commit: Instant,
     last_state_report: Instant,
     pub stats: RunStats,
+    models: Option<Arc<ModelSet>>,
+    reload: Arc<AtomicBool>,
+    scores: Vec<ScoreRecord>,
+    durations: Vec<(bool, f32)>,
 }
 
 impl Runner {
@@ -143,11 +158,20 @@ impl Runner {
             tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
         }
         let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        let telemetry = Telemetry::new();
+        let models = ModelSet::load(&cfg.models)?;
+        if let Some(m) = &models {
+            telemetry.models_loaded(&m.version, false);
+        }
         let state = Processor {
-            engine_cfg: EngineConfig::from_config(&cfg),
+            engine_cfg: EngineConfig::from_config(&cfg).with_models(models.clone()),
+            models,
+            reload: Arc::new(AtomicBool::new(false)),
+            scores: Vec::new(),
+            durations: Vec::new(),
             cfg,
             sink,
-            telemetry: Telemetry::new(),
+            telemetry,
             health,
             shutdown,
             engines: HashMap::new(),
@@ -192,10 +216,12 @@ impl Runner {
                 });
                 let step = step.and_then(|_| {
                     if state.batch_events >= state.cfg.processing.max_batch_events || state.last_commit.elapsed() >= interval {
-                        state.commit(&consumer)
-                    } else {
-                        Ok(())
+                        state.commit(&consumer)?;
+                        if state.reload.swap(false, Ordering::AcqRel) {
+                            state.reload_models();
+                        }
                     }
+                    Ok(())
                 });
                 match step {
                     Ok(()) => {}
@@ -477,7 +503,7 @@ impl Processor {
                 }
                 Output::Alert(a) => {
                     serde_json::to_writer(&mut self.buf, a)?;
-                    self.telemetry.alert();
+                    self.telemetry.alert(a.reason);
                     self.stats.alerts += 1;
                     (&self.cfg.topics.alerts, a.customer_id.as_str())
                 }
@@ -499,6 +525,19 @@ impl Processor {
         }
         self.ship_outputs()?;
 
+        for engine in self.engines.values_mut() {
+            if self.cfg.scores.enabled {
+                engine.drain_scores(&mut self.scores);
+            }
+            let stats = engine.take_scoring_stats(&mut self.durations);
+            self.telemetry.inference(&stats, &self.durations);
+        }
+        self.telemetry.scores(self.scores.len());
+        for rec in self.scores.drain(..) {
+            self.buf.clear();
+            serde_json::to_writer(&mut self.buf, &rec)?;
+            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(rec.customer_id.as_bytes()), payload: Some(&self.buf), headers: None })?;
+        }
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
@@ -579,6 +618,33 @@ impl Processor {
             self.report_state(now_ms);
         }
         Ok(())
+    }
+
+    /// Loads the models again (SIGHUP or a change in the models folder) and swaps them in at a
+    /// batch boundary. A model that fails to load or validate is rejected; the old ones keep serving.
+    fn reload_models(&mut self) {
+        if !self.cfg.models.enabled {
+            return;
+        }
+        let set = match ModelSet::load(&self.cfg.models) {
+            Ok(set) => set,
+            Err(e) => return self.telemetry.models_rejected(&e.to_string()),
+        };
+        let mut resets = 0;
+        for engine in self.engines.values_mut() {
+            match engine.set_models(set.clone()) {
+                Ok(n) => resets += n as u64,
+                Err(e) => return self.telemetry.models_rejected(&e),
+            }
+        }
+        if resets > 0 {
+            self.telemetry.hidden_resets(resets);
+        }
+        if let Some(m) = &set {
+            self.telemetry.models_loaded(&m.version, true);
+        }
+        self.engine_cfg = self.engine_cfg.clone().with_models(set.clone());
+        self.models = set;
     }
 
     fn after_commit(&mut self, started: Instant) {

@@ -26,6 +26,14 @@ pub struct Telemetry {
     rebalances: Counter,
     aborts: Counter,
     restore_seconds: Histogram,
+    alerts_model: Counter,
+    scores: Counter,
+    inference_step: Histogram,
+    inference_deep: Histogram,
+    inference_rows: Counter,
+    inference_errors: Counter,
+    deep_fallbacks: Counter,
+    hidden_resets: Counter,
 }
 
 impl Default for Telemetry {
@@ -53,12 +61,27 @@ impl Telemetry {
         describe_counter!("touchstream_rebalances_total", "Partition assignment changes");
         describe_counter!("touchstream_transaction_aborts_total", "Transactions aborted and redone");
         describe_histogram!("touchstream_restore_seconds", "Time to restore one partition's state from the changelog");
+        describe_counter!("touchstream_scores_total", "Customer score records written to the scores topic");
+        describe_histogram!("touchstream_inference_seconds", "Time per model call (step: one batched wave; deep: one conversion or alert)");
+        describe_counter!("touchstream_inference_rows_total", "Rows (events, or journeys for deep credit) run through a model");
+        describe_counter!("touchstream_inference_errors_total", "Model calls that failed (their events keep the previous scores)");
+        describe_counter!("touchstream_deep_credit_fallbacks_total", "Conversions whose deep credit fell back to time decay");
+        describe_counter!("touchstream_hidden_state_resets_total", "Customer hidden states reset because the step model's layout changed");
+        describe_counter!("touchstream_model_reloads_total", "Model reloads, by result (loaded or rejected)");
         Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
             invalid: InvalidEvent::KINDS.iter().map(|k| counter!("touchstream_invalid_events_total", "kind" => *k)).collect(),
             late: counter!("touchstream_late_events_total"),
             conversions: counter!("touchstream_conversions_total"),
             alerts: counter!("touchstream_alerts_total", "reason" => "inactivity_timeout"),
+            alerts_model: counter!("touchstream_alerts_total", "reason" => "model"),
+            scores: counter!("touchstream_scores_total"),
+            inference_step: histogram!("touchstream_inference_seconds", "model" => "step"),
+            inference_deep: histogram!("touchstream_inference_seconds", "model" => "attribution"),
+            inference_rows: counter!("touchstream_inference_rows_total", "model" => "step"),
+            inference_errors: counter!("touchstream_inference_errors_total"),
+            deep_fallbacks: counter!("touchstream_deep_credit_fallbacks_total"),
+            hidden_resets: counter!("touchstream_hidden_state_resets_total"),
             window_updates: counter!("touchstream_channel_window_updates_total"),
             late_window_drops: gauge!("touchstream_late_window_contributions"),
             batch_seconds: histogram!("touchstream_commit_seconds"),
@@ -94,8 +117,50 @@ impl Telemetry {
     }
 
     #[inline]
-    pub fn alert(&self) {
-        self.alerts.increment(1);
+    pub fn alert(&self, reason: &str) {
+        if reason == "model" {
+            self.alerts_model.increment(1);
+        } else {
+            self.alerts.increment(1);
+        }
+    }
+
+    pub fn scores(&self, n: usize) {
+        self.scores.increment(n as u64);
+    }
+
+    /// Model work since the last report.
+    pub fn inference(&self, s: &crate::engine::scoring::ScoringStats, durations: &[(bool, f32)]) {
+        for &(deep, secs) in durations {
+            if deep {
+                self.inference_deep.record(f64::from(secs));
+            } else {
+                self.inference_step.record(f64::from(secs));
+            }
+        }
+        self.inference_rows.increment(s.rows);
+        self.inference_errors.increment(s.errors);
+        self.deep_fallbacks.increment(s.deep_fallbacks);
+        if s.resets > 0 {
+            self.hidden_resets(s.resets);
+        }
+    }
+
+    pub fn hidden_resets(&self, n: u64) {
+        tracing::warn!(customers = n, "the step model's hidden-state layout changed: these customers' hidden states were reset to zeros");
+        self.hidden_resets.increment(n);
+    }
+
+    pub fn models_loaded(&self, version: &str, reload: bool) {
+        tracing::info!(version, reload, "models loaded");
+        if reload {
+            counter!("touchstream_model_reloads_total", "result" => "loaded").increment(1);
+        }
+    }
+
+    pub fn models_rejected(&self, error: &str) {
+        tracing::error!(error, "new models rejected; the current models keep serving");
+        counter!("touchstream_model_reloads_total", "result" => "rejected").increment(1);
     }
 
     pub fn window_updates(&self, n: usize) {

@@ -44,6 +44,7 @@ pub struct Topics {
     pub dlq: String,
     pub partials: String,
     pub changelog: String,
+    pub scores: String,
     pub group: String,
 }
 
@@ -58,6 +59,7 @@ impl Topics {
             dlq: format!("{base}.dlq"),
             partials: format!("{base}.partials"),
             changelog: format!("{base}.changelog"),
+            scores: format!("{base}.scores"),
             group: format!("{base}.group"),
         }
     }
@@ -74,6 +76,7 @@ impl Topics {
             ("topics.dlq", self.dlq.clone()),
             ("topics.channel_partials", self.partials.clone()),
             ("topics.changelog", self.changelog.clone()),
+            ("topics.scores", self.scores.clone()),
             ("topics.partitions", "3".into()),
             ("http.enabled", "false".into()),
         ];

@@ -195,9 +195,16 @@ impl PartitionEngine {
         self.scoring.as_ref().map(|s| &s.set)
     }
 
-    /// Model counters since the last call.
-    pub fn take_scoring_stats(&mut self) -> ScoringStats {
-        self.scoring.as_mut().map(|s| std::mem::take(&mut s.stats)).unwrap_or_default()
+    /// Model counters and per-call durations since the last call (`durations` is cleared first).
+    pub fn take_scoring_stats(&mut self, durations: &mut Vec<(bool, f32)>) -> ScoringStats {
+        durations.clear();
+        match self.scoring.as_mut() {
+            Some(s) => {
+                durations.append(&mut s.durations);
+                std::mem::take(&mut s.stats)
+            }
+            None => ScoringStats::default(),
+        }
     }
 
     /// Swaps the models (a reload): pending events finish on the old ones first. When the step
@@ -555,7 +562,6 @@ impl PartitionEngine {
             self.timers.push(Reverse((next, key)));
         }
         if wm >= self.next_sweep {
-            self.flush();
             self.expire(wm);
             let step = (self.cfg.customer_ttl / 24).clamp(60_000, 3_600_000);
             self.next_sweep = wm.saturating_add(step);
@@ -568,7 +574,8 @@ impl PartitionEngine {
         let before = self.customers.len();
         let forgotten = &mut self.forgotten;
         self.customers.retain(|k, c| {
-            let keep = c.last_event_ts >= horizon;
+            // a customer with events waiting for the step model stays until the next sweep
+            let keep = c.last_event_ts >= horizon || c.pending > 0;
             if !keep {
                 forgotten.push(k.clone());
             }

@@ -83,3 +83,36 @@ fn features_scores_and_deep_credit_match_the_training_pipeline() {
     let syn = &doc["synthetic"];
     check_stream(&arr(&syn["events"]), &arr(&syn["steps"]), &arr(&syn["conversions"]));
 }
+
+/// Scores and every output are the same whether the step model ran one event at a time or in
+/// large waves of many customers.
+#[test]
+fn outputs_do_not_depend_on_inference_batching() {
+    use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
+    let mut gen = JourneyGenerator::new(GeneratorConfig { active_customers: 300, ..GeneratorConfig::default() });
+    let events: Vec<_> = (0..6000).map(|_| gen.next_event()).collect();
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let run = |flush_each: bool| {
+        let mut engine = engine_with_models();
+        let mut out = Vec::new();
+        for ev in &events {
+            engine.process(&decode(Some(ev.customer_id.as_bytes()), &ev.json, &check).unwrap(), &mut out);
+            if flush_each {
+                engine.flush();
+            }
+        }
+        engine.advance_idle(i64::MAX / 4, &mut out);
+        let mut scores = Vec::new();
+        engine.drain_scores(&mut scores);
+        let stats = engine.take_scoring_stats(&mut Vec::new());
+        (out, scores, stats)
+    };
+    let (one, one_scores, one_stats) = run(true);
+    let (batched, batched_scores, batched_stats) = run(false);
+    assert_eq!(one_stats.rows, batched_stats.rows);
+    assert!(batched_stats.calls * 8 < one_stats.calls, "batched: {} calls for {} rows", batched_stats.calls, batched_stats.rows);
+    assert_eq!(one_scores, batched_scores);
+    assert_eq!(one, batched);
+    let alerts = |reason: &str| one.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == reason)).count();
+    assert!(alerts("model") > 0 && alerts("inactivity_timeout") > 0, "model {} timeout {}", alerts("model"), alerts("inactivity_timeout"));
+}

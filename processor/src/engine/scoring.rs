@@ -57,6 +57,8 @@ pub struct Scoring {
     /// Pending events that trigger a flush by themselves.
     pub flush_at: usize,
     pub stats: ScoringStats,
+    /// Seconds per model call since the last drain: (is deep credit, seconds); bounded.
+    pub durations: Vec<(bool, f32)>,
     #[cfg(test)]
     last: Vec<f32>,
 }
@@ -87,6 +89,7 @@ impl Scoring {
             touches: Vec::new(),
             flush_at,
             stats: ScoringStats::default(),
+            durations: Vec::new(),
             #[cfg(test)]
             last: Vec::new(),
         })
@@ -126,7 +129,7 @@ impl Scoring {
         let hdim = self.set.step.hidden;
         let f = features::COUNT;
         let max_batch = self.set.max_batch;
-        let Scoring { reqs, order, feats, x, h, h_out, scores, step, stats, .. } = self;
+        let Scoring { reqs, order, feats, x, h, h_out, scores, step, stats, durations, .. } = self;
         order.clear();
         order.extend(0..reqs.len() as u32);
         order.sort_by_key(|&i| reqs[i as usize].wave);
@@ -156,7 +159,11 @@ impl Scoring {
             scores.resize(rows, [0.0; 3]);
             let t = Instant::now();
             let ran = step.run(rows, x, h, h_out, scores);
-            stats.seconds += t.elapsed().as_secs_f64();
+            let took = t.elapsed().as_secs_f64();
+            stats.seconds += took;
+            if durations.len() < 4096 {
+                durations.push((false, took as f32));
+            }
             stats.calls += 1;
             stats.rows += rows as u64;
             match ran {
@@ -219,7 +226,11 @@ impl Scoring {
         }
         let t = Instant::now();
         let result = self.attr.deep_credit(model, self.set.deep_mode, until, previous, &self.touches, seed);
-        self.stats.deep_seconds += t.elapsed().as_secs_f64();
+        let took = t.elapsed().as_secs_f64();
+        self.stats.deep_seconds += took;
+        if self.durations.len() < 4096 {
+            self.durations.push((true, took as f32));
+        }
         self.stats.deep_calls += 1;
         match result {
             Ok(d) if !d.credits.is_empty() => {

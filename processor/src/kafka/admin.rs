@@ -34,20 +34,24 @@ pub struct TopicSpec {
 }
 
 /// The topics the processor writes: event topics (conversions, alerts, DLQ) are not compacted;
-/// upsert topics (channel totals, internal partials, state changelog) are. The changelog gets the
+/// upsert topics (channel totals, scores, internal partials, state changelog) are. The changelog gets the
 /// input topic's partition count.
 pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
     let t = &cfg.topics;
     let partial_retention = cfg.attribution.window_retention.ms() + cfg.attribution.window.ms() + 86_400_000;
     let spec = |name: &String, compacted, retention_ms, partitions| TopicSpec { name: name.clone(), compacted, retention_ms, partitions };
-    vec![
+    let mut topics = vec![
         spec(&t.conversions, false, None, None),
         spec(&t.alerts, false, None, None),
         spec(&t.dlq, false, None, None),
         spec(&t.channels, true, None, None),
         spec(&t.channel_partials, true, Some(partial_retention), None),
         spec(&t.changelog, true, None, Some(input_partitions)),
-    ]
+    ];
+    if cfg.models.enabled && cfg.scores.enabled {
+        topics.push(spec(&t.scores, true, None, None));
+    }
+    topics
 }
 
 /// Creates missing output topics (when `topics.create`), or checks that they exist.
