@@ -107,13 +107,34 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "phase 1 caught up:\n{}", proc.log());
     let phase1_end = end_offsets(&topics.events);
 
-    // swap: a new version of both models, loaded on SIGHUP while events keep coming
+    // swap under load: a new version of both models, loaded on SIGHUP while events keep coming
+    let events_topic = topics.events.clone();
+    let producing = std::thread::spawn(move || produce_stream(&events_topic, 4000, 12, 4.0));
+    std::thread::sleep(Duration::from_millis(1500));
     set_version(&dir, NEW);
     signal(&proc, "HUP");
-    produce_stream(&topics.events, 4000, 12, 3.0);
+    producing.join().unwrap();
     assert!(wait_for_log(&proc, NEW, Duration::from_secs(30)), "the new models were loaded:\n{}", proc.log());
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "phase 2 caught up:\n{}", proc.log());
+
+    // a broken model is rejected and the current ones keep serving
+    let onnx = dir.join("attribution").join("model.onnx");
+    let good = std::fs::read(&onnx).unwrap();
+    std::fs::write(&onnx, b"not an onnx file").unwrap();
+    signal(&proc, "HUP");
+    assert!(wait_for_log(&proc, "new models rejected", Duration::from_secs(30)), "the broken model was rejected:\n{}", proc.log());
+    std::fs::write(&onnx, good).unwrap();
+    let before = read_all(&topics.conversions, Duration::from_secs(1)).len();
+    let p = producer();
+    let t = 1_767_225_600_000 + 6 * 3_600_000; // just after the generated stream (2026-01-01)
+    send_raw(&p, &topics.events, 0, Some(b"after-reject"), event("ar-1", "after-reject", t, "click", r#","channel":"email""#).as_bytes(), None);
+    send_raw(&p, &topics.events, 0, Some(b"after-reject"), event("ar-2", "after-reject", t + 60_000, "purchase", r#","value":5.0"#).as_bytes(), None);
+    flush(&p);
+    assert!(wait_caught_up(&topics, Duration::from_secs(60)), "still processing after the rejected reload:\n{}", proc.log());
     let conversions = read_all(&topics.conversions, Duration::from_secs(3));
+    assert_eq!(conversions.len(), before + 1);
+    let last = conversions.iter().map(|r| r.json()).find(|c| c["conversion_id"] == "ar-2").expect("the conversion after the rejected reload");
+    assert_eq!(last["model_version"], NEW, "the current models kept serving");
     let alerts = read_all(&topics.alerts, Duration::from_secs(2));
     let scores = read_all(&topics.scores, Duration::from_secs(2));
     let events = read_all(&topics.events, Duration::from_secs(2));
@@ -135,10 +156,8 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     // conversions: each exactly once, deep credit summing to 1, versions by phase
     assert_eq!(conversions.len(), want_conv.len(), "no conversion lost or duplicated");
     let phase1: HashMap<i32, i64> = phase1_end.into_iter().collect();
-    let source_phase1: HashMap<String, bool> = events
-        .iter()
-        .map(|r| (r.json()["event_id"].as_str().unwrap().to_string(), r.offset < phase1[&r.partition]))
-        .collect();
+    let source: HashMap<String, (i32, i64)> = events.iter().map(|r| (r.json()["event_id"].as_str().unwrap().to_string(), (r.partition, r.offset))).collect();
+    let mut versions: Vec<((i32, i64), String)> = Vec::new();
     let (mut old, mut new, mut fallbacks) = (0, 0, 0);
     for r in &conversions {
         let c = r.json();
@@ -149,16 +168,25 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
         assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits sum to {sum}");
         assert!(c["expected_future_value"].as_f64().unwrap() >= 0.0);
         fallbacks += usize::from(c["deep_method"] == "time_decay_fallback");
+        let (partition, offset) = source[id];
         match c["model_version"].as_str().unwrap() {
             OLD => {
-                assert!(source_phase1[id], "{id} came after the swap but carries the old version");
+                assert!(offset < phase1[&partition] + 4000, "{id}");
                 old += 1
             }
             NEW => {
-                assert!(!source_phase1[id], "{id} came before the swap but carries the new version");
+                assert!(offset >= phase1[&partition], "{id} came before the swap but carries the new version");
                 new += 1
             }
             v => panic!("unknown version {v}"),
+        }
+        versions.push(((partition, offset), c["model_version"].as_str().unwrap().to_string()));
+    }
+    // per input partition, in input order: the old version, then the new one, never back
+    versions.sort();
+    for w in versions.windows(2) {
+        if w[0].0 .0 == w[1].0 .0 {
+            assert!(!(w[0].1 == NEW && w[1].1 == OLD), "the version went back at {:?}", w[1].0);
         }
     }
     assert!(old > 10 && new > 10, "both versions stamped: {old} old, {new} new");

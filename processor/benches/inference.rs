@@ -50,6 +50,28 @@ fn step(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // for comparison: the same model optimised for a fixed batch size (not used by the processor:
+    // per-size plans round differently, and outputs must not depend on batching)
+    let meta = touchstream::inference::contract::Metadata::parse("journey_step", include_bytes!("../../models/journey_step/metadata.json")).unwrap();
+    let loaded = touchstream::inference::contract::load_plan(&meta, include_bytes!("../../models/journey_step/model.onnx")).unwrap();
+    let mut g = c.benchmark_group("step_model_fixed_batch");
+    for batch in [1usize, 64] {
+        let plan = touchstream::inference::contract::fixed_plan(&meta, &loaded.typed, batch).unwrap();
+        let x = vec![0.1f32; batch * features::COUNT];
+        let hin = vec![0.05f32; batch * h];
+        use tract_onnx::prelude::*;
+        let mut state = TypedSimpleState::new(&plan).unwrap();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
+            b.iter(|| {
+                let xt = Tensor::from_shape(&[batch, features::COUNT], &x).unwrap();
+                let ht = Tensor::from_shape(&[batch, h], &hin).unwrap();
+                black_box(state.run(tvec![xt.into(), ht.into()]).unwrap())
+            })
+        });
+    }
+    g.finish();
 }
 
 fn journey(k: usize) -> Vec<ModelTouch> {

@@ -116,3 +116,36 @@ fn outputs_do_not_depend_on_inference_batching() {
     let alerts = |reason: &str| one.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == reason)).count();
     assert!(alerts("model") > 0 && alerts("inactivity_timeout") > 0, "model {} timeout {}", alerts("model"), alerts("inactivity_timeout"));
 }
+
+/// A hidden state of another layout (restored from an older model) is reset, counted, and the
+/// customer goes on with the current model; swapping models in and out keeps the engine running.
+#[test]
+fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
+    let mut engine = engine_with_models();
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let mut out = Vec::new();
+    let send = |engine: &mut PartitionEngine, out: &mut Vec<Output>, id: &str, ts: i64, kind: &str| {
+        let json = format!(r#"{{"event_id":"{id}","customer_id":"a","ts":{ts},"event_type":"{kind}","channel":"email"}}"#);
+        engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), out);
+        engine.flush();
+    };
+    send(&mut engine, &mut out, "1", 1_767_225_600_000, "click");
+    assert_eq!(engine.customer("a").unwrap().model.as_ref().unwrap().hidden.len(), 64);
+    engine.customers.get_mut("a").unwrap().model.as_mut().unwrap().hidden = vec![0.5; 10];
+    send(&mut engine, &mut out, "2", 1_767_225_660_000, "click");
+    let stats = engine.take_scoring_stats(&mut Vec::new());
+    assert_eq!(stats.resets, 1);
+    assert_eq!(engine.customer("a").unwrap().model.as_ref().unwrap().hidden.len(), 64);
+
+    assert_eq!(engine.set_models(Some(test_models())).unwrap(), 0, "same layout: nothing reset");
+    assert_eq!(engine.set_models(None).unwrap(), 1, "models off: the hidden state is dropped");
+    send(&mut engine, &mut out, "3", 1_767_225_720_000, "purchase");
+    let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };
+    assert!(c.deep_method.is_none() && c.model_version.is_none() && c.touchpoints.iter().all(|t| t.deep.is_none()));
+    engine.set_models(Some(test_models())).unwrap();
+    send(&mut engine, &mut out, "4", 1_767_225_780_000, "click");
+    send(&mut engine, &mut out, "5", 1_767_225_840_000, "purchase");
+    let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };
+    assert_eq!(c.model_version.as_deref(), Some(&*test_models().version));
+    assert!((c.touchpoints.iter().map(|t| t.deep.unwrap()).sum::<f64>() - 1.0).abs() < 1e-9);
+}

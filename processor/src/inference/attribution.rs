@@ -2,11 +2,9 @@
 //! scores the journey and its counterfactuals (touchpoints masked out) in one batched call:
 //! removal effects (the default) or Shapley values (exact for short journeys, sampled otherwise).
 
-use std::sync::Arc;
-
 use tract_onnx::prelude::*;
 
-use super::contract::{self, Dim, Metadata};
+use super::contract::{self, Dim, Metadata, PlanStates, Plans};
 use super::step::flat;
 use super::{ModelError, ModelFiles};
 use crate::event::{Channel, EventType};
@@ -29,7 +27,7 @@ pub enum DeepMode {
 /// A loaded, validated attribution model (shared, immutable).
 #[derive(Debug)]
 pub struct AttributionModel {
-    plan: Arc<TypedRunnableModel>,
+    plans: Plans,
     pub meta: Metadata,
     /// Sequence length.
     pub len: usize,
@@ -96,9 +94,10 @@ impl AttributionModel {
         }
         let purchase_path_minutes = meta.encoding_f64("/purchase_path_minutes").unwrap_or(0.0);
         let previous_purchase_token = meta.feature_encoding.pointer("/previous_purchase_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        let plan = contract::load_plan(&meta, &files.onnx)?;
+        let loaded = contract::load_plan(&meta, &files.onnx)?;
+        let plans = Plans::build(&meta, loaded, 1024)?;
         let model = AttributionModel {
-            plan,
+            plans,
             meta,
             len,
             purchase_path_ms: (purchase_path_minutes * 60_000.0) as Millis,
@@ -148,7 +147,7 @@ impl AttributionModel {
 /// Runs an [`AttributionModel`]; owns the execution state and the input buffers (reused).
 pub struct AttributionRunner {
     model_len: usize,
-    state: TypedSimpleState,
+    states: PlanStates,
     channel: Vec<i64>,
     event_type: Vec<i64>,
     campaign: Vec<i64>,
@@ -182,7 +181,7 @@ impl AttributionRunner {
     pub fn new(model: &AttributionModel) -> TractResult<AttributionRunner> {
         Ok(AttributionRunner {
             model_len: model.len,
-            state: TypedSimpleState::new(&model.plan)?,
+            states: PlanStates::new(&model.plans)?,
             channel: Vec::new(),
             event_type: Vec::new(),
             campaign: Vec::new(),
@@ -210,8 +209,18 @@ impl AttributionRunner {
 
     fn run(&mut self) -> TractResult<()> {
         let (rows, l) = (self.rows(), self.model_len);
-        let shape = [rows, l];
-        let out = self.state.run(tvec![
+        // pad to the plan's row count with copies of row 0 (rows are independent)
+        let (padded, state) = self.states.for_rows(rows)?;
+        for _ in rows..padded {
+            self.channel.extend_from_within(..l);
+            self.event_type.extend_from_within(..l);
+            self.campaign.extend_from_within(..l);
+            self.age.extend_from_within(..l);
+            self.position.extend_from_within(..l);
+            self.mask.extend_from_within(..l);
+        }
+        let shape = [padded, l];
+        let out = state.run(tvec![
             Tensor::from_shape(&shape, &self.channel)?.into(),
             Tensor::from_shape(&shape, &self.event_type)?.into(),
             Tensor::from_shape(&shape, &self.campaign)?.into(),

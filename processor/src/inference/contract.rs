@@ -105,9 +105,70 @@ pub fn channel_names() -> Vec<&'static str> {
     Channel::ALL.iter().map(|c| c.as_str()).collect()
 }
 
+/// A checked model: the decluttered graph (for plans of a fixed batch size) and a runnable plan for
+/// a symbolic batch.
+#[derive(Debug)]
+pub struct Loaded {
+    pub typed: TypedModel,
+    pub plan: Arc<TypedRunnableModel>,
+}
+
+/// Optimises `typed` into a plan for exactly `rows` rows (tract picks better kernels for a known
+/// batch size).
+pub fn fixed_plan(meta: &Metadata, typed: &TypedModel, rows: usize) -> Result<Arc<TypedRunnableModel>, ModelError> {
+    let tract = |e: TractError| ModelError::Tract { model: meta.name.clone(), message: format!("{e:#}") };
+    let mut subs = std::collections::HashMap::new();
+    subs.insert(typed.sym("batch"), TDim::Val(rows as i64));
+    typed.set_symbols(&subs).map_err(tract)?.into_optimized().map_err(tract)?.into_runnable().map_err(tract)
+}
+
+/// Batch sizes with a plan of their own; a call pads its rows up to the next one (rows are
+/// independent in these models). Larger calls use the symbolic plan.
+pub const BUCKETS: [usize; 20] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024];
+
+/// Plans for every bucket plus the symbolic one (immutable, shared).
+#[derive(Debug, Clone)]
+pub struct Plans {
+    pub fixed: Vec<Arc<TypedRunnableModel>>,
+    pub symbolic: Arc<TypedRunnableModel>,
+}
+
+impl Plans {
+    pub fn build(meta: &Metadata, loaded: Loaded, max_rows: usize) -> Result<Plans, ModelError> {
+        let fixed = BUCKETS.iter().filter(|&&b| b <= max_rows).map(|&b| fixed_plan(meta, &loaded.typed, b)).collect::<Result<_, _>>()?;
+        Ok(Plans { fixed, symbolic: loaded.plan })
+    }
+}
+
+/// Per-thread execution states of [`Plans`] (created on first use).
+pub struct PlanStates {
+    plans: Plans,
+    fixed: Vec<Option<TypedSimpleState>>,
+    symbolic: TypedSimpleState,
+}
+
+impl PlanStates {
+    pub fn new(plans: &Plans) -> TractResult<PlanStates> {
+        Ok(PlanStates { fixed: vec![None; plans.fixed.len()], symbolic: TypedSimpleState::new(&plans.symbolic)?, plans: plans.clone() })
+    }
+
+    /// The row count to pad `rows` to, and the state that runs it.
+    pub fn for_rows(&mut self, rows: usize) -> TractResult<(usize, &mut TypedSimpleState)> {
+        match BUCKETS.iter().take(self.plans.fixed.len()).position(|&b| b >= rows) {
+            Some(i) => {
+                if self.fixed[i].is_none() {
+                    self.fixed[i] = Some(TypedSimpleState::new(&self.plans.fixed[i])?);
+                }
+                Ok((BUCKETS[i], self.fixed[i].as_mut().expect("created")))
+            }
+            None => Ok((rows, &mut self.symbolic)),
+        }
+    }
+}
+
 /// Loads the ONNX graph, checks that its inputs and outputs are the contract's (names, element
 /// types, ranks), and optimises it into a runnable plan for a symbolic batch.
-pub fn load_plan(meta: &Metadata, onnx: &[u8]) -> Result<Arc<TypedRunnableModel>, ModelError> {
+pub fn load_plan(meta: &Metadata, onnx: &[u8]) -> Result<Loaded, ModelError> {
     let tract = |e: TractError| ModelError::Tract { model: meta.name.clone(), message: format!("{e:#}") };
     let model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(onnx)).map_err(tract)?;
     let inputs: Vec<String> = model.input_outlets().map_err(tract)?.iter().map(|o| model.node(o.node).name.clone()).collect();
@@ -137,8 +198,9 @@ pub fn load_plan(meta: &Metadata, onnx: &[u8]) -> Result<Arc<TypedRunnableModel>
             return Err(meta.err(format!("the ONNX input `{}` is {fact:?}, metadata.json says {} {:?}", spec.name, spec.dtype, spec.shape)));
         }
     }
-    let plan = typed.into_optimized().map_err(tract)?.into_runnable().map_err(tract)?;
-    Ok(plan)
+    let typed = typed.into_decluttered().map_err(tract)?;
+    let plan = typed.clone().into_optimized().map_err(tract)?.into_runnable().map_err(tract)?;
+    Ok(Loaded { typed, plan })
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ impl ModelSet {
         if !cfg.enabled {
             return Ok(None);
         }
-        let step = StepModel::load(&ModelFiles::load(cfg, &cfg.step)?)?;
+        let step = StepModel::load(&ModelFiles::load(cfg, &cfg.step)?, cfg.max_batch)?;
         let attribution = AttributionModel::load(&ModelFiles::load(cfg, &cfg.attribution)?)?;
         let version: Arc<str> = if step.version() == attribution.version() {
             step.version().into()
@@ -152,7 +152,7 @@ mod tests {
         let mut files = ModelFiles::builtin("journey_step", false).unwrap();
         let text = String::from_utf8(files.metadata.clone()).unwrap().replacen("\"hidden_in\"", "\"state_in\"", 1);
         files.metadata = text.into_bytes();
-        let err = StepModel::load(&files).unwrap_err().to_string();
+        let err = StepModel::load(&files, 64).unwrap_err().to_string();
         assert!(err.contains("journey_step") && err.contains("state_in"), "{err}");
 
         let mut files = ModelFiles::builtin("attribution", false).unwrap();
@@ -174,7 +174,7 @@ mod tests {
         let mut doc: serde_json::Value = serde_json::from_slice(files.fixtures.as_ref().unwrap()).unwrap();
         doc["fixtures"][0]["onnxruntime"]["p_purchase"] = serde_json::json!([[0.999]]);
         files.fixtures = Some(serde_json::to_vec(&doc).unwrap());
-        let err = StepModel::load(&files).unwrap_err().to_string();
+        let err = StepModel::load(&files, 64).unwrap_err().to_string();
         assert!(err.contains("parity fixture 0") && err.contains("p_purchase"), "{err}");
     }
 }

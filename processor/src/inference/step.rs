@@ -1,11 +1,10 @@
 //! The journey step model: a recurrent cell run once per event with the customer's hidden state in
 //! and out, giving P(purchase within 7 days), P(the open cart is abandoned) and expected value.
 
-use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::contract::{self, Dim, Metadata};
+use super::contract::{self, Dim, Metadata, PlanStates, Plans};
 use super::{features, ModelError, ModelFiles};
 
 /// Index of each score in [`StepScores`].
@@ -19,7 +18,7 @@ pub type StepScores = [f32; 3];
 /// A loaded, validated step model (shared, immutable).
 #[derive(Debug)]
 pub struct StepModel {
-    plan: Arc<TypedRunnableModel>,
+    plans: Plans,
     pub meta: Metadata,
     pub hidden: usize,
     /// The inactivity after which P(abandon) is meant to be read (ms).
@@ -27,7 +26,8 @@ pub struct StepModel {
 }
 
 impl StepModel {
-    pub fn load(files: &ModelFiles) -> Result<StepModel, ModelError> {
+    /// Loads and validates; plans are built for batches of up to `max_batch` rows.
+    pub fn load(files: &ModelFiles, max_batch: usize) -> Result<StepModel, ModelError> {
         let meta = Metadata::parse(&files.name, &files.metadata)?;
         let hidden = meta.hidden_size.ok_or_else(|| meta.err("hidden_size is missing"))?;
         if hidden == 0 || hidden > 4096 {
@@ -70,8 +70,12 @@ impl StepModel {
             .pointer("/abandon_check_minutes")
             .and_then(|v| v.as_f64())
             .unwrap_or(10.0);
-        let plan = contract::load_plan(&meta, &files.onnx)?;
-        let model = StepModel { plan, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64 };
+        // One plan for a symbolic batch: tract's result for a row is then the same bit for bit
+        // whatever the wave size, so outputs do not depend on batching (plans for fixed sizes
+        // are faster but round differently per size).
+        let _ = max_batch;
+        let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, 0)?;
+        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64 };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
                 model.check_fixtures(fixtures)?;
@@ -135,8 +139,11 @@ pub(crate) fn flat(v: &serde_json::Value) -> Vec<f32> {
 
 /// Runs a [`StepModel`]; owns the per-thread execution state (reused across calls).
 pub struct StepRunner {
-    state: TypedSimpleState,
+    states: PlanStates,
     hidden: usize,
+    /// Padded inputs (reused).
+    x: Vec<f32>,
+    h: Vec<f32>,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -147,16 +154,26 @@ impl std::fmt::Debug for StepRunner {
 
 impl StepRunner {
     pub fn new(model: &StepModel) -> TractResult<StepRunner> {
-        Ok(StepRunner { state: TypedSimpleState::new(&model.plan)?, hidden: model.hidden })
+        Ok(StepRunner { states: PlanStates::new(&model.plans)?, hidden: model.hidden, x: Vec::new(), h: Vec::new() })
     }
 
     /// One batched step: `rows` feature vectors and hidden states in, new hidden states and scores
     /// out (row-major slices).
     pub fn run(&mut self, rows: usize, x: &[f32], h: &[f32], h_out: &mut [f32], scores: &mut [StepScores]) -> TractResult<()> {
-        let f = features::COUNT;
-        let xt = Tensor::from_shape(&[rows, f], &x[..rows * f])?;
-        let ht = Tensor::from_shape(&[rows, self.hidden], &h[..rows * self.hidden])?;
-        let out = self.state.run(tvec![xt.into(), ht.into()])?;
+        let (f, hd) = (features::COUNT, self.hidden);
+        let (padded, state) = self.states.for_rows(rows)?;
+        // pad with copies of row 0 up to the plan's row count (rows are independent)
+        self.x.clear();
+        self.x.extend_from_slice(&x[..rows * f]);
+        self.h.clear();
+        self.h.extend_from_slice(&h[..rows * hd]);
+        for _ in rows..padded {
+            self.x.extend_from_slice(&x[..f]);
+            self.h.extend_from_slice(&h[..hd]);
+        }
+        let xt = Tensor::from_shape(&[padded, f], &self.x)?;
+        let ht = Tensor::from_shape(&[padded, hd], &self.h)?;
+        let out = state.run(tvec![xt.into(), ht.into()])?;
         let views = [out[0].try_as_plain_ram()?, out[1].try_as_plain_ram()?, out[2].try_as_plain_ram()?, out[3].try_as_plain_ram()?];
         h_out[..rows * self.hidden].copy_from_slice(&views[0].as_slice::<f32>()?[..rows * self.hidden]);
         let (pp, pa, ev) = (views[1].as_slice::<f32>()?, views[2].as_slice::<f32>()?, views[3].as_slice::<f32>()?);
