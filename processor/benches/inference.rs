@@ -27,11 +27,12 @@ fn models(max_batch: usize) -> Arc<ModelSet> {
 }
 
 fn step(c: &mut Criterion) {
-    let set = models(64);
-    let mut runner = StepRunner::new(&set.step).unwrap();
-    let h = set.step.hidden;
+    let h = models(1).step.hidden;
     let mut g = c.benchmark_group("step_model");
     for batch in [1usize, 8, 16, 32, 64, 128, 256] {
+        // the processor's plan for `models.max_batch = batch`
+        let set = models(batch);
+        let mut runner = StepRunner::new(&set.step).unwrap();
         // plausible inputs: one-hot event type and channel, small scalars, a non-zero hidden state
         let mut x = vec![0f32; batch * features::COUNT];
         for r in 0..batch {
@@ -51,17 +52,15 @@ fn step(c: &mut Criterion) {
     }
     g.finish();
 
-    // for comparison: the same model optimised for a fixed batch size (not used by the processor:
-    // per-size plans round differently, and outputs must not depend on batching)
+    // for comparison: the same model on a plan for a symbolic batch size
     let meta = touchstream::inference::contract::Metadata::parse("journey_step", include_bytes!("../../models/journey_step/metadata.json")).unwrap();
     let loaded = touchstream::inference::contract::load_plan(&meta, include_bytes!("../../models/journey_step/model.onnx")).unwrap();
-    let mut g = c.benchmark_group("step_model_fixed_batch");
+    let mut g = c.benchmark_group("step_model_symbolic_batch");
     for batch in [1usize, 64] {
-        let plan = touchstream::inference::contract::fixed_plan(&meta, &loaded.typed, batch).unwrap();
         let x = vec![0.1f32; batch * features::COUNT];
         let hin = vec![0.05f32; batch * h];
         use tract_onnx::prelude::*;
-        let mut state = TypedSimpleState::new(&plan).unwrap();
+        let mut state = TypedSimpleState::new(&loaded.plan).unwrap();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
             b.iter(|| {

@@ -95,7 +95,7 @@ impl AttributionModel {
         let purchase_path_minutes = meta.encoding_f64("/purchase_path_minutes").unwrap_or(0.0);
         let previous_purchase_token = meta.feature_encoding.pointer("/previous_purchase_token").and_then(|v| v.as_bool()).unwrap_or(false);
         let loaded = contract::load_plan(&meta, &files.onnx)?;
-        let plans = Plans::build(&meta, loaded, 1024)?;
+        let plans = Plans::build(&meta, loaded, &contract::BUCKETS)?;
         let model = AttributionModel {
             plans,
             meta,

@@ -129,14 +129,16 @@ pub const BUCKETS: [usize; 20] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 
 /// Plans for every bucket plus the symbolic one (immutable, shared).
 #[derive(Debug, Clone)]
 pub struct Plans {
+    /// Row counts with a plan of their own, ascending.
+    pub sizes: Vec<usize>,
     pub fixed: Vec<Arc<TypedRunnableModel>>,
     pub symbolic: Arc<TypedRunnableModel>,
 }
 
 impl Plans {
-    pub fn build(meta: &Metadata, loaded: Loaded, max_rows: usize) -> Result<Plans, ModelError> {
-        let fixed = BUCKETS.iter().filter(|&&b| b <= max_rows).map(|&b| fixed_plan(meta, &loaded.typed, b)).collect::<Result<_, _>>()?;
-        Ok(Plans { fixed, symbolic: loaded.plan })
+    pub fn build(meta: &Metadata, loaded: Loaded, sizes: &[usize]) -> Result<Plans, ModelError> {
+        let fixed = sizes.iter().map(|&b| fixed_plan(meta, &loaded.typed, b)).collect::<Result<_, _>>()?;
+        Ok(Plans { sizes: sizes.to_vec(), fixed, symbolic: loaded.plan })
     }
 }
 
@@ -154,12 +156,12 @@ impl PlanStates {
 
     /// The row count to pad `rows` to, and the state that runs it.
     pub fn for_rows(&mut self, rows: usize) -> TractResult<(usize, &mut TypedSimpleState)> {
-        match BUCKETS.iter().take(self.plans.fixed.len()).position(|&b| b >= rows) {
+        match self.plans.sizes.iter().position(|&b| b >= rows) {
             Some(i) => {
                 if self.fixed[i].is_none() {
                     self.fixed[i] = Some(TypedSimpleState::new(&self.plans.fixed[i])?);
                 }
-                Ok((BUCKETS[i], self.fixed[i].as_mut().expect("created")))
+                Ok((self.plans.sizes[i], self.fixed[i].as_mut().expect("created")))
             }
             None => Ok((rows, &mut self.symbolic)),
         }

@@ -70,11 +70,11 @@ impl StepModel {
             .pointer("/abandon_check_minutes")
             .and_then(|v| v.as_f64())
             .unwrap_or(10.0);
-        // One plan for a symbolic batch: tract's result for a row is then the same bit for bit
-        // whatever the wave size, so outputs do not depend on batching (plans for fixed sizes
-        // are faster but round differently per size).
-        let _ = max_batch;
-        let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, 0)?;
+        // One plan for exactly `max_batch` rows, every call padded up to it: tract's result for
+        // a row is then the same bit for bit whatever the wave size, so outputs do not depend on
+        // batching (plans for different sizes round differently), and a fixed size runs ~1.6x
+        // faster than a symbolic batch.
+        let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &[max_batch])?;
         let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64 };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
