@@ -1,0 +1,571 @@
+//! Avro in the Confluent wire format: magic byte 0, the writer schema's 4-byte big-endian registry
+//! id, then the Avro binary body.
+//!
+//! Input: [`AvroDecoder`] fetches each writer schema once by id (then caches it), decodes the body
+//! with it and resolves the value against our reader schema (`schemas/journey_event.avsc`) by the
+//! Avro resolution rules, so producers can evolve compatibly; the event then goes through the same
+//! validation as JSON ([`crate::event::validate`]).
+//! Output: [`OutputCodec`] serialises any output record through serde into an Avro value, resolves
+//! it against the topic's schema (registered at start) and frames it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use serde::Serialize;
+
+use crate::event::{self, Event, Fields, InvalidEvent, Validation};
+use crate::registry::{RegistryError, SchemaSource};
+
+/// Our reader schema of the input contract (the source of truth, versioned in git).
+pub const JOURNEY_EVENT_SCHEMA: &str = include_str!("../../schemas/journey_event.avsc");
+pub const CONVERSION_SCHEMA: &str = include_str!("../../schemas/attribution_conversion.avsc");
+pub const CHANNEL_WINDOW_SCHEMA: &str = include_str!("../../schemas/attribution_channel_window.avsc");
+pub const ALERT_SCHEMA: &str = include_str!("../../schemas/cart_abandonment_alert.avsc");
+/// Schema of Avro-encoded string keys.
+pub const STRING_KEY_SCHEMA: &str = r#""string""#;
+
+pub const MAGIC: u8 = 0;
+
+/// Frames an Avro body: magic byte, schema id, body.
+pub fn frame(id: u32, body: &[u8], out: &mut Vec<u8>) {
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Splits a Confluent-framed payload into (schema id, Avro body).
+pub fn unframe(payload: &[u8]) -> Result<(u32, &[u8]), InvalidEvent> {
+    match payload {
+        [MAGIC, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [MAGIC, ..] => Err(InvalidEvent::NotAvro(format!("{} bytes is too short for the 5-byte header", payload.len()))),
+        [m, ..] => Err(InvalidEvent::NotAvro(format!("magic byte is {m:#04x}, expected 0x00"))),
+        [] => Err(InvalidEvent::NotAvro("empty value".into())),
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeError {
+    /// The record is bad: it goes to the DLQ.
+    Invalid(InvalidEvent),
+    /// The writer schema is needed but the registry is unavailable: the record must wait.
+    Unavailable { id: u32, error: String },
+}
+
+impl From<InvalidEvent> for DecodeError {
+    fn from(e: InvalidEvent) -> Self {
+        DecodeError::Invalid(e)
+    }
+}
+
+/// A writer-schema id the registry does not know is asked again after this long.
+const NOT_FOUND_TTL: Duration = Duration::from_secs(60);
+
+/// Decodes Confluent-framed Avro events; caches writer schemas per id.
+pub struct AvroDecoder {
+    reader: Schema,
+    source: Box<dyn SchemaSource>,
+    writers: HashMap<u32, Arc<Schema>>,
+    /// Ids that cannot be used, with why and since when (unparseable schemas stay; unknown ids
+    /// are retried after NOT_FOUND_TTL, in case they were registered late).
+    unusable: HashMap<u32, (String, Option<Instant>)>,
+    /// Schemas fetched from the source (for metrics and tests).
+    pub fetches: u64,
+}
+
+impl AvroDecoder {
+    pub fn new(source: Box<dyn SchemaSource>) -> AvroDecoder {
+        let reader = Schema::parse_str(JOURNEY_EVENT_SCHEMA).expect("schemas/journey_event.avsc parses");
+        AvroDecoder { reader, source, writers: HashMap::new(), unusable: HashMap::new(), fetches: 0 }
+    }
+
+    /// Makes sure the writer schema `id` is cached (or known unusable); `Unavailable` while the
+    /// registry cannot say.
+    pub fn ensure(&mut self, id: u32) -> Result<(), DecodeError> {
+        self.writer(id).map(|_| ()).or_else(|e| match e {
+            DecodeError::Invalid(_) => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    fn writer(&mut self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+        if let Some(s) = self.writers.get(&id) {
+            return Ok(s.clone());
+        }
+        if let Some((reason, since)) = self.unusable.get(&id) {
+            if since.map_or(true, |t| t.elapsed() < NOT_FOUND_TTL) {
+                return Err(InvalidEvent::UnknownSchema { id, reason: reason.clone() }.into());
+            }
+        }
+        self.fetches += 1;
+        let unusable = |this: &mut Self, reason: String, retry: bool| {
+            this.unusable.insert(id, (reason.clone(), retry.then(Instant::now)));
+            Err(DecodeError::Invalid(InvalidEvent::UnknownSchema { id, reason }))
+        };
+        match self.source.schema_by_id(id) {
+            Ok((_, kind)) if !kind.eq_ignore_ascii_case("AVRO") => unusable(self, format!("it is a {kind} schema, not Avro"), false),
+            Ok((text, _)) => match Schema::parse_str(&text) {
+                Ok(schema) => {
+                    let schema = Arc::new(schema);
+                    self.unusable.remove(&id);
+                    self.writers.insert(id, schema.clone());
+                    Ok(schema)
+                }
+                Err(e) => unusable(self, format!("the registry's schema does not parse: {e}"), false),
+            },
+            Err(RegistryError::NotFound(m)) => unusable(self, m, true),
+            Err(e) => Err(DecodeError::Unavailable { id, error: e.to_string() }),
+        }
+    }
+
+    /// Decodes and validates one Confluent-framed record. `key` must equal `customer_id`.
+    pub fn decode(&mut self, key: Option<&[u8]>, payload: &[u8], check: &Validation) -> Result<Event<'static>, DecodeError> {
+        let (id, body) = unframe(payload)?;
+        let writer = self.writer(id)?;
+        let mut rest = body;
+        let value = apache_avro::from_avro_datum(&writer, &mut rest, None)
+            .map_err(|e| InvalidEvent::NotAvro(format!("the body does not decode with writer schema id {id}: {e}")))?;
+        if !rest.is_empty() {
+            return Err(InvalidEvent::NotAvro(format!("{} bytes left after the body written with schema id {id}", rest.len())).into());
+        }
+        let value = value.resolve(&self.reader).map_err(|e| InvalidEvent::IncompatibleSchema { id, reason: e.to_string() })?;
+        Ok(event::validate(fields(value)?, key, check)?)
+    }
+}
+
+/// Reads the contract's fields out of a value resolved against the reader schema.
+fn fields(value: Value) -> Result<Fields<'static>, InvalidEvent> {
+    let Value::Record(record) = value else {
+        return Err(InvalidEvent::NotAvro("not a record".into()));
+    };
+    let mut f = Fields::default();
+    for (name, v) in record {
+        let v = match v {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        };
+        let text = |v: Value| -> Result<Option<Cow<'static, str>>, InvalidEvent> {
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) | Value::Enum(_, s) => Ok(Some(Cow::Owned(s))),
+                other => Err(InvalidEvent::InvalidField { field: name.clone(), reason: format!("unexpected Avro value {other:?}") }),
+            }
+        };
+        let long = |v: &Value| match v {
+            Value::Long(n) | Value::TimestampMillis(n) => Some(*n),
+            Value::Int(n) => Some(*n as i64),
+            _ => None,
+        };
+        match name.as_str() {
+            "event_id" => f.event_id = text(v)?,
+            "customer_id" => f.customer_id = text(v)?,
+            "event_type" => f.event_type = text(v)?,
+            "channel" => f.channel = text(v)?,
+            "campaign" => f.campaign = text(v)?,
+            "session_id" => f.session_id = text(v)?,
+            "currency" => f.currency = text(v)?,
+            "product_id" => f.product_id = text(v)?,
+            "ts" => f.ts = long(&v),
+            "quantity" => f.quantity = long(&v),
+            "value" => {
+                f.value = match v {
+                    Value::Double(d) => Some(d),
+                    Value::Float(d) => Some(d as f64),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+/// An Avro output subject: its schema and the id the registry gave it.
+#[derive(Debug, Clone)]
+pub struct AvroTarget {
+    pub subject: String,
+    pub id: u32,
+    pub schema: Arc<Schema>,
+}
+
+/// How one output topic is written.
+#[derive(Debug, Clone)]
+pub enum OutputCodec {
+    /// JSON values, UTF-8 keys.
+    Json,
+    /// Confluent-framed Avro values; keys Avro strings when `key` is set, else UTF-8.
+    Avro { value: AvroTarget, key: Option<AvroTarget> },
+}
+
+impl OutputCodec {
+    /// Appends the encoded value of `record` to `buf`.
+    pub fn encode_value<T: Serialize>(&self, record: &T, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            OutputCodec::Json => serde_json::to_writer(buf, record).map_err(|e| e.to_string()),
+            OutputCodec::Avro { value, .. } => encode(record, value, buf),
+        }
+    }
+
+    /// Appends the encoded key to `buf`.
+    pub fn encode_key(&self, key: &str, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            OutputCodec::Avro { key: Some(target), .. } => encode(&key, target, buf),
+            _ => {
+                buf.extend_from_slice(key.as_bytes());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serde -> Avro value -> resolved against the target schema -> framed Avro binary.
+pub fn encode<T: Serialize + ?Sized>(record: &T, target: &AvroTarget, buf: &mut Vec<u8>) -> Result<(), String> {
+    let value = apache_avro::to_value(record).map_err(|e| format!("{}: {e}", target.subject))?;
+    let value = value.resolve(&target.schema).map_err(|e| format!("record does not fit the schema of {}: {e}", target.subject))?;
+    let body = apache_avro::to_avro_datum(&target.schema, value).map_err(|e| format!("{}: {e}", target.subject))?;
+    frame(target.id, &body, buf);
+    Ok(())
+}
+
+/// The codecs of the output topics that can be Avro.
+#[derive(Debug, Clone)]
+pub struct OutputCodecs {
+    pub conversions: OutputCodec,
+    pub channels: OutputCodec,
+    pub alerts: OutputCodec,
+}
+
+impl OutputCodecs {
+    pub fn json() -> OutputCodecs {
+        OutputCodecs { conversions: OutputCodec::Json, channels: OutputCodec::Json, alerts: OutputCodec::Json }
+    }
+
+    /// Registers (or, without `registry.auto_register`, looks up) the schema of every Avro output
+    /// topic under `<topic>-value` (and `<topic>-key` for Avro keys). Waits with backoff while the
+    /// registry is unavailable (until `stop` is set); an incompatible or refused schema is an error
+    /// that says which subject and why.
+    pub fn prepare(
+        cfg: &crate::config::Config,
+        client: Option<&crate::registry::RegistryClient>,
+        stop: &std::sync::atomic::AtomicBool,
+        health: &crate::http::Health,
+        telemetry: &crate::telemetry::Telemetry,
+    ) -> Result<OutputCodecs, String> {
+        use crate::config::{KeyFormat, OutputFormat};
+        let mut backoff = crate::registry::Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration());
+        let mut codec = |format: OutputFormat, topic: &str, file: &str, text: &str| -> Result<OutputCodec, String> {
+            if format == OutputFormat::Json {
+                return Ok(OutputCodec::Json);
+            }
+            let client = client.ok_or("config key `registry.url`: an avro output needs the schema registry")?;
+            let value = register(client, cfg.registry.auto_register, &format!("{topic}-value"), file, text, stop, health, telemetry, &mut backoff)?;
+            let key = match cfg.formats.keys {
+                KeyFormat::String => None,
+                KeyFormat::Avro => Some(register(client, cfg.registry.auto_register, &format!("{topic}-key"), "the string key schema", STRING_KEY_SCHEMA, stop, health, telemetry, &mut backoff)?),
+            };
+            Ok(OutputCodec::Avro { value, key })
+        };
+        let f = &cfg.formats;
+        let t = &cfg.topics;
+        Ok(OutputCodecs {
+            conversions: codec(f.conversions, &t.conversions, "schemas/attribution_conversion.avsc", CONVERSION_SCHEMA)?,
+            channels: codec(f.channels, &t.channels, "schemas/attribution_channel_window.avsc", CHANNEL_WINDOW_SCHEMA)?,
+            alerts: codec(f.alerts, &t.alerts, "schemas/cart_abandonment_alert.avsc", ALERT_SCHEMA)?,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn register(
+    client: &crate::registry::RegistryClient,
+    auto_register: bool,
+    subject: &str,
+    file: &str,
+    text: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    health: &crate::http::Health,
+    telemetry: &crate::telemetry::Telemetry,
+    backoff: &mut crate::registry::Backoff,
+) -> Result<AvroTarget, String> {
+    use std::sync::atomic::Ordering;
+    let schema = Arc::new(Schema::parse_str(text).map_err(|e| format!("{file} does not parse: {e}"))?);
+    loop {
+        let result = if auto_register { client.register(subject, text) } else { client.lookup(subject, text) };
+        match result {
+            Ok(id) => {
+                health.set_registry_down(false);
+                telemetry.registry_up();
+                backoff.reset();
+                tracing::info!(%subject, id, registered = auto_register, "output schema ready");
+                return Ok(AvroTarget { subject: subject.to_string(), id, schema });
+            }
+            Err(RegistryError::Unavailable(e)) => {
+                health.set_registry_down(true);
+                let delay = backoff.next_delay();
+                telemetry.registry_unavailable(&e, 0, delay);
+                let until = Instant::now() + delay;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Acquire) {
+                        return Err(format!("stopped while waiting for the schema registry to register {subject}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50).min(delay));
+                }
+            }
+            Err(RegistryError::Rejected { status: 409, message }) => {
+                return Err(format!(
+                    "the schema registry rejected {file} as a new version of subject `{subject}`: it is incompatible with \
+                     the versions already registered there ({message}). The schemas in schemas/ must evolve compatibly \
+                     (README, \"Schema evolution\"); fix the schema, or the subject's compatibility setting"
+                ))
+            }
+            Err(RegistryError::Rejected { status, message }) => {
+                return Err(format!("the schema registry refused {file} for subject `{subject}` (HTTP {status}): {message}"))
+            }
+            Err(RegistryError::NotFound(m)) => {
+                return Err(format!(
+                    "{file} is not registered under subject `{subject}` and registry.auto_register is false: {m}"
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Channel, EventType};
+
+    const NOW: i64 = 1_767_225_600_000;
+    const CHECK: Validation = Validation { now: NOW, max_future_skew_ms: 3_600_000 };
+
+    /// Schemas by id, as a registry would serve them; ids absent are "not found", id 666 is down.
+    struct Fixed(HashMap<u32, String>);
+    impl SchemaSource for Fixed {
+        fn schema_by_id(&self, id: u32) -> Result<(String, String), RegistryError> {
+            if id == 666 {
+                return Err(RegistryError::Unavailable("connection refused".into()));
+            }
+            self.0.get(&id).map(|s| (s.clone(), "AVRO".into())).ok_or_else(|| RegistryError::NotFound(format!("schema id {id}")))
+        }
+    }
+
+    /// An older producer: no session_id/properties, fields reordered, a field we no longer have.
+    const OLD: &str = r#"{"type":"record","name":"JourneyEvent","namespace":"io.touchstream.v1","fields":[
+        {"name":"customer_id","type":"string"},
+        {"name":"event_id","type":"string"},
+        {"name":"event_type","type":{"type":"enum","name":"EventType","symbols":["impression","click","page_view","purchase"]}},
+        {"name":"ts","type":"long"},
+        {"name":"legacy_score","type":"int","default":0},
+        {"name":"channel","type":["null",{"type":"enum","name":"Channel","symbols":["paid_search","email","display"]}],"default":null},
+        {"name":"value","type":["null","float"],"default":null}]}"#;
+    /// A newer producer: a new optional field and new enum symbols (resolved to `other`).
+    const NEW: &str = r#"{"type":"record","name":"JourneyEvent","namespace":"io.touchstream.v1","fields":[
+        {"name":"event_id","type":"string"},
+        {"name":"customer_id","type":"string"},
+        {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"event_type","type":{"type":"enum","name":"EventType","symbols":["impression","click","purchase","wishlist_add","other"],"default":"other"}},
+        {"name":"channel","type":["null",{"type":"enum","name":"Channel","symbols":["paid_search","email","tiktok","other"],"default":"other"}],"default":null},
+        {"name":"device","type":["null","string"],"default":null},
+        {"name":"campaign","type":["null","string"],"default":null},
+        {"name":"value","type":["null","double"],"default":null},
+        {"name":"quantity","type":["null","int"],"default":null}]}"#;
+    /// Incompatible: no event_id at all (required by us, no default).
+    const NO_ID: &str = r#"{"type":"record","name":"JourneyEvent","fields":[
+        {"name":"customer_id","type":"string"},{"name":"ts","type":"long"},{"name":"event_type","type":"string"}]}"#;
+
+    fn decoder() -> AvroDecoder {
+        let map = [(1, JOURNEY_EVENT_SCHEMA), (2, OLD), (3, NEW), (4, NO_ID), (5, "{not a schema")]
+            .into_iter()
+            .map(|(i, s)| (i, s.to_string()))
+            .collect();
+        AvroDecoder::new(Box::new(Fixed(map)))
+    }
+
+    fn encode_with(id: u32, schema: &str, fields: Vec<(&str, Value)>) -> Vec<u8> {
+        let schema = Schema::parse_str(schema).unwrap();
+        let mut record = apache_avro::types::Record::new(&schema).unwrap();
+        for (k, v) in fields {
+            record.put(k, v);
+        }
+        let body = apache_avro::to_avro_datum(&schema, record).unwrap();
+        let mut out = Vec::new();
+        frame(id, &body, &mut out);
+        out
+    }
+
+    fn enum_(i: u32, s: &str) -> Value {
+        Value::Enum(i, s.into())
+    }
+    fn some(i: u32, v: Value) -> Value {
+        Value::Union(i, Box::new(v))
+    }
+    fn null() -> Value {
+        Value::Union(0, Box::new(Value::Null))
+    }
+
+    fn current(id: &str, customer: &str, ts: i64, etype: (u32, &str), channel: Value) -> Vec<u8> {
+        encode_with(
+            1,
+            JOURNEY_EVENT_SCHEMA,
+            vec![
+                ("event_id", id.into()),
+                ("customer_id", customer.into()),
+                ("ts", Value::TimestampMillis(ts)),
+                ("event_type", enum_(etype.0, etype.1)),
+                ("channel", channel),
+                ("campaign", some(1, "brand".into())),
+                ("session_id", null()),
+                ("value", null()),
+                ("currency", null()),
+                ("product_id", null()),
+                ("quantity", some(1, Value::Int(2))),
+                ("properties", some(1, Value::Map([("device".to_string(), Value::String("ios".into()))].into()))),
+            ],
+        )
+    }
+
+    #[test]
+    fn decodes_our_own_schema() {
+        let mut d = decoder();
+        let e = d.decode(Some(b"c1"), &current("e1", "c1", 1000, (1, "click"), some(1, enum_(4, "email"))), &CHECK).unwrap();
+        assert_eq!((e.event_id.as_ref(), e.customer_id.as_ref(), e.ts), ("e1", "c1", 1000));
+        assert_eq!((e.event_type, e.channel), (EventType::Click, Some(Channel::Email)));
+        assert_eq!((e.campaign.as_deref(), e.quantity, e.value), (Some("brand"), Some(2), None));
+        // cached: a second record costs no fetch
+        d.decode(Some(b"c1"), &current("e2", "c1", 1001, (10, "purchase"), null()), &CHECK).unwrap();
+        assert_eq!(d.fetches, 1);
+    }
+
+    #[test]
+    fn resolves_older_and_newer_writer_schemas() {
+        let mut d = decoder();
+        let old = encode_with(
+            2,
+            OLD,
+            vec![
+                ("customer_id", "c1".into()),
+                ("event_id", "o1".into()),
+                ("event_type", enum_(3, "purchase")),
+                ("ts", Value::Long(5000)),
+                ("legacy_score", Value::Int(9)),
+                ("channel", null()),
+                ("value", some(1, Value::Float(12.5))),
+            ],
+        );
+        let e = d.decode(Some(b"c1"), &old, &CHECK).unwrap();
+        assert_eq!((e.event_id.as_ref(), e.ts, e.event_type, e.value), ("o1", 5000, EventType::Purchase, Some(12.5)));
+        assert_eq!((e.session_id, e.campaign, e.quantity), (None, None, None));
+
+        let new = encode_with(
+            3,
+            NEW,
+            vec![
+                ("event_id", "n1".into()),
+                ("customer_id", "c1".into()),
+                ("ts", Value::TimestampMillis(6000)),
+                ("event_type", enum_(1, "click")),
+                ("channel", some(1, enum_(2, "tiktok"))),
+                ("device", some(1, "android".into())),
+                ("campaign", some(1, "launch".into())),
+                ("value", null()),
+                ("quantity", null()),
+            ],
+        );
+        let e = d.decode(Some(b"c1"), &new, &CHECK).unwrap();
+        assert_eq!((e.event_type, e.channel, e.campaign.as_deref()), (EventType::Click, Some(Channel::Other), Some("launch")));
+        let wish = encode_with(
+            3,
+            NEW,
+            vec![
+                ("event_id", "n2".into()),
+                ("customer_id", "c1".into()),
+                ("ts", Value::TimestampMillis(6001)),
+                ("event_type", enum_(3, "wishlist_add")),
+                ("channel", null()),
+                ("device", null()),
+                ("campaign", null()),
+                ("value", null()),
+                ("quantity", null()),
+            ],
+        );
+        assert_eq!(d.decode(Some(b"c1"), &wish, &CHECK).unwrap().event_type, EventType::Other);
+    }
+
+    #[test]
+    fn bad_records_are_invalid_with_a_reason_and_an_outage_is_not() {
+        let mut d = decoder();
+        let kind = |r: Result<Event<'static>, DecodeError>| match r {
+            Err(DecodeError::Invalid(e)) => e.kind(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind(d.decode(Some(b"c1"), br#"{"event_id":"e"}"#, &CHECK)), "not_avro");
+        assert_eq!(kind(d.decode(Some(b"c1"), &[0, 0, 1], &CHECK)), "not_avro");
+        let good = current("e1", "c1", 1000, (1, "click"), some(1, enum_(4, "email")));
+        assert_eq!(kind(d.decode(Some(b"c1"), &good[..good.len() - 3], &CHECK)), "not_avro");
+        let mut unknown = good.clone();
+        unknown[1..5].copy_from_slice(&99u32.to_be_bytes());
+        assert_eq!(kind(d.decode(Some(b"c1"), &unknown, &CHECK)), "unknown_schema");
+        let mut broken = good.clone();
+        broken[1..5].copy_from_slice(&5u32.to_be_bytes());
+        assert_eq!(kind(d.decode(Some(b"c1"), &broken, &CHECK)), "unknown_schema");
+        let no_id = encode_with(4, NO_ID, vec![("customer_id", "c1".into()), ("ts", Value::Long(1)), ("event_type", "click".into())]);
+        let r = d.decode(Some(b"c1"), &no_id, &CHECK);
+        assert!(matches!(&r, Err(DecodeError::Invalid(InvalidEvent::IncompatibleSchema { id: 4, reason })) if reason.contains("event_id")), "{r:?}");
+        // the same validation as JSON
+        assert_eq!(kind(d.decode(Some(b"c2"), &good, &CHECK)), "key_mismatch");
+        assert_eq!(kind(d.decode(Some(b"c1"), &current("e1", "c1", 1000, (1, "click"), null()), &CHECK)), "missing_field");
+        // registry down: not the record's fault
+        let mut down = good.clone();
+        down[1..5].copy_from_slice(&666u32.to_be_bytes());
+        assert!(matches!(d.decode(Some(b"c1"), &down, &CHECK), Err(DecodeError::Unavailable { id: 666, .. })));
+        assert!(matches!(d.ensure(666), Err(DecodeError::Unavailable { .. })));
+        assert!(d.ensure(99).is_ok(), "known unusable ids need no registry");
+    }
+
+    #[test]
+    fn outputs_round_trip_through_their_schemas() {
+        use crate::output::{CreditedTouchpoint, ConversionRecord};
+        let schema = Arc::new(Schema::parse_str(CONVERSION_SCHEMA).unwrap());
+        let target = AvroTarget { subject: "conversions-value".into(), id: 42, schema: schema.clone() };
+        let key = AvroTarget { subject: "conversions-key".into(), id: 43, schema: Arc::new(Schema::parse_str(STRING_KEY_SCHEMA).unwrap()) };
+        let codec = OutputCodec::Avro { value: target, key: Some(key) };
+        let rec = ConversionRecord {
+            conversion_id: "p1".into(),
+            customer_id: "c1".into(),
+            conversion_ts: 9000,
+            conversion_value: 70.0,
+            currency: Some("EUR".into()),
+            touchpoints: vec![CreditedTouchpoint {
+                event_id: None,
+                channel: Channel::Direct,
+                campaign: None,
+                ts: 9000,
+                event_type: "none",
+                time_decay: 1.0,
+                last_touch: 1.0,
+                first_touch: 1.0,
+                linear: 1.0,
+                position_based: 1.0,
+                deep: None,
+            }],
+        };
+        let mut buf = Vec::new();
+        codec.encode_value(&rec, &mut buf).unwrap();
+        let (id, mut body) = unframe(&buf).unwrap();
+        assert_eq!(id, 42);
+        let back = apache_avro::from_avro_datum(&schema, &mut body, None).unwrap();
+        let json: serde_json::Value = apache_avro::from_value(&back).unwrap();
+        assert_eq!(json["conversion_id"], "p1");
+        assert_eq!(json["touchpoints"][0]["channel"], "direct");
+        let mut k = Vec::new();
+        codec.encode_key("c1", &mut k).unwrap();
+        assert_eq!(k, [0, 0, 0, 0, 43, 4, b'c', b'1']);
+        let mut j = Vec::new();
+        OutputCodec::Json.encode_key("c1", &mut j).unwrap();
+        assert_eq!(j, b"c1");
+    }
+}
