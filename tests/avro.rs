@@ -320,6 +320,41 @@ fn a_registry_outage_pauses_consumption_and_nothing_is_lost() {
 }
 
 #[test]
+fn the_start_waits_for_an_unavailable_registry_and_says_so() {
+    let topics = Topics::new("avro-start");
+    create_topic(&topics.events, 1);
+    let url = registry_url();
+    let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let path = url.trim_start_matches("http://").splitn(2, '/').nth(1).unwrap().to_string();
+    let up = Arc::new(AtomicBool::new(false));
+    let proxy = switchable_proxy(hostport, up.clone());
+    let http = free_addr();
+    let mut settings = avro_settings(&format!("http://{proxy}/{path}"));
+    settings.extend([
+        ("registry.retry_min", "100ms".to_string()),
+        ("registry.retry_max", "500ms".to_string()),
+        ("http.enabled", "true".to_string()),
+        ("http.listen", http.clone()),
+    ]);
+    let proc = start(&topics, &settings);
+    wait_for("not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
+    assert_eq!(metric(&http, "touchstream_registry_available"), Some(0.0));
+    let t = now_ms() - DAY;
+    let p = producer();
+    send_raw(&p, &topics.events, 0, Some(b"eve"), event("e1", "eve", t, "purchase", r#","value":5.0"#).as_bytes(), None);
+    flush(&p);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(proc.log().contains("schema registry unavailable"), "{}", proc.log());
+    up.store(true, Ordering::Release);
+    wait_for("ready", Duration::from_secs(60), || get(&http, "/readyz").0 == 200);
+    let conversions = read_until(&topics.conversions, Duration::from_secs(60), |r| !r.is_empty());
+    assert_eq!(conversions.len(), 1, "{}", proc.log());
+    assert_eq!(decode_output(&conversions[0].payload).1["conversion_id"], "e1");
+    let (status, _) = proc.stop();
+    assert!(status.success());
+}
+
+#[test]
 fn an_incompatible_output_schema_stops_the_start_with_a_clear_message() {
     let topics = Topics::new("avro-incompatible");
     create_topic(&topics.events, 1);

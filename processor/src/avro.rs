@@ -568,4 +568,35 @@ mod tests {
         OutputCodec::Json.encode_key("c1", &mut j).unwrap();
         assert_eq!(j, b"c1");
     }
+
+    #[test]
+    fn schemas_evolve_compatibly_from_every_released_version() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas");
+        let current = [
+            ("journey_event.avsc", JOURNEY_EVENT_SCHEMA),
+            ("attribution_conversion.avsc", CONVERSION_SCHEMA),
+            ("attribution_channel_window.avsc", CHANNEL_WINDOW_SCHEMA),
+            ("cart_abandonment_alert.avsc", ALERT_SCHEMA),
+        ];
+        let mut checked = 0;
+        for release in std::fs::read_dir(format!("{root}/released")).unwrap() {
+            let dir = release.unwrap().path();
+            for (file, text) in current {
+                let Ok(old) = std::fs::read_to_string(dir.join(file)) else { continue };
+                let old = Schema::parse_str(&old).unwrap();
+                let new = Schema::parse_str(text).unwrap();
+                let at = dir.display();
+                SchemaCompatibility::can_read(&old, &new).unwrap_or_else(|e| panic!("{file} cannot read {at}/{file}: {e}"));
+                SchemaCompatibility::can_read(&new, &old).unwrap_or_else(|e| panic!("{at}/{file} cannot read {file}: {e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "no released schemas found under {root}/released");
+        // and the check does catch a breaking change
+        let broken = CONVERSION_SCHEMA.replace(r#"{"name": "conversion_value", "type": "double"},"#, r#"{"name": "conversion_value", "type": "string"},"#);
+        assert_ne!(broken, CONVERSION_SCHEMA);
+        let (a, b) = (Schema::parse_str(CONVERSION_SCHEMA).unwrap(), Schema::parse_str(&broken).unwrap());
+        assert!(SchemaCompatibility::can_read(&a, &b).is_err());
+    }
 }
