@@ -246,10 +246,16 @@ fn metric(addr: &str, name: &str) -> Option<f64> {
 }
 
 #[track_caller]
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_logged(None, what, timeout, cond)
+}
+
+/// `wait_for`, showing the processor's log on a timeout.
+#[track_caller]
+fn wait_logged(proc: Option<&Processor>, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", proc.map(|p| p.log()).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -295,7 +301,7 @@ fn a_registry_outage_pauses_consumption_and_nothing_is_lost() {
     dave(NEW, new, json!({"event_id":"d2","customer_id":"dave","ts":t + HOUR,"event_type":"click","channel":"tiktok","device":null,"campaign":null,"value":null}));
     dave(NEW, new, json!({"event_id":"d3","customer_id":"dave","ts":t + 2 * HOUR,"event_type":"purchase","channel":null,"device":null,"campaign":null,"value":20.0}));
     flush(&p);
-    wait_for("not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
+    wait_logged(Some(&proc), "not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
     assert_eq!(metric(&http, "touchstream_registry_available"), Some(0.0));
     assert_eq!(metric(&http, "touchstream_registry_paused_partitions"), Some(1.0));
     std::thread::sleep(Duration::from_secs(3));
@@ -337,7 +343,7 @@ fn the_start_waits_for_an_unavailable_registry_and_says_so() {
         ("http.listen", http.clone()),
     ]);
     let proc = start(&topics, &settings);
-    wait_for("not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
+    wait_logged(Some(&proc), "not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
     assert_eq!(metric(&http, "touchstream_registry_available"), Some(0.0));
     let t = now_ms() - DAY;
     let p = producer();
@@ -346,7 +352,7 @@ fn the_start_waits_for_an_unavailable_registry_and_says_so() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(proc.log().contains("schema registry unavailable"), "{}", proc.log());
     up.store(true, Ordering::Release);
-    wait_for("ready", Duration::from_secs(60), || get(&http, "/readyz").0 == 200);
+    wait_logged(Some(&proc), "ready", Duration::from_secs(60), || get(&http, "/readyz").0 == 200);
     let conversions = read_until(&topics.conversions, Duration::from_secs(60), |r| !r.is_empty());
     assert_eq!(conversions.len(), 1, "{}", proc.log());
     assert_eq!(decode_output(&conversions[0].payload).1["conversion_id"], "e1");
