@@ -306,6 +306,28 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_that_cannot_be_used_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("touchstream-registry-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let mut cfg = Config::defaults().registry;
+        cfg.url = "https://registry:8081".into();
+        cfg.ca_file = dir.join("missing.pem").display().to_string();
+        assert!(RegistryClient::new(&cfg).unwrap_err().contains("registry.ca_file"));
+        cfg.ca_file = not_pem.display().to_string();
+        assert!(RegistryClient::new(&cfg).unwrap_err().contains("registry.ca_file"));
+        cfg.ca_file.clear();
+        cfg.cert_file = not_pem.display().to_string();
+        cfg.key_file = not_pem.display().to_string();
+        assert!(RegistryClient::new(&cfg).unwrap_err().contains("registry.cert_file"));
+        cfg.cert_file.clear();
+        cfg.key_file.clear();
+        assert!(RegistryClient::new(&cfg).is_ok(), "https with the built-in roots");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_max() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let got: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
