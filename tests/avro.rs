@@ -199,16 +199,20 @@ fn avro_and_json_input_resolved_against_our_schema_and_avro_outputs() {
     assert!(status.success());
 }
 
-/// Forwards TCP connections to `target` while `up` is set; otherwise accepts and drops them
-/// (a registry that is down).
-fn switchable_proxy(target: String, up: Arc<AtomicBool>) -> String {
+/// Forwards TCP connections to `target` while `up` is set. Otherwise it plays a registry that is
+/// down (new connections dropped) or, with `stall` set, one that is too slow (new connections
+/// accepted and never answered); kept-alive connections are cut at their next request.
+fn switchable_proxy(target: String, up: Arc<AtomicBool>, stall: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
+        let mut stalled = Vec::new();
         for conn in listener.incoming() {
             let Ok(client) = conn else { continue };
             if !up.load(Ordering::Acquire) {
-                drop(client);
+                if stall {
+                    stalled.push(client);
+                }
                 continue;
             }
             let Ok(server) = TcpStream::connect(&target) else { continue };
@@ -261,14 +265,14 @@ fn wait_logged(proc: Option<&Processor>, what: &str, timeout: Duration, mut cond
 }
 
 #[test]
-fn a_registry_outage_pauses_consumption_and_nothing_is_lost() {
+fn a_registry_too_slow_to_answer_pauses_consumption_and_nothing_is_lost() {
     let topics = Topics::new("avro-outage");
     create_topic(&topics.events, 1);
     let url = registry_url();
     let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let path = url.trim_start_matches("http://").splitn(2, '/').nth(1).unwrap().to_string();
     let up = Arc::new(AtomicBool::new(true));
-    let proxy = switchable_proxy(hostport, up.clone());
+    let proxy = switchable_proxy(hostport, up.clone(), true);
     let reg = registry();
     let subject = format!("{}-value", topics.events);
     let current = reg.register(&subject, JOURNEY_EVENT_SCHEMA).unwrap();
@@ -284,7 +288,7 @@ fn a_registry_outage_pauses_consumption_and_nothing_is_lost() {
         ("registry.url", format!("http://{proxy}/{path}")),
         ("registry.retry_min", "100ms".to_string()),
         ("registry.retry_max", "500ms".to_string()),
-        ("registry.timeout", "2s".to_string()),
+        ("registry.timeout", "1s".to_string()),
         ("formats.events", "avro".to_string()),
         ("http.enabled", "true".to_string()),
         ("http.listen", http.clone()),
@@ -295,7 +299,8 @@ fn a_registry_outage_pauses_consumption_and_nothing_is_lost() {
     wait_for("ready", Duration::from_secs(60), || get(&http, "/readyz").0 == 200);
     wait_for("d1 consumed", Duration::from_secs(60), || committed_offsets(&topics.group, &topics.events, &[0]) == [(0, 1)]);
 
-    // The registry goes down; a producer starts writing with a schema we have not seen.
+    // The registry becomes too slow to answer (registry.timeout); a producer starts writing with
+    // a schema we have not seen.
     up.store(false, Ordering::Release);
     let new = reg.register(&subject, NEW).unwrap();
     dave(NEW, new, json!({"event_id":"d2","customer_id":"dave","ts":t + HOUR,"event_type":"click","channel":"tiktok","device":null,"campaign":null,"value":null}));
@@ -333,7 +338,7 @@ fn the_start_waits_for_an_unavailable_registry_and_says_so() {
     let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let path = url.trim_start_matches("http://").splitn(2, '/').nth(1).unwrap().to_string();
     let up = Arc::new(AtomicBool::new(false));
-    let proxy = switchable_proxy(hostport, up.clone());
+    let proxy = switchable_proxy(hostport, up.clone(), false);
     let http = free_addr();
     let mut settings = avro_settings(&format!("http://{proxy}/{path}"));
     settings.extend([

@@ -164,7 +164,7 @@ impl Telemetry {
         self.registry_errors.increment(1);
         self.registry_available.set(0.0);
         self.registry_paused.set(paused as f64);
-        tracing::warn!(%error, paused_partitions = paused, retry_in_ms = retry_in.as_millis() as u64, "schema registry unavailable; consumption paused where it is needed");
+        tracing::warn!(%error, paused_partitions = paused, retry_in_ms = retry_in.as_millis() as u64, "schema registry unavailable; retrying with backoff (input partitions that need it wait, paused)");
     }
 
     pub fn registry_recovered(&self, resumed: usize) {
