@@ -127,9 +127,13 @@ fn avro_and_json_input_resolved_against_our_schema_and_avro_outputs() {
 
     let p = producer();
     let alice = |payload: Vec<u8>| send_raw(&p, &topics.events, 0, Some(b"alice"), &payload, None);
-    alice(avro_event(JOURNEY_EVENT_SCHEMA, current, json!({"event_id":"a1","customer_id":"alice","ts":t,"event_type":"impression",
+    // a1 with its key as Confluent's serializer writes an Avro string key
+    let key_id = reg.register(&format!("{}-key", topics.events), r#""string""#).unwrap();
+    let mut avro_key = Vec::new();
+    frame(key_id, &apache_avro::to_avro_datum(&Schema::String, Value::String("alice".into())).unwrap(), &mut avro_key);
+    send_raw(&p, &topics.events, 0, Some(&avro_key), &avro_event(JOURNEY_EVENT_SCHEMA, current, json!({"event_id":"a1","customer_id":"alice","ts":t,"event_type":"impression",
         "channel":"email","campaign":"spring","session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,
-        "properties":{"device":"ios"}})));
+        "properties":{"device":"ios"}})), None);
     alice(avro_event(OLD, old, json!({"customer_id":"alice","event_id":"a2","ts":t + HOUR,"event_type":"click","channel":"paid_search","legacy_score":3,"value":null})));
     alice(avro_event(NEW, new, json!({"event_id":"a3","customer_id":"alice","ts":t + 2 * HOUR,"event_type":"click","channel":"tiktok","device":"android","campaign":"launch","value":null})));
     // auto: anything without the magic byte is JSON

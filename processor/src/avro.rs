@@ -154,6 +154,51 @@ impl AvroDecoder {
     }
 }
 
+/// Decodes one input record in the configured format: JSON, registry Avro, or (auto) Avro when the
+/// value starts with the magic byte. With the avro and auto formats a key in the Confluent framing
+/// (an Avro `string`, as Confluent's serializer writes keys) is read as the customer id; plain
+/// UTF-8 keys work in every format.
+pub fn decode_input<'a>(
+    format: crate::config::InputFormat,
+    avro: Option<&mut AvroDecoder>,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    check: &Validation,
+) -> Result<Event<'a>, DecodeError> {
+    use crate::config::InputFormat;
+    let Some(decoder) = avro.filter(|_| format != InputFormat::Json) else {
+        return event::decode(key, payload, check).map_err(DecodeError::Invalid);
+    };
+    let key = match key {
+        Some(k) if k.first() == Some(&MAGIC) => Some(decoder.key(k)?),
+        other => other,
+    };
+    if format == InputFormat::Avro || payload.first() == Some(&MAGIC) {
+        decoder.decode(key, payload, check)
+    } else {
+        event::decode(key, payload, check).map_err(DecodeError::Invalid)
+    }
+}
+
+impl AvroDecoder {
+    /// The string inside a Confluent-framed Avro key whose writer schema is `string`.
+    pub fn key<'k>(&mut self, key: &'k [u8]) -> Result<&'k [u8], DecodeError> {
+        let (id, body) = unframe(key).map_err(|e| InvalidEvent::NotAvro(format!("key: {e}")))?;
+        let writer = self.writer(id)?;
+        if !matches!(writer.schema, Schema::String | Schema::Uuid) {
+            return Err(InvalidEvent::IncompatibleSchema { id, reason: "the key's schema is not an Avro string".into() }.into());
+        }
+        let mut c = Cursor { buf: body, pos: 0 };
+        let bad = |e: String| InvalidEvent::NotAvro(format!("key with schema id {id}: {e}"));
+        let n = c.len().map_err(bad)?;
+        let text = c.take(n).map_err(bad)?;
+        if c.pos != body.len() {
+            return Err(bad(format!("{} bytes left after the string", body.len() - c.pos)).into());
+        }
+        Ok(text)
+    }
+}
+
 /// A cached writer schema and its decoding plan.
 struct Writer {
     schema: Schema,
@@ -1084,5 +1129,31 @@ mod tests {
         // click without a channel: decoded (by the general path), then rejected by validation
         assert_eq!(d.decode(Some(b"c1"), &payload, &CHECK), Err(DecodeError::Invalid(InvalidEvent::MissingField("channel"))));
         assert!(matches!(d.writers[&7].plan, Err(PlanError::Unsupported(_))));
+    }
+
+    #[test]
+    fn framed_avro_string_keys_are_read_as_the_customer_id() {
+        use crate::config::InputFormat;
+        let mut map: HashMap<u32, String> = HashMap::new();
+        map.insert(1, JOURNEY_EVENT_SCHEMA.to_string());
+        map.insert(8, STRING_KEY_SCHEMA.to_string());
+        let mut d = AvroDecoder::new(Box::new(Fixed(map)));
+        let key = [0, 0, 0, 0, 8, 4, b'c', b'1'];
+        let value = current("e1", "c1", 1000, (1, "click"), some(1, enum_(4, "email")));
+        let json = br#"{"event_id":"e2","customer_id":"c1","ts":1000,"event_type":"page_view"}"#;
+        for (format, payload) in [(InputFormat::Avro, &value[..]), (InputFormat::Auto, &value[..]), (InputFormat::Auto, &json[..])] {
+            let e = decode_input(format, Some(&mut d), Some(&key), payload, &CHECK).unwrap();
+            assert_eq!(e.customer_id, "c1");
+            let e = decode_input(format, Some(&mut d), Some(b"c1"), payload, &CHECK).unwrap();
+            assert_eq!(e.customer_id, "c1", "plain keys still work");
+        }
+        // the json format never looks inside keys
+        let r = decode_input(InputFormat::Json, Some(&mut d), Some(&key), json, &CHECK);
+        assert!(matches!(r, Err(DecodeError::Invalid(InvalidEvent::KeyMismatch { .. }))), "{r:?}");
+        let not_a_string = [0, 0, 0, 0, 1, 4, b'c', b'1'];
+        let r = decode_input(InputFormat::Avro, Some(&mut d), Some(&not_a_string), &value, &CHECK);
+        assert!(matches!(r, Err(DecodeError::Invalid(InvalidEvent::IncompatibleSchema { id: 1, .. }))), "{r:?}");
+        let r = decode_input(InputFormat::Avro, Some(&mut d), Some(&key[..6]), &value, &CHECK);
+        assert!(matches!(r, Err(DecodeError::Invalid(InvalidEvent::NotAvro(_)))), "{r:?}");
     }
 }

@@ -20,7 +20,7 @@ use crate::avro::{AvroDecoder, DecodeError, OutputCodecs};
 use crate::changelog::{ChangelogEntry, RestoreError};
 use crate::config::{Config, Guarantee, InputFormat};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
-use crate::event::{self, Channel, InvalidEvent, Validation};
+use crate::event::{Channel, InvalidEvent, Validation};
 use crate::http::Health;
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
@@ -460,13 +460,7 @@ impl Processor {
         }
         let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
         let payload = msg.payload().unwrap_or_default();
-        let avro = |d: &mut Option<AvroDecoder>| d.as_mut().expect("an avro decoder for avro input").decode(msg.key(), payload, &check);
-        let decoded = match self.input_format {
-            InputFormat::Json => event::decode(msg.key(), payload, &check).map_err(DecodeError::Invalid),
-            InputFormat::Avro => avro(&mut self.avro),
-            InputFormat::Auto if payload.first() == Some(&crate::avro::MAGIC) => avro(&mut self.avro),
-            InputFormat::Auto => event::decode(msg.key(), payload, &check).map_err(DecodeError::Invalid),
-        };
+        let decoded = crate::avro::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check);
         if let Some(d) = &self.avro {
             if d.fetches != self.schema_fetches {
                 self.telemetry.schema_fetched(d.fetches - self.schema_fetches);
