@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: start a throwaway Kafka broker, run the whole test suite
-# against it (TOUCHSTREAM_TEST_BROKERS), and always stop the broker afterwards.
+# The project's test command: start a throwaway Kafka broker and a Confluent-compatible schema
+# registry (Apicurio, in memory), prepare the Python client of the Avro interop test, run the
+# whole test suite against them (TOUCHSTREAM_TEST_BROKERS, TOUCHSTREAM_TEST_REGISTRY,
+# TOUCHSTREAM_TEST_PYTHON), and always stop both afterwards.
 # TOUCHSTREAM_TEST_CMD overrides the test command (for debugging), e.g.
 #   TOUCHSTREAM_TEST_CMD='cargo test -p processor some_test' scripts/test.sh
 set -euo pipefail
@@ -14,15 +16,26 @@ if [[ -z ${TOUCHSTREAM_TEST_CMD:-} ]] && ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-section "Starting Kafka"
-# Stop the broker however we leave: success, failure, Ctrl-C or kill.
-trap 'section "Stopping Kafka"; bash scripts/kafka.sh stop || true' EXIT
+section "Starting Kafka and the schema registry"
+# Stop both however we leave: success, failure, Ctrl-C or kill.
+trap 'section "Stopping Kafka and the schema registry"; bash scripts/registry.sh stop || true; bash scripts/kafka.sh stop || true' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# The registry starts in the background while Kafka starts (they do not depend on each other).
+bash scripts/registry.sh start >/dev/null &
+registry_pid=$!
 bash scripts/kafka.sh start
+wait "$registry_pid" || { echo "error: the schema registry did not start" >&2; exit 1; }
 source .cache/kafka/current.env
-export TOUCHSTREAM_TEST_BROKERS
+source .cache/registry/current.env
+export TOUCHSTREAM_TEST_BROKERS TOUCHSTREAM_TEST_REGISTRY
 echo "TOUCHSTREAM_TEST_BROKERS=$TOUCHSTREAM_TEST_BROKERS"
+echo "TOUCHSTREAM_TEST_REGISTRY=$TOUCHSTREAM_TEST_REGISTRY"
+
+section "Python client of the Avro interop test"
+TOUCHSTREAM_TEST_PYTHON=$(bash scripts/interop-venv.sh)
+export TOUCHSTREAM_TEST_PYTHON
+echo "TOUCHSTREAM_TEST_PYTHON=$TOUCHSTREAM_TEST_PYTHON"
 
 section "Running: $TEST_CMD"
 status=0

@@ -1,4 +1,5 @@
-//! The per-event hot path: decoding, the partition engine, and the choice of state map.
+//! The per-event hot path: decoding (JSON and registry Avro), the partition engine, and the choice
+//! of state map.
 //! `cargo bench --bench hot_path`; results in README.md ("Benchmarks").
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, PartitionEngine};
 use touchstream::event::{decode, Event, Validation};
 use touchstream::journey::CustomerState;
+use touchstream::registry::{RegistryError, SchemaSource};
 
 const N: usize = 100_000;
 
@@ -26,6 +28,28 @@ fn stream() -> Vec<(String, Vec<u8>)> {
 
 const CHECK: Validation = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
 
+/// The registry of the benchmark: one writer schema, ours, under id 1.
+struct OneSchema;
+impl SchemaSource for OneSchema {
+    fn schema_by_id(&self, _id: u32) -> Result<(String, String), RegistryError> {
+        Ok((touchstream::avro::JOURNEY_EVENT_SCHEMA.to_string(), "AVRO".to_string()))
+    }
+}
+
+/// The same events in the Confluent wire format (schema id 1 = schemas/journey_event.avsc).
+fn avro_stream(raw: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let schema = apache_avro::Schema::parse_str(touchstream::avro::JOURNEY_EVENT_SCHEMA).unwrap();
+    raw.iter()
+        .map(|(k, j)| {
+            let json: serde_json::Value = serde_json::from_slice(j).unwrap();
+            let value = apache_avro::types::Value::from(json).resolve(&schema).unwrap();
+            let mut out = Vec::new();
+            touchstream::avro::frame(1, &apache_avro::to_avro_datum(&schema, value).unwrap(), &mut out);
+            (k.clone(), out)
+        })
+        .collect()
+}
+
 fn benches(c: &mut Criterion) {
     let raw = stream();
     let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &CHECK).unwrap()).collect();
@@ -38,6 +62,21 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for (k, j) in &raw {
                 black_box(decode(Some(k.as_bytes()), j, &CHECK).unwrap());
+            }
+        })
+    });
+
+    // Registry Avro with the schema cache warm: frame, decode with the writer schema, resolve
+    // against ours, validate.
+    let avro = avro_stream(&raw);
+    let mut decoder = touchstream::avro::AvroDecoder::new(Box::new(OneSchema));
+    for (k, a) in &avro {
+        decoder.decode(Some(k.as_bytes()), a, &CHECK).unwrap();
+    }
+    g.bench_function("decode_avro", |b| {
+        b.iter(|| {
+            for (k, a) in &avro {
+                black_box(decoder.decode(Some(k.as_bytes()), a, &CHECK).unwrap());
             }
         })
     });

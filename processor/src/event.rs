@@ -129,6 +129,12 @@ pub enum InvalidEvent {
     KeyMismatch { key: Option<String>, customer_id: String },
     #[error("ts {ts} is more than {max_skew_ms} ms ahead of the wall clock ({now})")]
     FutureTimestamp { ts: Millis, now: Millis, max_skew_ms: Millis },
+    #[error("value is not Confluent-framed Avro: {0}")]
+    NotAvro(String),
+    #[error("writer schema id {id} is unusable: {reason}")]
+    UnknownSchema { id: u32, reason: String },
+    #[error("writer schema id {id} cannot be resolved against the input schema (schemas/journey_event.avsc): {reason}")]
+    IncompatibleSchema { id: u32, reason: String },
 }
 
 impl InvalidEvent {
@@ -139,11 +145,22 @@ impl InvalidEvent {
             InvalidEvent::InvalidField { .. } => "invalid_field",
             InvalidEvent::KeyMismatch { .. } => "key_mismatch",
             InvalidEvent::FutureTimestamp { .. } => "future_timestamp",
+            InvalidEvent::NotAvro(_) => "not_avro",
+            InvalidEvent::UnknownSchema { .. } => "unknown_schema",
+            InvalidEvent::IncompatibleSchema { .. } => "incompatible_schema",
         }
     }
 
-    pub const KINDS: &'static [&'static str] =
-        &["not_json", "missing_field", "invalid_field", "key_mismatch", "future_timestamp"];
+    pub const KINDS: &'static [&'static str] = &[
+        "not_json",
+        "missing_field",
+        "invalid_field",
+        "key_mismatch",
+        "future_timestamp",
+        "not_avro",
+        "unknown_schema",
+        "incompatible_schema",
+    ];
 }
 
 /// Checks applied after decoding.
@@ -240,11 +257,47 @@ pub fn decode<'a>(key: Option<&[u8]>, payload: &'a [u8], check: &Validation) -> 
         Ok(raw) => raw,
         Err(_) => return Err(explain(payload)),
     };
-    let event_id = non_empty(raw.event_id.map(|t| t.0), "event_id")?;
-    let customer_id = non_empty(raw.customer_id.map(|t| t.0), "customer_id")?;
+    let _ = raw.properties;
+    let fields = Fields {
+        event_id: raw.event_id.map(|t| t.0),
+        customer_id: raw.customer_id.map(|t| t.0),
+        ts: raw.ts,
+        event_type: raw.event_type.map(|t| t.0),
+        channel: raw.channel.map(|t| t.0),
+        campaign: raw.campaign.map(|t| t.0),
+        session_id: raw.session_id.map(|t| t.0),
+        value: raw.value,
+        currency: raw.currency.map(|t| t.0),
+        product_id: raw.product_id.map(|t| t.0),
+        quantity: raw.quantity,
+    };
+    validate(fields, key, check)
+}
+
+/// The fields of an event as decoded from any wire format (JSON, Avro), before validation.
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    pub event_id: Option<Cow<'a, str>>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub ts: Option<i64>,
+    pub event_type: Option<Cow<'a, str>>,
+    pub channel: Option<Cow<'a, str>>,
+    pub campaign: Option<Cow<'a, str>>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub value: Option<f64>,
+    pub currency: Option<Cow<'a, str>>,
+    pub product_id: Option<Cow<'a, str>>,
+    pub quantity: Option<i64>,
+}
+
+/// The contract's checks, the same for every wire format: required fields, touchpoints carry a
+/// channel, non-negative value and quantity, key = customer_id, ts not too far in the future.
+pub fn validate<'a>(raw: Fields<'a>, key: Option<&[u8]>, check: &Validation) -> Result<Event<'a>, InvalidEvent> {
+    let event_id = non_empty(raw.event_id, "event_id")?;
+    let customer_id = non_empty(raw.customer_id, "customer_id")?;
     let ts = raw.ts.ok_or(InvalidEvent::MissingField("ts"))?;
-    let event_type = EventType::parse(&raw.event_type.ok_or(InvalidEvent::MissingField("event_type"))?.0);
-    let channel = raw.channel.as_ref().map(|c| Channel::parse(&c.0));
+    let event_type = EventType::parse(&raw.event_type.ok_or(InvalidEvent::MissingField("event_type"))?);
+    let channel = raw.channel.as_deref().map(Channel::parse);
     if event_type.is_touchpoint() && channel.is_none() {
         return Err(InvalidEvent::MissingField("channel"));
     }
@@ -258,7 +311,6 @@ pub fn decode<'a>(key: Option<&[u8]>, payload: &'a [u8], check: &Validation) -> 
             return Err(InvalidEvent::InvalidField { field: "quantity".into(), reason: format!("{q} is negative") });
         }
     }
-    let _ = raw.properties;
     if key != Some(customer_id.as_bytes()) {
         return Err(InvalidEvent::KeyMismatch {
             key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -274,11 +326,11 @@ pub fn decode<'a>(key: Option<&[u8]>, payload: &'a [u8], check: &Validation) -> 
         ts,
         event_type,
         channel,
-        campaign: raw.campaign.map(|t| t.0),
-        session_id: raw.session_id.map(|t| t.0),
+        campaign: raw.campaign,
+        session_id: raw.session_id,
         value: raw.value,
-        currency: raw.currency.map(|t| t.0),
-        product_id: raw.product_id.map(|t| t.0),
+        currency: raw.currency,
+        product_id: raw.product_id,
         quantity: raw.quantity,
     })
 }

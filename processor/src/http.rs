@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 pub struct Health {
     ready: AtomicBool,
     failed: AtomicBool,
+    /// The schema registry is needed and unavailable (consumption of the partitions that need it
+    /// is paused until it is back).
+    registry_down: AtomicBool,
 }
 
 impl Health {
@@ -20,7 +23,13 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_failed()
+        self.ready.load(Ordering::Acquire) && !self.is_failed() && !self.is_registry_down()
+    }
+    pub fn set_registry_down(&self, down: bool) {
+        self.registry_down.store(down, Ordering::Release);
+    }
+    pub fn is_registry_down(&self) -> bool {
+        self.registry_down.load(Ordering::Acquire)
     }
     pub fn set_failed(&self) {
         self.failed.store(true, Ordering::Release);
@@ -70,6 +79,7 @@ fn route(path: &str, health: &Health, metrics: Option<&PrometheusHandle>) -> (&'
         "/healthz" if health.is_failed() => ("503 Service Unavailable", "failed\n".into(), TEXT),
         "/healthz" => ("200 OK", "ok\n".into(), TEXT),
         "/readyz" if health.is_ready() => ("200 OK", "ready\n".into(), TEXT),
+        "/readyz" if health.is_registry_down() => ("503 Service Unavailable", "not ready: schema registry unavailable\n".into(), TEXT),
         "/readyz" => ("503 Service Unavailable", "not ready\n".into(), TEXT),
         "/metrics" => match metrics {
             Some(h) => ("200 OK", h.render(), "text/plain; version=0.0.4"),
@@ -89,6 +99,10 @@ mod tests {
         assert_eq!(route("/healthz", &h, None).0, "200 OK");
         assert_eq!(route("/readyz", &h, None).0, "503 Service Unavailable");
         h.set_ready(true);
+        assert_eq!(route("/readyz", &h, None).0, "200 OK");
+        h.set_registry_down(true);
+        assert_eq!(route("/readyz", &h, None), ("503 Service Unavailable", "not ready: schema registry unavailable\n".into(), "text/plain; charset=utf-8"));
+        h.set_registry_down(false);
         assert_eq!(route("/readyz", &h, None).0, "200 OK");
         h.set_failed();
         assert_eq!(route("/readyz", &h, None).0, "503 Service Unavailable");

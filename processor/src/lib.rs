@@ -5,6 +5,7 @@
 //! fires abandonment timers -> the runner ([`runner`]) writes outputs ([`output`]), then commits.
 
 pub mod attribution;
+pub mod avro;
 pub mod changelog;
 pub mod config;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod journey;
 pub mod output;
+pub mod registry;
 pub mod time;
 pub mod http;
 pub mod inference;

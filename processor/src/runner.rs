@@ -16,10 +16,11 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
+use crate::avro::{AvroDecoder, DecodeError, OutputCodecs};
 use crate::changelog::{ChangelogEntry, RestoreError};
-use crate::config::{Config, Guarantee};
+use crate::config::{Config, Guarantee, InputFormat};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
-use crate::event::{self, Channel, InvalidEvent, Validation};
+use crate::event::{Channel, InvalidEvent, Validation};
 use crate::http::Health;
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
@@ -27,6 +28,7 @@ use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
 use crate::inference::{ModelError, ModelSet};
 use crate::output::{ChannelWindowRecord, ScoreRecord};
+use crate::registry::{Backoff, RegistryClient};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
@@ -50,6 +52,10 @@ pub enum RunError {
     Fenced(String),
     #[error(transparent)]
     Models(#[from] ModelError),
+    #[error("schema registry: {0}")]
+    Registry(String),
+    #[error("cannot encode an output record: {0}")]
+    Encode(String),
 }
 
 impl From<RestoreError> for RunError {
@@ -113,6 +119,18 @@ struct Processor {
     last_input: HashMap<i32, Instant>,
     partials_partitions: i32,
     buf: Vec<u8>,
+    keybuf: Vec<u8>,
+    /// Input decoding: the format and, for avro/auto, the registry-backed decoder.
+    input_format: InputFormat,
+    avro: Option<AvroDecoder>,
+    schema_fetches: u64,
+    /// How the conversions, channels and alerts topics are written.
+    codecs: OutputCodecs,
+    /// Input partitions paused because the writer schema (id) they need could not be fetched;
+    /// each was sought back to the record that needs it.
+    paused: HashMap<i32, u32>,
+    registry_backoff: Backoff,
+    registry_retry_at: Instant,
     outputs: Vec<Output>,
     windows: Vec<ChannelWindowRecord>,
     batch_events: usize,
@@ -128,6 +146,14 @@ struct Processor {
 impl Runner {
     /// Connects, subscribes to the events topic and the internal partials topic.
     pub fn new(cfg: Config, health: Arc<Health>, shutdown: Arc<AtomicBool>) -> Result<Runner, RunError> {
+        let registry = if cfg.formats.uses_registry() { Some(RegistryClient::new(&cfg.registry).map_err(RunError::Registry)?) } else { None };
+        let telemetry = Telemetry::new();
+        // Output schemas first: the member joins the group only once it can write every output.
+        let codecs = OutputCodecs::prepare(&cfg, registry.as_ref(), &shutdown, &health, &telemetry).map_err(RunError::Registry)?;
+        let avro = match cfg.formats.events {
+            InputFormat::Json => None,
+            InputFormat::Avro | InputFormat::Auto => registry.clone().map(|r| AvroDecoder::new(Box::new(r))),
+        };
         let partials_partitions = admin::partition_count(&cfg, &cfg.topics.channel_partials)?
             .ok_or_else(|| AdminError::Missing { topic: cfg.topics.channel_partials.clone() })?;
         if admin::partition_count(&cfg, &cfg.topics.events)?.is_none() {
@@ -169,6 +195,14 @@ impl Runner {
             reload: Arc::new(AtomicBool::new(false)),
             scores: Vec::new(),
             durations: Vec::new(),
+            input_format: cfg.formats.events,
+            avro,
+            schema_fetches: 0,
+            codecs,
+            paused: HashMap::new(),
+            registry_backoff: Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration()),
+            registry_retry_at: Instant::now(),
+            keybuf: Vec::with_capacity(256),
             cfg,
             sink,
             telemetry,
@@ -207,13 +241,14 @@ impl Runner {
             while !state.shutdown.load(Ordering::Acquire) {
                 let polled = consumer.poll(poll_timeout);
                 let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
-                    Some(Ok(msg)) => state.handle(&msg),
+                    Some(Ok(msg)) => state.handle(&consumer, &msg),
                     Some(Err(e)) => {
                         state.telemetry.consumer_error(&e.to_string());
                         Ok(())
                     }
                     None => Ok(()),
                 });
+                let step = step.and_then(|_| state.retry_registry(&consumer));
                 let step = step.and_then(|_| {
                     if state.batch_events >= state.cfg.processing.max_batch_events || state.last_commit.elapsed() >= interval {
                         state.commit(&consumer)?;
@@ -274,6 +309,9 @@ impl Processor {
                             self.pending.remove(p);
                             self.committed.remove(p);
                             self.last_input.remove(p);
+                            if self.paused.remove(p).is_some() && self.paused.is_empty() {
+                                self.registry_recovered(0);
+                            }
                         } else if *topic == self.cfg.topics.channel_partials {
                             self.aggregators.remove(p);
                         }
@@ -428,7 +466,7 @@ impl Processor {
         Ok(())
     }
 
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
+    fn handle(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let p = msg.partition();
         if msg.topic() == self.cfg.topics.channel_partials {
             let agg = self
@@ -442,12 +480,27 @@ impl Processor {
             }
             return Ok(());
         }
+        if self.paused.contains_key(&p) {
+            // Fetched before the pause took effect: it is read again after the resume.
+            return Ok(());
+        }
+        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
+        let payload = msg.payload().unwrap_or_default();
+        let decoded = crate::avro::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check);
+        if let Some(d) = &self.avro {
+            if d.fetches != self.schema_fetches {
+                self.telemetry.schema_fetched(d.fetches - self.schema_fetches);
+                self.schema_fetches = d.fetches;
+            }
+        }
+        if let Err(DecodeError::Unavailable { id, error }) = &decoded {
+            return self.pause_for_registry(consumer, msg, *id, error);
+        }
         self.batch_events += 1;
         self.pending.insert(p, msg.offset() + 1);
         self.last_input.insert(p, Instant::now());
-        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
-        let payload = msg.payload().unwrap_or_default();
-        match event::decode(msg.key(), payload, &check) {
+        match decoded {
+            Err(DecodeError::Unavailable { .. }) => unreachable!("handled above"),
             Ok(ev) => {
                 let engine = self.engines.entry(p).or_insert_with(|| PartitionEngine::new(p, self.engine_cfg.clone()));
                 let processed = engine.process(&ev, &mut self.outputs);
@@ -455,13 +508,68 @@ impl Processor {
                 self.stats.events += 1;
                 self.ship_outputs()?;
             }
-            Err(err) => {
+            Err(DecodeError::Invalid(err)) => {
                 self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
                 self.stats.invalid += 1;
                 self.dead_letter(msg, &err)?;
             }
         }
         Ok(())
+    }
+
+    /// The registry is needed for `msg` and unavailable: pause its partition and seek it back to
+    /// `msg`, so nothing is skipped; `retry_registry` resumes it once the schema can be fetched.
+    /// Nothing waits in memory: librdkafka stops fetching a paused partition.
+    fn pause_for_registry(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>, id: u32, error: &str) -> Result<(), RunError> {
+        let p = msg.partition();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(msg.topic(), p);
+        consumer.pause(&tpl).map_err(RunError::Consumer)?;
+        consumer.seek(msg.topic(), p, Offset::Offset(msg.offset()), CALL_TIMEOUT).map_err(RunError::Consumer)?;
+        if self.paused.is_empty() {
+            self.registry_retry_at = Instant::now() + self.registry_backoff.next_delay();
+        }
+        self.paused.insert(p, id);
+        self.health.set_registry_down(true);
+        self.telemetry.registry_unavailable(&format!("writer schema {id}: {error}"), self.paused.len(), self.registry_retry_at.saturating_duration_since(Instant::now()));
+        Ok(())
+    }
+
+    /// Tries the registry again (with backoff) for the schemas paused partitions wait for; resumes
+    /// them once every one is fetched (or known not to exist: those records go to the DLQ).
+    fn retry_registry(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        if self.paused.is_empty() || Instant::now() < self.registry_retry_at {
+            return Ok(());
+        }
+        let mut ids: Vec<u32> = self.paused.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(decoder) = self.avro.as_mut() {
+            for id in ids {
+                if let Err(DecodeError::Unavailable { error, .. }) = decoder.ensure(id) {
+                    let delay = self.registry_backoff.next_delay();
+                    self.registry_retry_at = Instant::now() + delay;
+                    self.telemetry.registry_unavailable(&format!("writer schema {id}: {error}"), self.paused.len(), delay);
+                    return Ok(());
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in self.paused.keys() {
+            tpl.add_partition(&self.cfg.topics.events, *p);
+            self.last_input.insert(*p, Instant::now());
+        }
+        consumer.resume(&tpl).map_err(RunError::Consumer)?;
+        let resumed = self.paused.len();
+        self.paused.clear();
+        self.registry_recovered(resumed);
+        Ok(())
+    }
+
+    fn registry_recovered(&mut self, resumed: usize) {
+        self.registry_backoff.reset();
+        self.health.set_registry_down(false);
+        self.telemetry.registry_recovered(resumed);
     }
 
     /// Writes the original key, bytes and headers to the DLQ, with headers naming the error.
@@ -494,21 +602,24 @@ impl Processor {
     fn ship_outputs(&mut self) -> Result<(), RunError> {
         for out in self.outputs.drain(..) {
             self.buf.clear();
-            let (topic, key) = match &out {
+            self.keybuf.clear();
+            let topic = match &out {
                 Output::Conversion(c) => {
-                    serde_json::to_writer(&mut self.buf, c)?;
+                    self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
+                    self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
                     self.telemetry.conversion();
                     self.stats.conversions += 1;
-                    (&self.cfg.topics.conversions, c.customer_id.as_str())
+                    &self.cfg.topics.conversions
                 }
                 Output::Alert(a) => {
-                    serde_json::to_writer(&mut self.buf, a)?;
+                    self.codecs.alerts.encode_value(a, &mut self.buf).map_err(RunError::Encode)?;
+                    self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
                     self.telemetry.alert(a.reason);
                     self.stats.alerts += 1;
-                    (&self.cfg.topics.alerts, a.customer_id.as_str())
+                    &self.cfg.topics.alerts
                 }
             };
-            self.sink.send(OutRecord { topic, partition: None, key: Some(key.as_bytes()), payload: Some(&self.buf), headers: None })?;
+            self.sink.send(OutRecord { topic, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
         }
         Ok(())
     }
@@ -519,7 +630,8 @@ impl Processor {
         let idle = self.cfg.event_time.idle_timeout.as_duration();
         let now_ms = wall_clock_ms();
         for (p, engine) in self.engines.iter_mut() {
-            if self.last_input.get(p).is_some_and(|t| t.elapsed() >= idle) {
+            // A partition paused for the registry is not idle: its input is waiting.
+            if self.last_input.get(p).is_some_and(|t| t.elapsed() >= idle) && !self.paused.contains_key(p) {
                 engine.advance_idle(now_ms, &mut self.outputs);
             }
         }
@@ -534,9 +646,9 @@ impl Processor {
         }
         self.telemetry.scores(self.scores.len());
         for rec in self.scores.drain(..) {
-            self.buf.clear();
-            serde_json::to_writer(&mut self.buf, &rec)?;
-            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(rec.customer_id.as_bytes()), payload: Some(&self.buf), headers: None })?;
+            self.codecs.scores.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
+            self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
         }
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
@@ -572,9 +684,10 @@ impl Processor {
         self.telemetry.window_updates(self.windows.len());
         for rec in self.windows.drain(..) {
             self.buf.clear();
-            serde_json::to_writer(&mut self.buf, &rec)?;
-            let key = total_key(rec.window_start, &rec.channel);
-            self.sink.send(OutRecord { topic: &self.cfg.topics.channels, partition: None, key: Some(key.as_bytes()), payload: Some(&self.buf), headers: None })?;
+            self.keybuf.clear();
+            self.codecs.channels.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
+            self.codecs.channels.encode_key(&total_key(rec.window_start, &rec.channel), &mut self.keybuf).map_err(RunError::Encode)?;
+            self.sink.send(OutRecord { topic: &self.cfg.topics.channels, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
         }
 
         let mut tpl = TopicPartitionList::new();

@@ -34,6 +34,10 @@ pub struct Telemetry {
     inference_errors: Counter,
     deep_fallbacks: Counter,
     hidden_resets: Counter,
+    registry_available: Gauge,
+    registry_paused: Gauge,
+    registry_errors: Counter,
+    schema_fetches: Counter,
 }
 
 impl Default for Telemetry {
@@ -68,6 +72,10 @@ impl Telemetry {
         describe_counter!("touchstream_deep_credit_fallbacks_total", "Conversions whose deep credit fell back to time decay");
         describe_counter!("touchstream_hidden_state_resets_total", "Customer hidden states reset because the step model's layout changed");
         describe_counter!("touchstream_model_reloads_total", "Model reloads, by result (loaded or rejected)");
+        describe_gauge!("touchstream_registry_available", "1 unless the schema registry is needed and unavailable");
+        describe_gauge!("touchstream_registry_paused_partitions", "Input partitions paused until the schema registry is back");
+        describe_counter!("touchstream_registry_errors_total", "Failed schema-registry requests (retried)");
+        describe_counter!("touchstream_registry_schema_fetches_total", "Writer schemas fetched from the registry (cache misses)");
         Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
             invalid: InvalidEvent::KINDS.iter().map(|k| counter!("touchstream_invalid_events_total", "kind" => *k)).collect(),
@@ -94,6 +102,10 @@ impl Telemetry {
             rebalances: counter!("touchstream_rebalances_total"),
             aborts: counter!("touchstream_transaction_aborts_total"),
             restore_seconds: histogram!("touchstream_restore_seconds"),
+            registry_available: gauge!("touchstream_registry_available"),
+            registry_paused: gauge!("touchstream_registry_paused_partitions"),
+            registry_errors: counter!("touchstream_registry_errors_total"),
+            schema_fetches: counter!("touchstream_registry_schema_fetches_total"),
         }
     }
 
@@ -210,6 +222,28 @@ impl Telemetry {
 
     pub fn consumer_error(&self, message: &str) {
         tracing::warn!(%message, "consumer error");
+    }
+
+    /// The registry is needed and failed: `paused` partitions wait, the next try is in `retry_in`.
+    pub fn registry_unavailable(&self, error: &str, paused: usize, retry_in: Duration) {
+        self.registry_errors.increment(1);
+        self.registry_available.set(0.0);
+        self.registry_paused.set(paused as f64);
+        tracing::warn!(%error, paused_partitions = paused, retry_in_ms = retry_in.as_millis() as u64, "schema registry unavailable; retrying with backoff (input partitions that need it wait, paused)");
+    }
+
+    pub fn registry_recovered(&self, resumed: usize) {
+        self.registry_available.set(1.0);
+        self.registry_paused.set(0.0);
+        tracing::info!(resumed_partitions = resumed, "schema registry available again; consumption resumed");
+    }
+
+    pub fn registry_up(&self) {
+        self.registry_available.set(1.0);
+    }
+
+    pub fn schema_fetched(&self, n: u64) {
+        self.schema_fetches.increment(n);
     }
 
     pub fn bad_partial(&self, partition: i32, offset: i64, message: &str) {

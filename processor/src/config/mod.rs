@@ -28,6 +28,8 @@ pub struct Config {
     pub scores: ScoresConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub formats: FormatsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +174,82 @@ pub struct HttpConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// The schema registry (Confluent REST API) used by the Avro formats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `https://registry:8081` or Apicurio's `http://host:8080/apis/ccompat/v7`.
+    pub url: String,
+    pub username: String,
+    pub password: Secret,
+    /// PEM file of the CA certificates to trust (empty: Mozilla's roots).
+    pub ca_file: String,
+    /// PEM files of a client certificate chain and its key, for mutual TLS.
+    pub cert_file: String,
+    pub key_file: String,
+    pub timeout: Span,
+    pub retry_min: Span,
+    pub retry_max: Span,
+    /// Register the output schemas at start (else they must already be registered).
+    pub auto_register: bool,
+}
+
+/// A string that is never printed (`check-config`, logs).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// Wire format of each topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatsConfig {
+    pub events: InputFormat,
+    pub conversions: OutputFormat,
+    pub channels: OutputFormat,
+    pub alerts: OutputFormat,
+    pub scores: OutputFormat,
+    pub keys: KeyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    Json,
+    /// Confluent wire format: magic byte 0, 4-byte schema id, Avro body.
+    Avro,
+    /// Magic byte 0: registry Avro, anything else: JSON.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    Json,
+    Avro,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormat {
+    /// Plain UTF-8 bytes.
+    String,
+    /// An Avro `string` in the Confluent wire format (subject `<topic>-key`), on Avro output topics.
+    Avro,
+}
+
+impl FormatsConfig {
+    /// Whether any topic needs the schema registry.
+    pub fn uses_registry(&self) -> bool {
+        self.events != InputFormat::Json || [self.conversions, self.channels, self.alerts, self.scores].contains(&OutputFormat::Avro)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -355,6 +433,26 @@ impl Config {
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(key_err("http.listen", format!("`{}` is not an address like 0.0.0.0:9464", self.http.listen)));
         }
+        if self.formats.uses_registry() {
+            let url = self.registry.url.trim();
+            if url.is_empty() {
+                return Err(key_err("registry.url", "must be set when a topic uses the avro or auto format (see [formats])"));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(key_err("registry.url", format!("`{url}` is not an http:// or https:// URL")));
+            }
+        }
+        positive("registry.timeout", self.registry.timeout)?;
+        positive("registry.retry_min", self.registry.retry_min)?;
+        if self.registry.retry_max < self.registry.retry_min {
+            return Err(key_err("registry.retry_max", "must be at least registry.retry_min"));
+        }
+        if !self.registry.password.0.is_empty() && self.registry.username.is_empty() {
+            return Err(key_err("registry.username", "must be set when registry.password is"));
+        }
+        if self.registry.cert_file.is_empty() != self.registry.key_file.is_empty() {
+            return Err(key_err("registry.key_file", "registry.cert_file and registry.key_file go together"));
+        }
         for (table, map) in [("kafka.options", &self.kafka.options), ("kafka.consumer", &self.kafka.consumer), ("kafka.producer", &self.kafka.producer)] {
             for key in map.keys() {
                 if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
@@ -515,5 +613,32 @@ mod tests {
         assert!(e.contains("kafka.options.group.id"), "{e}");
         let e = load(Some("[kafka\n"), &[], &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
+        let e = load(None, &[], &[("formats.events", "avro")]).unwrap_err().to_string();
+        assert!(e.contains("registry.url"), "{e}");
+        let e = load(None, &[], &[("formats.events", "protobuf")]).unwrap_err().to_string();
+        assert!(e.contains("formats.events"), "{e}");
+        let e = load(None, &[], &[("formats.alerts", "avro"), ("registry.url", "registry:8081")]).unwrap_err().to_string();
+        assert!(e.contains("registry.url"), "{e}");
+    }
+
+    #[test]
+    fn registry_settings_from_env_and_the_password_is_not_printed() {
+        let c = load(
+            Some("[formats]\nevents = \"auto\"\nconversions = \"avro\"\n"),
+            &[
+                ("TOUCHSTREAM__REGISTRY__URL", "https://registry:8081"),
+                ("TOUCHSTREAM__REGISTRY__USERNAME", "svc"),
+                ("TOUCHSTREAM__REGISTRY__PASSWORD", "hunter2"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.formats.events, InputFormat::Auto);
+        assert_eq!(c.formats.conversions, OutputFormat::Avro);
+        assert_eq!(c.formats.alerts, OutputFormat::Json);
+        assert_eq!(c.registry.password.0, "hunter2");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        assert!(Config::defaults().formats.events == InputFormat::Json && !Config::defaults().formats.uses_registry());
     }
 }
