@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod event;
+pub mod kafka;
 pub mod model;
 pub mod rng;
 pub mod rules;

@@ -31,6 +31,15 @@ struct Cli {
     /// Write the events to standard output (then only the truth goes to --out, if given).
     #[arg(long)]
     stdout: bool,
+    /// Produce the events to Kafka (bootstrap servers), keyed by customer id.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_brokers: Option<String>,
+    /// The topic for --kafka-brokers.
+    #[arg(long, value_name = "TOPIC", default_value = "touchstream.events")]
+    kafka_topic: String,
+    /// With --kafka-brokers: at most this many events per second (default: as fast as possible).
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    rate: Option<f64>,
     /// Stop after this many events.
     #[arg(long, value_name = "N")]
     max_events: Option<u64>,
@@ -85,10 +94,13 @@ fn main_inner(cli: Cli) -> Result<(), String> {
         print!("{}", world.to_toml());
         return Ok(());
     }
-    if cli.out.is_none() && !cli.stdout {
-        return Err("nothing to write: give --out DIR and/or --stdout".into());
+    if cli.out.is_none() && !cli.stdout && cli.kafka_brokers.is_none() {
+        return Err("nothing to write: give --out DIR, --stdout and/or --kafka-brokers".into());
     }
-    if cli.evaluate && (cli.out.is_none() || cli.stdout) {
+    if cli.kafka_brokers.is_some() && cli.stdout {
+        return Err("--kafka-brokers and --stdout both take the events: choose one".into());
+    }
+    if cli.evaluate && (cli.out.is_none() || cli.stdout || cli.kafka_brokers.is_some()) {
         return Err("--evaluate reads DIR/events.jsonl: give --out DIR without --stdout".into());
     }
     let model = Model::new(world)?;
@@ -96,7 +108,16 @@ fn main_inner(cli: Cli) -> Result<(), String> {
     let stdout = io::stdout();
     let mut lock;
     let mut file;
-    let events: Option<&mut dyn Write> = if cli.stdout {
+    let mut kafka = match &cli.kafka_brokers {
+        Some(b) => Some(touchstream_sim::kafka::KafkaSink::new(b, &cli.kafka_topic, cli.rate)?),
+        None => None,
+    };
+    let events: Option<&mut dyn Write> = if let Some(k) = kafka.as_mut() {
+        if let Some(dir) = &cli.out {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Some(k)
+    } else if cli.stdout {
         lock = stdout.lock();
         Some(&mut lock)
     } else if let Some(dir) = &cli.out {
@@ -116,6 +137,12 @@ fn main_inner(cli: Cli) -> Result<(), String> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
+    if let Some(k) = kafka.as_mut() {
+        let sent = k.finish()?;
+        if !cli.quiet {
+            eprintln!("touchstream-sim: {sent} events produced to {}", cli.kafka_topic);
+        }
+    }
     if !cli.quiet {
         eprintln!(
             "touchstream-sim: {} events, {} customers, {} conversions ({:.2} revenue), {} carts ({:.1}% abandoned), \
