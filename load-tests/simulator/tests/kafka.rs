@@ -43,7 +43,7 @@ fn streams_into_kafka_keyed_by_customer_in_order() {
         assert_eq!(m.key(), Some(customer.as_bytes()), "keyed by customer");
         let ts = v["ts"].as_i64().unwrap();
         let prev = last_ts.insert(customer.to_string(), ts);
-        assert!(prev.is_none_or(|p| p <= ts), "a customer's events in order");
+        assert!(prev.map_or(true, |p| p <= ts), "a customer's events in order");
         n += 1;
     }
     assert_eq!(n, produced, "every event arrived");
