@@ -436,6 +436,9 @@ impl Processor {
         if self.recreated.len() >= 3 {
             return Err(RunError::ProducerFailed(cause.to_string()));
         }
+        if self.sink.is_fenced() {
+            return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id()));
+        }
         self.recreated.push(now);
         tracing::error!(error = %cause, "fatal producer error: recreating the producer and reloading state from the changelog");
         self.sink = Sink::transactional(&client_config(&self.cfg, Role::Producer), CALL_TIMEOUT)?;
@@ -646,6 +649,8 @@ impl Processor {
         }
         self.telemetry.scores(self.scores.len());
         for rec in self.scores.drain(..) {
+            self.buf.clear();
+            self.keybuf.clear();
             self.codecs.scores.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
             self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
             self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;

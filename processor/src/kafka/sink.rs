@@ -160,14 +160,23 @@ impl Sink {
         self.in_transaction
     }
 
-    /// A producer that raised a fatal error cannot go on, whatever the failed call said.
+    /// A producer that raised a fatal error cannot go on, whatever the failed call said; when that
+    /// fatal error is a fence (a newer instance took the transactional id), it must stop rather
+    /// than recreate the producer (which would fence the newer instance in turn).
     fn refine(&self, e: SinkError) -> SinkError {
         match e {
-            SinkError::Transaction { op, class, source } if class != TxnClass::Fenced && self.producer.client().fatal_error().is_some() => {
-                SinkError::Transaction { op, class: TxnClass::Fatal, source }
-            }
+            SinkError::Transaction { op, class, source } if class != TxnClass::Fenced => match self.producer.client().fatal_error() {
+                Some((code, _)) if is_fence(code) => SinkError::Transaction { op, class: TxnClass::Fenced, source },
+                Some(_) => SinkError::Transaction { op, class: TxnClass::Fatal, source },
+                None => SinkError::Transaction { op, class, source },
+            },
             other => other,
         }
+    }
+
+    /// Whether the producer's fatal error (if any) says that this instance was fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.producer.client().fatal_error().is_some_and(|(code, _)| is_fence(code))
     }
 
     fn ensure_transaction(&mut self) -> Result<(), SinkError> {
@@ -252,4 +261,8 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+fn is_fence(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
 }
