@@ -11,7 +11,7 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::Value;
 use touchstream_sim::run::{run, Options};
 use touchstream_sim::{Model, World};
@@ -22,17 +22,7 @@ fn produce_lines(p: &BaseProducer, topic: &str, events: &[u8]) -> usize {
     let mut n = 0;
     for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let v: Value = serde_json::from_slice(line).unwrap();
-        let key = v["customer_id"].as_str().unwrap().as_bytes().to_vec();
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(&key[..]).payload(line);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_keyed(p, topic, v["customer_id"].as_str().unwrap().as_bytes(), line);
         n += 1;
     }
     p.flush(Duration::from_secs(60)).unwrap();

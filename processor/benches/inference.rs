@@ -127,8 +127,14 @@ fn per_event(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_event_path");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(10);
-    let cases: [(&str, Option<Arc<ModelSet>>); 4] =
-        [("rules_only", None), ("models_batch_1", Some(models(1))), ("models_batch_16", Some(models(16))), ("models_batch_64", Some(models(64)))];
+    let cases: [(&str, Option<Arc<ModelSet>>); 6] = [
+        ("rules_only", None),
+        ("models_batch_1", Some(models(1))),
+        ("models_batch_8", Some(models(8))),
+        ("models_batch_16", Some(models(16))),
+        ("models_batch_32", Some(models(32))),
+        ("models_batch_64", Some(models(64))),
+    ];
     for (name, set) in cases {
         let cfg = EngineConfig::default().with_models(set);
         g.bench_function(name, |b| {

@@ -310,6 +310,20 @@ pub const EOS_SETTINGS: &[(&str, &str)] = &[
     ("kafka.transaction_timeout", "10s"),
 ];
 
+/// Sends one keyed record (default partitioner), waiting while the producer queue is full.
+pub fn send_keyed(p: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// Produces `n` generated events (seeded) to `topic`, spread over about `seconds`.
 pub fn produce_stream(topic: &str, n: usize, seed: u64, seconds: f64) {
     use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
@@ -319,16 +333,7 @@ pub fn produce_stream(topic: &str, n: usize, seed: u64, seconds: f64) {
     let start = Instant::now();
     for i in 0..n {
         gen.next_into(&mut json, &mut customer);
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(customer.as_bytes()).payload(&json[..]);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_keyed(&p, topic, customer.as_bytes(), &json);
         let due = start + Duration::from_secs_f64(seconds * (i + 1) as f64 / n as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             p.poll(wait);
