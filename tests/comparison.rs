@@ -113,27 +113,97 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
         table += &format!(" **{m:.3}** |");
     }
 
-    // alerts against the true cart outcomes
-    let mut abandoned: HashMap<String, bool> = HashMap::new();
+    // alerts against the true cart outcomes, beside fixed timers computed from the same stream
+    struct Cart {
+        abandoned: bool,
+        last_activity: i64,
+        /// the customer's activity while the cart is open, and when it closed (a purchase)
+        activity: Vec<i64>,
+        closed: i64,
+    }
+    let mut carts: HashMap<String, Cart> = HashMap::new();
+    let mut by_customer: HashMap<String, Vec<String>> = HashMap::new();
     let file = std::fs::File::open(truth_dir.join("truth_carts.jsonl")).unwrap();
     for line in std::io::BufReader::new(file).lines() {
         let c: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        abandoned.insert(c["alert_id"].as_str().unwrap().to_string(), c["abandoned"].as_bool().unwrap());
+        let id = c["alert_id"].as_str().unwrap().to_string();
+        by_customer.entry(c["customer_id"].as_str().unwrap().to_string()).or_default().push(id.clone());
+        carts.insert(
+            id,
+            Cart {
+                abandoned: c["abandoned"].as_bool().unwrap(),
+                last_activity: c["last_activity_ts"].as_i64().unwrap(),
+                activity: vec![c["opened_ts"].as_i64().unwrap()],
+                closed: c["purchased_ts"].as_i64().unwrap_or(i64::MAX),
+            },
+        );
     }
-    let truly = abandoned.values().filter(|a| **a).count();
-    let mut by_reason: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for r in &alerts {
-        let a = r.json();
-        let e = by_reason.entry(a["reason"].as_str().unwrap().to_string()).or_default();
-        e.0 += 1;
-        e.1 += usize::from(abandoned.get(a["alert_id"].as_str().unwrap()).copied().unwrap_or(false));
+    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_slice(line).unwrap();
+        let ts = v["ts"].as_i64().unwrap();
+        for id in by_customer.get(v["customer_id"].as_str().unwrap()).into_iter().flatten() {
+            let c = carts.get_mut(id).unwrap();
+            if ts > c.activity[0] && ts <= c.closed {
+                c.activity.push(ts);
+            }
+        }
     }
-    let (n, tp) = by_reason.values().fold((0, 0), |acc, v| (acc.0 + v.0, acc.1 + v.1));
-    let mut alert_table = format!("{} carts, {truly} truly abandoned\n| alerts | count | precision |\n|---|---|---|\n", abandoned.len());
-    for (reason, (count, good)) in &by_reason {
-        alert_table += &format!("| {reason} | {count} | {:.3} |\n", *good as f64 / (*count).max(1) as f64);
+    let truly = carts.values().filter(|c| c.abandoned).count();
+    // precision, recall, F1, median lead time (h to the end of the 24 h window) of an alert policy
+    let score = |alerts: &HashMap<&str, i64>| -> (f64, f64, f64, f64, usize) {
+        let (mut tp, mut fp) = (0usize, 0usize);
+        let mut lead = Vec::new();
+        for (id, at) in alerts {
+            let c = &carts[*id];
+            if c.abandoned {
+                tp += 1;
+                lead.push((c.last_activity + 24 * HOUR - at) as f64 / HOUR as f64);
+            } else {
+                fp += 1;
+            }
+        }
+        lead.sort_by(f64::total_cmp);
+        let (p, r) = (tp as f64 / (tp + fp).max(1) as f64, tp as f64 / truly.max(1) as f64);
+        (p, r, 2.0 * p * r / (p + r).max(1e-9), lead.get(lead.len() / 2).copied().unwrap_or(f64::NAN), tp + fp)
+    };
+    let timer = |t: i64| -> HashMap<&str, i64> {
+        carts
+            .iter()
+            .filter_map(|(id, c)| {
+                let mut a = c.activity.clone();
+                a.sort();
+                let next = a.iter().skip(1).copied().chain(std::iter::once(c.closed));
+                a.iter().zip(next).find(|(s, e)| e - *s >= t && *s + t < c.closed).map(|(s, _)| (id.as_str(), s + t))
+            })
+            .collect()
+    };
+    let alerts_of = |reason: Option<&str>| -> HashMap<String, i64> {
+        alerts
+            .iter()
+            .map(|r| r.json())
+            .filter(|a| reason.map_or(true, |x| a["reason"] == x))
+            .map(|a| (a["alert_id"].as_str().unwrap().to_string(), a["alert_ts"].as_i64().unwrap()))
+            .collect()
+    };
+    let (model_alerts, all_alerts) = (alerts_of(Some("model")), alerts_of(None));
+    fn as_ref<'a>(m: &'a HashMap<String, i64>, known: &HashMap<String, Cart>) -> HashMap<&'a str, i64> {
+        m.iter().filter(|(k, _)| known.contains_key(k.as_str())).map(|(k, v)| (k.as_str(), *v)).collect()
     }
-    alert_table += &format!("| all | {n} | {:.3} (recall {:.3}) |\n", tp as f64 / n.max(1) as f64, tp as f64 / truly.max(1) as f64);
+    let mut rows = vec![
+        ("processor: model alerts (10-minute check, P(abandon) >= 0.875)".to_string(), score(&as_ref(&model_alerts, &carts))),
+        ("processor: all alerts (model, else the 30-minute rule)".to_string(), score(&as_ref(&all_alerts, &carts))),
+    ];
+    for (name, t) in [("timer 30 min", 30 * MIN), ("timer 1 h", HOUR), ("timer 2 h", 2 * HOUR), ("timer 10 h", 10 * HOUR)] {
+        rows.push((name.to_string(), score(&timer(t))));
+    }
+    let mut alert_table = format!("{} carts, {truly} truly abandoned\n| policy | precision | recall | F1 | alerts | median lead time (h) |\n|---|---|---|---|---|---|\n", carts.len());
+    for (name, (p, r, f1, lead, n)) in &rows {
+        alert_table += &format!("| {name} | {p:.3} | {r:.3} | {f1:.3} | {n} | {lead:.1} |\n");
+    }
+    let by_reason: BTreeMap<String, usize> = alerts.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.json()["reason"].as_str().unwrap().to_string()).or_default() += 1;
+        m
+    });
     eprintln!("{} events, {} conversions, {} alerts\n{table}\n\n{alert_table}", summary.events, conversions.len(), alerts.len());
     let _ = std::fs::remove_dir_all(&truth_dir);
 
@@ -142,4 +212,12 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
     assert!(mae[0] < best_rule, "deep credit ({:.3}) must beat every rule (best {best_rule:.3})\n{table}", mae[0]);
     assert!(mae[0] < 0.75 * best_rule, "by a clear margin: deep {:.3} vs best rule {best_rule:.3}\n{table}", mae[0]);
     assert!(by_reason.contains_key("model"), "model alerts fire: {by_reason:?}");
+    // the model's early alerts are more precise than the short timers, and earlier than all of them
+    let model = rows[0].1;
+    for (name, t) in &rows[2..5] {
+        assert!(model.0 > t.0, "model alerts (precision {:.3}) beat {name} ({:.3})\n{alert_table}", model.0, t.0);
+    }
+    for (name, t) in &rows[2..] {
+        assert!(model.3 > t.3, "model alerts (lead {:.1} h) come before {name} ({:.1} h)\n{alert_table}", model.3, t.3);
+    }
 }
