@@ -169,6 +169,30 @@ mod tests {
     }
 
     #[test]
+    fn the_watcher_asks_for_a_reload_when_a_model_file_changes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = std::env::temp_dir().join(format!("touchstream-watch-{}", std::process::id()));
+        for name in ["journey_step", "attribution"] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("metadata.json"), b"{}").unwrap();
+        }
+        let mut cfg = Config::defaults().models;
+        cfg.dir = dir.display().to_string();
+        let (reload, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        watch(&cfg, reload.clone(), stop.clone());
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert!(!reload.load(Ordering::Acquire), "nothing changed yet");
+        std::fs::write(dir.join("attribution").join("metadata.json"), b"{\"changed\": true}").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !reload.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Release);
+        assert!(reload.load(Ordering::Acquire), "a changed model file asks for a reload");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_model_that_breaks_its_fixtures_is_rejected() {
         let mut files = ModelFiles::builtin("journey_step", true).unwrap();
         let mut doc: serde_json::Value = serde_json::from_slice(files.fixtures.as_ref().unwrap()).unwrap();
