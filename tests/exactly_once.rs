@@ -112,7 +112,7 @@ fn a_resumed_zombie_is_fenced() {
     assert!(!status.success(), "a fenced instance exits with an error");
     assert!(zombie.log().contains("fenced"), "{}", zombie.log());
     producer.join().unwrap();
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", successor.log());
+    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "successor:\n{}\nzombie:\n{}", successor.log(), zombie.log());
     let got = collect_outputs(&topics);
     let (status, log) = successor.stop();
     assert!(status.success(), "{log}");

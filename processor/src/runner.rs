@@ -436,7 +436,13 @@ impl Processor {
         if self.recreated.len() >= 3 {
             return Err(RunError::ProducerFailed(cause.to_string()));
         }
-        if self.sink.is_fenced() {
+        // A fenced producer, or a member whose group session ran out (a paused or frozen process
+        // whose partitions went to a successor with the same transactional id), must stop: a new
+        // producer's init would fence the successor in turn. librdkafka notices a lost session
+        // on its own threads; give it a moment after a long pause.
+        std::thread::sleep(Duration::from_secs(1));
+        if self.sink.is_fenced() || consumer.assignment_lost() {
+            tracing::error!(error = %cause, "the producer failed after this member lost its group session or was fenced: stopping");
             return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id()));
         }
         self.recreated.push(now);
