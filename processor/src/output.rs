@@ -43,6 +43,25 @@ pub struct CreditedTouchpoint {
     pub deep: Option<f64>,
 }
 
+impl CreditedTouchpoint {
+    /// The synthetic `direct` touchpoint of a conversion without touchpoints: every credit 1.
+    pub fn direct(ts: Millis, deep: Option<f64>) -> Self {
+        CreditedTouchpoint {
+            event_id: None,
+            channel: Channel::Direct,
+            campaign: None,
+            ts,
+            event_type: "none",
+            time_decay: 1.0,
+            last_touch: 1.0,
+            first_touch: 1.0,
+            linear: 1.0,
+            position_based: 1.0,
+            deep,
+        }
+    }
+}
+
 /// `touchstream.attribution.conversions`, key = customer id.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConversionRecord {

@@ -634,19 +634,7 @@ fn convert(ev: &Event<'_>, customer: &mut CustomerState, cfg: &EngineConfig, scr
         });
     }
     if touchpoints.is_empty() {
-        touchpoints.push(CreditedTouchpoint {
-            event_id: None,
-            channel: Channel::Direct,
-            campaign: None,
-            ts: conv_ts,
-            event_type: "none",
-            time_decay: 1.0,
-            last_touch: 1.0,
-            first_touch: 1.0,
-            linear: 1.0,
-            position_based: 1.0,
-            deep: with_models.then_some(1.0),
-        });
+        touchpoints.push(CreditedTouchpoint::direct(conv_ts, with_models.then_some(1.0)));
     }
     customer.touchpoints.retain(|t| t.ts > conv_ts);
     customer.last_purchase_ts = customer.last_purchase_ts.max(conv_ts);
