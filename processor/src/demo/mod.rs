@@ -144,8 +144,11 @@ struct Summary {
     conversions: u64,
     revenue: f64,
     alerts: u64,
+    model_alerts: u64,
     dlq: u64,
-    credit: HashMap<String, [f64; 5]>,
+    /// Credited conversions per channel: the five rules, then deep credit (models).
+    credit: HashMap<String, [f64; 6]>,
+    deep: bool,
 }
 
 impl Summary {
@@ -163,8 +166,10 @@ impl Summary {
             conversions: 0,
             revenue: 0.0,
             alerts: 0,
+            model_alerts: 0,
             dlq: 0,
             credit: HashMap::new(),
+            deep: false,
         })
     }
 
@@ -181,9 +186,15 @@ impl Summary {
                     for (i, rule) in Rule::ALL.iter().enumerate() {
                         entry[i] += tp[rule.as_str()].as_f64().unwrap_or(0.0);
                     }
+                    if let Some(d) = tp["deep"].as_f64() {
+                        entry[5] += d;
+                        self.deep = true;
+                    }
                 }
             } else if msg.topic() == self.alerts_topic {
                 self.alerts += 1;
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
+                self.model_alerts += u64::from(v["reason"] == "model");
             } else {
                 self.dlq += 1;
             }
@@ -195,13 +206,14 @@ impl Summary {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "\n[{:>4.0}s] events {} ({:.0}/s) | conversions {} (revenue {:.2}) | abandonment alerts {} | dlq {}",
+            "\n[{:>4.0}s] events {} ({:.0}/s) | conversions {} (revenue {:.2}) | abandonment alerts {} ({} by the model) | dlq {}",
             secs,
             produced,
             produced as f64 / secs,
             self.conversions,
             self.revenue,
             self.alerts,
+            self.model_alerts,
             self.dlq
         );
         if self.credit.is_empty() {
@@ -209,11 +221,12 @@ impl Summary {
             return;
         }
         let _ = writeln!(out, "  top channels by credited conversions:");
-        for (i, rule) in Rule::ALL.iter().enumerate() {
+        let names = Rule::ALL.iter().map(|r| r.as_str()).chain(self.deep.then_some("deep (model)"));
+        for (i, rule) in names.enumerate() {
             let mut ranked: Vec<(&String, f64)> = self.credit.iter().map(|(c, v)| (c, v[i])).collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
             let top: Vec<String> = ranked.iter().take(3).map(|(c, v)| format!("{c} {v:.1}")).collect();
-            let _ = writeln!(out, "    {:<15} {}", rule.as_str(), top.join(", "));
+            let _ = writeln!(out, "    {:<15} {}", rule, top.join(", "));
         }
     }
 }
