@@ -9,8 +9,8 @@ Runs the shipped model.onnx files with ONNX Runtime (one thread) and compares th
   - attribution: channel shares of the credited conversions, deep credit (removal effects) vs the
     rules, against the true shares (truth_conversions.jsonl) and the counterfactual truth
     (truth_channels.json, when the run had --counterfactual);
-  - abandonment: alerts from P(abandon) at a 10-minute inactivity check vs fixed timers, against
-    truth_carts.jsonl.
+  - abandonment: alerts from P(abandon) (the 10-minute check, and the re-check head's schedule) vs fixed
+    timers, against truth_carts.jsonl; thresholds chosen on another run (--select).
 Writes <models>/evaluation.json and prints the tables (markdown).
 """
 from __future__ import annotations
@@ -62,15 +62,20 @@ def run_step_onnx(path, lg: D.Log, x: np.ndarray, hidden: int):
     lens = lg.ends - lg.starts
     order = np.argsort(-lens, kind="stable")  # longest first: active customers are a prefix
     out = np.zeros((lg.n, 3), dtype=np.float32)
+    k_checks = sess.get_outputs()[4].shape[1] if len(sess.get_outputs()) > 4 else 0
+    checks = np.zeros((lg.n, k_checks), dtype=np.float32)
     h = np.zeros((n_c, hidden), dtype=np.float32)
     starts = lg.starts[order]
     for t in range(int(lens.max())):
         k = int((lens[order] > t).sum())
         idx = starts[:k] + t
-        ho, pp, pa, ev = sess.run(None, {"features": x[idx], "hidden_in": h[:k]})
+        res = sess.run(None, {"features": x[idx], "hidden_in": h[:k]})
+        ho, pp, pa, ev = res[:4]
         h[:k] = ho
         out[idx, 0] = pp[:, 0]; out[idx, 1] = pa[:, 0]; out[idx, 2] = ev[:, 0]
-    return out
+        if k_checks:
+            checks[idx] = res[4]
+    return out, checks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def eval_step(models_dir, hl, sd_h, lab_h, tr, sd_t, lab_t, rng, n_eval=300_000,
     meta = json.load(open(os.path.join(models_dir, "journey_step", "metadata.json")))
     H = meta["hidden_size"]
     t0 = time.time()
-    out = run_step_onnx(os.path.join(models_dir, "journey_step", "model.onnx"), hl, sd_h.x, H)
+    out, checks = run_step_onnx(os.path.join(models_dir, "journey_step", "model.onnx"), hl, sd_h.x, H)
     log(f"step model over the held-out log: {time.time() - t0:.0f} s")
     y_p, m_p, y_a, m_a, y_v, m_v = lab_h
     ev_idx = np.flatnonzero(m_p)
@@ -149,99 +154,138 @@ def eval_step(models_dir, hl, sd_h, lab_h, tr, sd_t, lab_t, rng, n_eval=300_000,
     # abandon head on its labels
     res["abandon_head"] = {"labels": int(m_a.sum()), "rate": float(y_a[m_a].mean()),
                            "auc": auc(y_a[m_a], out[m_a, 1]), "logloss": logloss(y_a[m_a], out[m_a, 1])}
-    return res, out
+    return res, (out, checks, meta.get("feature_encoding", {}).get("abandon_checks_minutes", []))
 
 
 # ---------------------------------------------------------------------------------------------
 # Abandonment alerts
 
 
-def eval_abandon(hl: D.Log, sd: D.StepData, out, truth_carts_path, rng, target_precision=0.9):
-    eid = {e: i for i, e in enumerate(hl.event_ids)}
-    carts = [json.loads(l) for l in open(truth_carts_path)]
-    ts = hl.ts
-    cust_end = np.repeat(hl.ends, hl.ends - hl.starts)
+def cart_rows(lg: D.Log, sd: D.StepData, scored, truth_carts_path):
+    """Per cart of the truth file: (abandoned, customer, truth last_activity_ts, checks, gaps), where
+    checks = [(alert time, p_abandon at 10 min, re-check probabilities or None)] per inactivity of
+    at least 10 minutes of the open cart, and gaps = [(event time, gap to the next event)]."""
+    out, checks, minutes = scored
+    eid = {e: i for i, e in enumerate(lg.event_ids)}
+    ts = lg.ts
+    cust_end = np.repeat(lg.ends, lg.ends - lg.starts)
     BIG = np.int64(10) ** 15
-    rows = []  # per cart: abandoned, customer, last_activity truth, checks [(ts_alert, p)], gaps [(ts_last, gap)]
-    for c in carts:
+    rows = []
+    for line in open(truth_carts_path):
+        c = json.loads(line)
         i0 = eid.get(c["cart_add_event_id"])
         if i0 is None:
             continue
         end = cust_end[i0]
         i = i0
-        checks, gaps = [], []
+        cks, gaps = [], []
         while i < end and sd.cart_id[i] == i0:
             gap = ts[i + 1] - ts[i] if i + 1 < end else BIG
-            if gap >= D.ALERT_CHECK_MS and not sd.cart_quiet[i]:
-                checks.append((int(ts[i]) + D.ALERT_CHECK_MS, float(out[i, 1])))
+            if gap >= D.ALERT_CHECK_MS:
+                cks.append((int(ts[i]), int(gap), bool(sd.cart_quiet[i]), float(out[i, 1]),
+                            checks[i] if len(minutes) else None))
             gaps.append((int(ts[i]), int(gap)))
             i += 1
-        rows.append((bool(c["abandoned"]), c["customer_id"], int(c["last_activity_ts"]), checks, gaps))
-    custs = sorted({r[1] for r in rows})
-    calib = set(rng.choice(custs, len(custs) // 2, replace=False).tolist())
+        rows.append((bool(c["abandoned"]), c["customer_id"], int(c["last_activity_ts"]), cks, gaps))
+    return rows
 
-    def policy_model(theta):
-        return [next((t for t, p in r[3] if p >= theta), None) for r in rows]
 
-    def policy_timer(T):
-        return [next((t0 + T for t0, g in r[4] if g >= T), None) for r in rows]
+RULE_MS = 24 * D.HOUR_MS  # the rule as a safety net at the abandonment horizon (alerts.inactivity_timeout = "24h")
 
-    def metrics(alerts, subset):
-        tp = fp = fn = 0
-        lead, delay = [], []
-        for r, a, s in zip(rows, alerts, subset):
-            if not s:
-                continue
-            if a is not None and r[0]:
-                tp += 1
-                lead.append((r[2] + D.ABANDON_HORIZON_MS - a) / D.HOUR_MS)
-            elif a is not None:
-                fp += 1
-            elif r[0]:
-                fn += 1
-        prec = tp / max(tp + fp, 1)
-        rec = tp / max(tp + fn, 1)
-        return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-9), "alerts": tp + fp,
-                "median_lead_time_hours": float(np.median(lead)) if lead else None}
 
-    in_cal = [r[1] in calib for r in rows]
-    in_test = [not x for x in in_cal]
-    # threshold: the lowest one whose precision on the calibration half reaches the target
-    thetas = np.linspace(0.5, 0.995, 100)
+def policy_timer(rows, T):
+    return [next((t0 + T for t0, g in r[4] if g >= T), None) for r in rows]
 
-    def threshold_for(target):
-        for th in thetas:
-            m = metrics(policy_model(th), in_cal)
-            if m["precision"] >= target and m["alerts"] > 0:
-                return float(th)
-        return None
 
-    chosen = threshold_for(target_precision)
-    res = {"carts": len(rows), "test_carts": int(sum(in_test)),
-           "abandoned_rate_test": float(np.mean([r[0] for r, s in zip(rows, in_test) if s])),
+def policy_model(rows, theta):
+    """The processor with a model that has no re-check head: one check 10 minutes into each
+    inactivity (until the cart's first 30-minute inactivity, when the 30-minute rule fires)."""
+    return [next((t + D.ALERT_CHECK_MS for t, g, quiet, p, _ in r[3] if not quiet and p >= theta), None) for r in rows]
+
+
+def policy_rechecks(rows, minutes, hi, lo, rule_ms=None):
+    """The processor with the re-check head: in every inactivity of the open cart, check at each of
+    `minutes`; alert at the first check whose probability reaches `hi` (`lo` at the last check);
+    with `rule_ms`, the rule alerts at the first inactivity that long (alerts.inactivity_timeout)."""
+    res = []
+    last = len(minutes) - 1
+    for r in rows:
+        a = None
+        for t, g, _, _, pk in r[3]:
+            for k, m in enumerate(minutes):
+                if g < m * 60_000:
+                    break
+                if pk[k] >= (lo if k == last else hi):
+                    a = t + m * 60_000
+                    break
+            if a is None and rule_ms is not None and g >= rule_ms:
+                a = t + rule_ms
+            if a is not None:
+                break
+        res.append(a)
+    return res
+
+
+def alert_metrics(rows, alerts, subset=None):
+    tp = fp = fn = 0
+    lead = []
+    for i, (r, a) in enumerate(zip(rows, alerts)):
+        if subset is not None and not subset[i]:
+            continue
+        if a is not None and r[0]:
+            tp += 1
+            lead.append((r[2] + D.ABANDON_HORIZON_MS - a) / D.HOUR_MS)
+        elif a is not None:
+            fp += 1
+        elif r[0]:
+            fn += 1
+    prec = tp / max(tp + fp, 1)
+    rec = tp / max(tp + fn, 1)
+    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-9), "alerts": tp + fp,
+            "median_lead_time_hours": float(np.median(lead)) if lead else None,
+            "mean_lead_time_hours": float(np.mean(lead)) if lead else None}
+
+
+def eval_abandon(rows, sel_rows, minutes, target_precision=0.9):
+    """Alert policies on the held-out carts, thresholds chosen on the selection run's carts."""
+    thetas = np.round(np.linspace(0.5, 0.995, 100), 4)
+    chosen = next((float(th) for th in thetas
+                   if alert_metrics(sel_rows, policy_model(sel_rows, th))["precision"] >= target_precision), None)
+    res = {"carts": len(rows), "abandoned_rate": float(np.mean([r[0] for r in rows])),
            "target_precision": target_precision, "threshold": chosen,
            "lead_time": "hours from the alert to the end of the 24 h abandonment window (truth last_activity_ts + 24 h), "
                         "true-positive alerts"}
     table = {}
     if chosen is not None:
-        table[f"model_p_abandon_at_10min (precision>={target_precision})"] = metrics(policy_model(chosen), in_test)
-    lo = threshold_for(0.85)
-    res["threshold_precision_0.85"] = lo
-    if lo is not None:
-        table["model_p_abandon_at_10min (precision>=0.85)"] = metrics(policy_model(lo), in_test)
-    # an F1-optimal threshold (also chosen on the calibration half)
-    best = max(thetas, key=lambda th: metrics(policy_model(th), in_cal)["f1"])
-    res["threshold_f1"] = float(best)
-    table["model_p_abandon_at_10min_f1_threshold"] = metrics(policy_model(best), in_test)
-    table["alert_every_10min_check"] = metrics(policy_model(0.0), in_test)
-    for name, T in (("timer_30min", 30), ("timer_1h", 60), ("timer_2h", 120), ("timer_10h", 600)):
-        table[name] = metrics(policy_timer(T * 60_000), in_test)
-    if chosen is not None:
-        # production-style policy: an early alert when the model is confident, the 10 h timer otherwise
-        early = policy_model(chosen)
-        late = policy_timer(600 * 60_000)
-        table[f"hybrid: model (precision>={target_precision}) at 10 min, else timer_10h"] = metrics(
-            [e if e is not None else l for e, l in zip(early, late)], in_test)
+        table[f"p_abandon at 10 min (precision>={target_precision} on the selection run: {chosen})"] = \
+            alert_metrics(rows, policy_model(rows, chosen))
+    if minutes:
+        grid_hi = [0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995, 1.01]
+        grid_lo = [0.5, 0.7, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.96, 0.97]
+        # on the selection run, with the rule at 24 h: the F1-best thresholds among those whose alerts
+        # come no later (median lead time) than the 10-hour timer's, and the F1-best overall
+        timer_lead = alert_metrics(sel_rows, policy_timer(sel_rows, 600 * 60_000))["median_lead_time_hours"]
+        scored = []
+        for hi in grid_hi:
+            for lo in grid_lo:
+                if lo <= hi:
+                    m = alert_metrics(sel_rows, policy_rechecks(sel_rows, minutes, hi, lo, RULE_MS))
+                    scored.append((m["f1"], m["median_lead_time_hours"] >= timer_lead, hi, lo))
+        f1, _, hi, lo = max(x for x in scored if x[1])
+        f1_any, _, hi_any, lo_any = max(scored)
+        res["rechecks"] = {"minutes": minutes, "threshold": hi, "last_check_threshold": lo, "selection_f1": f1,
+                           "rule": "F1-best on the selection run among thresholds whose median lead time is at least "
+                                   "the 10-hour timer's there",
+                           "f1_best_any_lead": {"threshold": hi_any, "last_check_threshold": lo_any, "selection_f1": f1_any}}
+        table[f"**re-checks at {minutes[0]}..{minutes[-1]} min (>= {hi}, last check >= {lo}), the rule at 24 h**"] = \
+            alert_metrics(rows, policy_rechecks(rows, minutes, hi, lo, RULE_MS))
+        table["... of which the model's alerts alone"] = alert_metrics(rows, policy_rechecks(rows, minutes, hi, lo))
+        table[f"re-checks, F1-best thresholds regardless of lead time (>= {hi_any}, last check >= {lo_any}), rule at 24 h"] = \
+            alert_metrics(rows, policy_rechecks(rows, minutes, hi_any, lo_any, RULE_MS))
+        table[f"re-checks, one threshold {hi} at every check, rule at 24 h"] = \
+            alert_metrics(rows, policy_rechecks(rows, minutes, hi, hi, RULE_MS))
+    for name, T in (("timer 30 min", 30), ("timer 1 h", 60), ("timer 2 h", 120), ("timer 10 h", 600)):
+        table[name] = alert_metrics(rows, policy_timer(rows, T * 60_000))
     res["table"] = table
     return res
 
@@ -419,13 +463,15 @@ def markdown(r):
                   f"{a['logloss']:.4f} (rate {pct(a['rate'])}, {a['labels']} labels).", ""]
     if "abandon" in r:
         a = r["abandon"]
-        lines += [f"### Cart abandonment alerts (test half of the carts of {r['heldout']})", "",
-                  f"{a['test_carts']} carts, {pct(a['abandoned_rate_test'])} abandoned; threshold for precision "
-                  f"{a['target_precision']}: {a['threshold']}, F1 threshold: {a['threshold_f1']:.3f} (chosen on the other half).", "",
-                  "| policy | precision | recall | F1 | alerts | median lead time (h) |", "|---|---|---|---|---|---|"]
+        lines += [f"### Cart abandonment alerts (carts of {r['heldout']})", "",
+                  f"{a['carts']} carts, {pct(a['abandoned_rate'])} abandoned; thresholds chosen on the carts of "
+                  f"{a['selection_run']}.", "",
+                  "| policy | precision | recall | F1 | alerts | median lead time (h) | mean lead time (h) |",
+                  "|---|---|---|---|---|---|---|"]
         for k, m in a["table"].items():
             lt = f"{m['median_lead_time_hours']:.2f}" if m["median_lead_time_hours"] is not None else "-"
-            lines.append(f"| {k} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['alerts']} | {lt} |")
+            mt = f"{m['mean_lead_time_hours']:.2f}" if m["mean_lead_time_hours"] is not None else "-"
+            lines.append(f"| {k} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['alerts']} | {lt} | {mt} |")
         lines.append("")
     if "attribution" in r:
         a = r["attribution"]
@@ -450,6 +496,8 @@ def main(argv=None):
     ap.add_argument("--heldout", required=True, help="simulator output directory (events.jsonl + truth files)")
     ap.add_argument("--train-log", default=os.path.join(here, "data", "train"), help="log the LR baselines are fitted on")
     ap.add_argument("--models", default=here)
+    ap.add_argument("--select", default=os.path.join(here, "data", "select"),
+                    help="another simulator run: alert thresholds are chosen on its carts")
     ap.add_argument("--out", default=None, help="JSON results (default <models>/evaluation.json)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--target-precision", type=float, default=0.9)
@@ -466,8 +514,15 @@ def main(argv=None):
         tr = D.load_log(args.train_log)
         sd_t = D.step_features(tr)
         lab_t = D.step_labels(tr, sd_t)
-        r["step"], out = eval_step(args.models, hl, sd_h, lab_h, tr, sd_t, lab_t, rng)
-        r["abandon"] = eval_abandon(hl, sd_h, out, os.path.join(args.heldout, "truth_carts.jsonl"), rng, args.target_precision)
+        r["step"], scored = eval_step(args.models, hl, sd_h, lab_h, tr, sd_t, lab_t, rng)
+        rows = cart_rows(hl, sd_h, scored, os.path.join(args.heldout, "truth_carts.jsonl"))
+        sl = D.load_log(os.path.join(args.select, "events.jsonl"))
+        sd_s = D.step_features(sl)
+        meta = json.load(open(os.path.join(args.models, "journey_step", "metadata.json")))
+        scored_s = run_step_onnx(os.path.join(args.models, "journey_step", "model.onnx"), sl, sd_s.x, meta["hidden_size"])
+        sel_rows = cart_rows(sl, sd_s, (*scored_s, scored[2]), os.path.join(args.select, "truth_carts.jsonl"))
+        r["abandon"] = eval_abandon(rows, sel_rows, scored[2], args.target_precision)
+        r["abandon"]["selection_run"] = os.path.basename(os.path.normpath(args.select))
     if args.only in (None, "attribution"):
         names = [n for n in sorted(os.listdir(args.models)) if n.startswith("attribution")
                  and os.path.exists(os.path.join(args.models, n, "model.onnx"))]

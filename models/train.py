@@ -5,7 +5,8 @@
 
 PATH is a .jsonl file or a directory of .jsonl files (truth_*.jsonl of a simulator run are
 ignored). Labels come from the log itself. Writes, under --out:
-  journey_step/       GRU step model: P(purchase in 7 d), P(cart abandoned), expected 90-day revenue
+  journey_step/       GRU step model: P(purchase in 7 d), P(cart abandoned), expected 90-day revenue,
+                      and P(cart abandoned) after 10 min .. 10 h of inactivity (abandon_checks.py)
   attribution/        the shipped attribution model (--attribution-select: attention by default,
                       or the lower validation log-loss)
   attribution_cnn/    the other one (attribution_attention/ when the CNN ships)
@@ -29,7 +30,7 @@ import torch.nn.functional as Fn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tsdata as D  # noqa: E402
 
-VERSION = "2026.11.29-1"
+VERSION = "2026.11.29-2"
 OPSET = 17
 VALUE_SCALE = 100.0  # the revenue head predicts log(E[revenue] / VALUE_SCALE)
 
@@ -702,6 +703,9 @@ def main(argv=None):
                           "at events after which the cart is open, the customer is inactive >= 10 min, and the cart "
                           "had no 30-min inactivity before"}
         ops, diff = export_step(model, os.path.join(args.out, "journey_step"), lg, sd, metrics, history, desc, args.hidden)
+        # the inactivity re-check head, appended to the exported graph (abandon_checks.py)
+        from abandon_checks import add_checks
+        add_checks(os.path.join(args.out, "journey_step"), lg, sd, seed=args.seed)
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
         log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
     if not args.skip_attr:

@@ -19,7 +19,7 @@ use touchstream::engine::{EngineConfig, Output, PartitionEngine};
 use touchstream::event::{decode, Validation};
 use touchstream::inference::ModelSet;
 
-const OLD: &str = "2026.11.29-1";
+const OLD: &str = "2026.11.29-2";
 const NEW: &str = "swap-test-2";
 
 fn copy_models(to: &Path) {

@@ -44,10 +44,10 @@ fn step(c: &mut Criterion) {
             }
         }
         let hin: Vec<f32> = (0..batch * h).map(|i| ((i % 17) as f32 - 8.0) / 20.0).collect();
-        let (mut hout, mut scores) = (vec![0f32; batch * h], vec![[0f32; 3]; batch]);
+        let (mut hout, mut scores, mut checks) = (vec![0f32; batch * h], vec![[0f32; 3]; batch], vec![0f32; batch * set.step.checks_ms.len()]);
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
-            b.iter(|| runner.run(batch, black_box(&x), black_box(&hin), &mut hout, &mut scores).unwrap())
+            b.iter(|| runner.run(batch, black_box(&x), black_box(&hin), &mut hout, &mut scores, &mut checks).unwrap())
         });
     }
     g.finish();

@@ -111,8 +111,10 @@ pub struct AlertsConfig {
     pub inactivity_timeout: Span,
     /// With models: the inactivity after which P(abandon) is read.
     pub model_check: Span,
-    /// With models: alert at the check when P(abandon) >= this.
+    /// With models: alert at a check when P(abandon) >= this.
     pub abandon_threshold: f64,
+    /// With a re-check schedule: the threshold of its last check instead.
+    pub last_check_threshold: f64,
     /// `recommended_action` tiers, first match wins.
     pub actions: Vec<ActionTier>,
 }
@@ -394,6 +396,9 @@ impl Config {
         positive("alerts.model_check", self.alerts.model_check)?;
         if !(0.0..=1.0).contains(&self.alerts.abandon_threshold) {
             return Err(key_err("alerts.abandon_threshold", "must be between 0 and 1"));
+        }
+        if !(0.0..=1.0).contains(&self.alerts.last_check_threshold) {
+            return Err(key_err("alerts.last_check_threshold", "must be between 0 and 1"));
         }
         if self.alerts.actions.is_empty() {
             return Err(key_err("alerts.actions", "needs at least one tier"));

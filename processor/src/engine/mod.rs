@@ -24,7 +24,7 @@ use crate::event::{Channel, Event, EventType};
 use crate::inference::features;
 use crate::inference::step::{EXPECTED_VALUE, P_ABANDON, P_PURCHASE};
 use crate::inference::ModelSet;
-use crate::journey::CustomerState;
+use crate::journey::{Cart, CustomerState, ModelState};
 use crate::output::WindowNumbers;
 use crate::output::{AlertRecord, CartItem, ChannelWindowRecord, ConversionRecord, CreditedTouchpoint, ScoreRecord, TopTouchpoint};
 use crate::time::{Millis, Watermark};
@@ -42,6 +42,7 @@ pub struct EngineConfig {
     pub inactivity_timeout: Millis,
     pub model_check: Millis,
     pub abandon_threshold: f64,
+    pub last_check_threshold: f64,
     pub actions: Arc<[ActionTier]>,
     pub allowed_lateness: Millis,
     pub scores_min_change: f64,
@@ -61,6 +62,7 @@ impl EngineConfig {
             inactivity_timeout: c.alerts.inactivity_timeout.ms(),
             model_check: c.alerts.model_check.ms(),
             abandon_threshold: c.alerts.abandon_threshold,
+            last_check_threshold: c.alerts.last_check_threshold,
             actions: c.alerts.actions.clone().into(),
             allowed_lateness: c.event_time.allowed_lateness.ms(),
             scores_min_change: c.scores.min_change,
@@ -264,15 +266,10 @@ impl PartitionEngine {
         }
     }
 
-    /// When the customer's open cart may next need attention: the model's inactivity check (if
-    /// not done for the current inactivity) or the timeout rule.
-    fn next_due(&self, cart: &crate::journey::Cart) -> Millis {
-        let rule = cart.deadline(self.cfg.inactivity_timeout);
-        if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts {
-            rule.min(cart.last_activity_ts.saturating_add(self.cfg.model_check))
-        } else {
-            rule
-        }
+    /// When the customer's open cart may next need attention: the model's next inactivity check
+    /// or the timeout rule.
+    fn next_due(&self, cart: &Cart) -> Millis {
+        next_due(&self.cfg, self.scoring.as_ref(), cart)
     }
 
     /// Processes one valid event of this partition.
@@ -307,11 +304,7 @@ impl PartitionEngine {
             }
             EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart => {
                 if customer.apply_cart(ev) {
-                    let due = {
-                        let cart = customer.cart.as_ref().expect("just opened");
-                        let rule = cart.deadline(cfg.inactivity_timeout);
-                        if self.scoring.is_some() { rule.min(cart.last_activity_ts.saturating_add(cfg.model_check)) } else { rule }
-                    };
+                    let due = next_due(cfg, self.scoring.as_ref(), customer.cart.as_ref().expect("just opened"));
                     self.timers.push(Reverse((due, key.into())));
                 }
             }
@@ -356,31 +349,42 @@ impl PartitionEngine {
 
     /// The checks an event of the customer itself triggers on its open cart at event time `ts`.
     fn cart_checks(&mut self, key: &str, ts: Millis, out: &mut Vec<Output>) {
-        let Some(cart) = self.customers.get(key).and_then(|c| c.cart.as_ref()) else { return };
-        if cart.alerted {
-            return;
-        }
-        let check_at = cart.last_activity_ts.saturating_add(self.cfg.model_check);
-        if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts && ts >= check_at {
-            self.model_check(key, check_at, out);
-        }
-        let Some(cart) = self.customers.get(key).and_then(|c| c.cart.as_ref()) else { return };
-        let deadline = cart.deadline(self.cfg.inactivity_timeout);
-        if !cart.alerted && ts >= deadline {
-            self.alert(key, deadline, "inactivity_timeout", out);
+        self.due_checks(key, ts, out);
+    }
+
+    /// Runs the cart's model checks and rule that are due at `now` (event time), in time order;
+    /// returns when the cart next needs attention if it is still open and has not alerted.
+    fn due_checks(&mut self, key: &str, now: Millis, out: &mut Vec<Output>) -> Option<Millis> {
+        loop {
+            let cart = self.customers.get(key).and_then(|c| c.cart.as_ref())?;
+            if cart.alerted {
+                return None;
+            }
+            let deadline = cart.deadline(self.cfg.inactivity_timeout);
+            match next_check(&self.cfg, self.scoring.as_ref(), cart) {
+                Some((at, k)) if at <= now && at <= deadline => self.model_check(key, at, k, out),
+                _ if deadline <= now => {
+                    self.alert(key, deadline, "inactivity_timeout", out);
+                    return None;
+                }
+                _ => return Some(self.next_due(cart)),
+            }
         }
     }
 
-    /// The model's inactivity check of the customer's open cart: alert when P(abandon) after the
-    /// customer's latest event reaches the threshold.
-    fn model_check(&mut self, key: &str, check_at: Millis, out: &mut Vec<Output>) {
+    /// The model's inactivity check `k` of the customer's open cart: alert when P(abandon) for
+    /// this inactivity (the re-check head's column `k`, or `p_abandon`) reaches the threshold.
+    fn model_check(&mut self, key: &str, check_at: Millis, k: usize, out: &mut Vec<Output>) {
         self.flush_for(key);
         let Some(customer) = self.customers.get_mut(key) else { return };
-        let p = customer.model.as_ref().map(|m| f64::from(m.scores[P_ABANDON]));
+        let p = customer.model.as_ref().map(|m| f64::from(abandon_probability(m, k)));
         let Some(cart) = customer.cart.as_mut() else { return };
         cart.model_checked = cart.last_activity_ts;
+        cart.checks_done = u8::try_from(k + 1).unwrap_or(u8::MAX);
         self.mark_changed(key);
-        if p.is_some_and(|p| p >= self.cfg.abandon_threshold) {
+        let checks = self.scoring.as_ref().map_or(0, |s| s.set.step.checks_ms.len());
+        let threshold = if checks > 1 && k + 1 == checks { self.cfg.last_check_threshold } else { self.cfg.abandon_threshold };
+        if p.is_some_and(|p| p >= threshold) {
             self.alert(key, check_at, "model", out);
         }
     }
@@ -539,26 +543,7 @@ impl PartitionEngine {
                 break;
             }
             let Reverse((_, key)) = self.timers.pop().expect("peeked");
-            let Some(cart) = self.customers.get(&key).and_then(|c| c.cart.as_ref()) else { continue };
-            if cart.alerted {
-                continue;
-            }
-            if self.scoring.is_some() && cart.model_checked != cart.last_activity_ts {
-                let check_at = cart.last_activity_ts.saturating_add(self.cfg.model_check);
-                if check_at <= wm {
-                    self.model_check(&key, check_at, out);
-                }
-            }
-            let Some(cart) = self.customers.get(&key).and_then(|c| c.cart.as_ref()) else { continue };
-            if cart.alerted {
-                continue;
-            }
-            let deadline = cart.deadline(self.cfg.inactivity_timeout);
-            if deadline <= wm {
-                self.alert(&key, deadline, "inactivity_timeout", out);
-                continue;
-            }
-            let next = self.next_due(cart);
+            let Some(next) = self.due_checks(&key, wm, out) else { continue };
             self.timers.push(Reverse((next, key)));
         }
         if wm >= self.next_sweep {
@@ -655,6 +640,29 @@ fn convert(ev: &Event<'_>, customer: &mut CustomerState, cfg: &EngineConfig, scr
     }
 }
 
+/// The model's next inactivity check of the cart, if one is left: (when, which). With a re-check
+/// head, its schedule (`abandon_checks_minutes`) after the cart's last activity; otherwise one check
+/// at `alerts.model_check`.
+fn next_check(cfg: &EngineConfig, scoring: Option<&Scoring>, cart: &Cart) -> Option<(Millis, usize)> {
+    let schedule = &scoring?.set.step.checks_ms;
+    let done = if cart.model_checked == cart.last_activity_ts { usize::from(cart.checks_done) } else { 0 };
+    let after = if schedule.is_empty() { (done == 0).then_some(cfg.model_check)? } else { *schedule.get(done)? };
+    Some((cart.last_activity_ts.saturating_add(after), done))
+}
+
+fn next_due(cfg: &EngineConfig, scoring: Option<&Scoring>, cart: &Cart) -> Millis {
+    let rule = cart.deadline(cfg.inactivity_timeout);
+    next_check(cfg, scoring, cart).map_or(rule, |(at, _)| at.min(rule))
+}
+
+/// P(abandon) read at check `k`: the re-check head's column, or `p_abandon` without one.
+fn abandon_probability(m: &ModelState, k: usize) -> f32 {
+    match m.checks.get(k).or(m.checks.last()) {
+        Some(p) => *p,
+        None => m.scores[P_ABANDON],
+    }
+}
+
 /// Builds the abandonment alert of the customer's open cart at `alert_ts` and marks it alerted.
 fn build_alert(
     key: &str,
@@ -671,7 +679,10 @@ fn build_alert(
     let with_models = scoring.is_some();
     if let Some(s) = scoring {
         if let Some(m) = &customer.model {
-            probability = Some(f64::from(m.scores[P_ABANDON]));
+            // P(abandon) for the current inactivity: the latest check read, else the 10-minute one
+            let cart = customer.cart.as_ref().expect("alert needs an open cart");
+            let k = if cart.model_checked == cart.last_activity_ts { usize::from(cart.checks_done.max(1)) - 1 } else { 0 };
+            probability = Some(f64::from(abandon_probability(m, k)));
             conversion_probability = Some(f64::from(m.scores[P_PURCHASE]));
         }
         model_version = Some(s.set.version.to_string());

@@ -93,7 +93,9 @@ fn outputs_do_not_depend_on_inference_batching() {
     let events: Vec<_> = (0..6000).map(|_| gen.next_event()).collect();
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
     let run = |flush_each: bool| {
-        let mut engine = engine_with_models();
+        // thresholds low enough that the model alerts too, beside the rule
+        let cfg = EngineConfig { abandon_threshold: 0.8, last_check_threshold: 0.8, ..EngineConfig::default() };
+        let mut engine = PartitionEngine::new(0, cfg.with_models(Some(test_models())));
         let mut out = Vec::new();
         for ev in &events {
             engine.process(&decode(Some(ev.customer_id.as_bytes()), &ev.json, &check).unwrap(), &mut out);
@@ -148,4 +150,79 @@ fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
     let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };
     assert_eq!(c.model_version.as_deref(), Some(&*test_models().version));
     assert!((c.touchpoints.iter().map(|t| t.deep.unwrap()).sum::<f64>() - 1.0).abs() < 1e-9);
+}
+
+/// With the re-check head, an idle cart is checked at each inactivity of the model's schedule (by
+/// the watermark, or by the customer's own next event), in order, and alerts at the first check
+/// whose probability reaches the threshold, carrying that probability; without an alert the rule
+/// fires at the timeout with the last probability read.
+#[test]
+fn idle_carts_are_rechecked_on_the_models_schedule() {
+    let schedule = test_models().step.checks_ms.clone();
+    assert!(schedule.len() > 2, "the built-in step model has a re-check head: {schedule:?}");
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let t0 = 1_767_225_600_000;
+    let events = [
+        (t0, r#""event_type":"click","channel":"paid_social""#),
+        (t0 + 20_000, r#""event_type":"page_view""#),
+        (t0 + 60_000, r#""event_type":"product_view","product_id":"p1""#),
+        (t0 + 90_000, r#""event_type":"cart_add","product_id":"p1","quantity":1,"value":80.0,"currency":"EUR""#),
+    ];
+    let last = t0 + 90_000;
+    let engine_with = |threshold: f64, last_threshold: f64| {
+        let cfg = EngineConfig {
+            inactivity_timeout: schedule.last().unwrap() + 3_600_000,
+            abandon_threshold: threshold,
+            last_check_threshold: last_threshold,
+            ..EngineConfig::default()
+        };
+        let mut engine = PartitionEngine::new(0, cfg.with_models(Some(test_models())));
+        let mut out = Vec::new();
+        for (n, (ts, rest)) in events.iter().enumerate() {
+            let json = format!(r#"{{"event_id":"e{n}","customer_id":"a","ts":{ts},{rest}}}"#);
+            engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), &mut out);
+        }
+        engine.flush();
+        (engine, out)
+    };
+    let alerts = |out: &[Output]| -> Vec<AlertRecord> { out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a.clone()) } else { None }).collect() };
+
+    // never reached: every check runs, then the rule alerts with the last check's probability
+    let (mut engine, mut out) = engine_with(1.1, 1.1);
+    let p = engine.customer("a").unwrap().model.as_ref().unwrap().checks.clone();
+    assert_eq!(p.len(), schedule.len());
+    assert!(p.iter().all(|p| (0.0..=1.0).contains(p)));
+    engine.advance_idle(last + schedule[1] + 1 + engine.cfg.allowed_lateness, &mut out);
+    assert!(alerts(&out).is_empty());
+    assert_eq!(engine.customer("a").unwrap().cart.as_ref().unwrap().checks_done, 2, "the checks due so far ran");
+    engine.advance_idle(i64::MAX / 4, &mut out);
+    let a = alerts(&out);
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].reason, a[0].alert_ts), ("inactivity_timeout", last + engine.cfg.inactivity_timeout));
+    assert_eq!(a[0].abandonment_probability, Some(f64::from(*p.last().unwrap())));
+
+    // a threshold only the most confident early check reaches: the alert comes at that check
+    let k_last = schedule.len() - 1;
+    let top = p[..k_last].iter().cloned().fold(f32::MIN, f32::max);
+    let j = p.iter().position(|x| *x == top).unwrap();
+    for by_event in [false, true] {
+        let (mut engine, mut out) = engine_with(f64::from(top), 1.1);
+        if by_event {
+            // the customer's own next event, long after, shows the inactivity
+            let json = format!(r#"{{"event_id":"late","customer_id":"a","ts":{},"event_type":"page_view"}}"#, last + schedule[k_last] + 1);
+            engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), &mut out);
+        } else {
+            engine.advance_idle(i64::MAX / 4, &mut out);
+        }
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "by event: {by_event}");
+        assert_eq!((a[0].reason, a[0].alert_ts), ("model", last + schedule[j]), "check {j} of {p:?}");
+        assert_eq!(a[0].abandonment_probability, Some(f64::from(top)));
+    }
+
+    // the last check has its own threshold
+    let (mut engine, mut out) = engine_with(1.1, f64::from(p[k_last]));
+    engine.advance_idle(i64::MAX / 4, &mut out);
+    let a = alerts(&out);
+    assert_eq!((a[0].reason, a[0].alert_ts), ("model", last + schedule[k_last]));
 }

@@ -53,6 +53,7 @@ pub struct Scoring {
     h: Vec<f32>,
     h_out: Vec<f32>,
     scores: Vec<StepScores>,
+    checks: Vec<f32>,
     touches: Vec<ModelTouch>,
     /// Pending events that trigger a flush by themselves.
     pub flush_at: usize,
@@ -86,6 +87,7 @@ impl Scoring {
             h: Vec::new(),
             h_out: Vec::new(),
             scores: Vec::new(),
+            checks: Vec::new(),
             touches: Vec::new(),
             flush_at,
             stats: ScoringStats::default(),
@@ -129,7 +131,8 @@ impl Scoring {
         let hdim = self.set.step.hidden;
         let f = features::COUNT;
         let max_batch = self.set.max_batch;
-        let Scoring { reqs, order, feats, x, h, h_out, scores, step, stats, durations, .. } = self;
+        let k = self.set.step.checks_ms.len();
+        let Scoring { reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, .. } = self;
         order.clear();
         order.extend(0..reqs.len() as u32);
         order.sort_by_key(|&i| reqs[i as usize].wave);
@@ -157,8 +160,9 @@ impl Scoring {
             }
             h_out.resize(rows * hdim, 0.0);
             scores.resize(rows, [0.0; 3]);
+            checks.resize(rows * k, 0.0);
             let t = Instant::now();
-            let ran = step.run(rows, x, h, h_out, scores);
+            let ran = step.run(rows, x, h, h_out, scores, checks);
             let took = t.elapsed().as_secs_f64();
             stats.seconds += took;
             if durations.len() < 4096 {
@@ -177,6 +181,8 @@ impl Scoring {
                             }
                             m.hidden.copy_from_slice(&h_out[j * hdim..(j + 1) * hdim]);
                             m.scores = scores[j];
+                            m.checks.clear();
+                            m.checks.extend_from_slice(&checks[j * k..(j + 1) * k]);
                             m.scored_ts = r.ts;
                         }
                     }

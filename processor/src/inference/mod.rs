@@ -166,6 +166,21 @@ mod tests {
         files.onnx = ModelFiles::builtin("journey_step", false).unwrap().onnx;
         let err = AttributionModel::load(&files).unwrap_err().to_string();
         assert!(err.contains("inputs are"), "{err}");
+
+        // the re-check schedule must match the re-check output, and be increasing
+        let schedule = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
+            let mut files = ModelFiles::builtin("journey_step", false).unwrap();
+            let mut meta: serde_json::Value = serde_json::from_slice(&files.metadata).unwrap();
+            edit(meta["feature_encoding"]["abandon_checks_minutes"].as_array_mut().unwrap());
+            files.metadata = serde_json::to_vec(&meta).unwrap();
+            StepModel::load(&files, 64).unwrap_err().to_string()
+        };
+        let err = schedule(&|m| {
+            m.pop();
+        });
+        assert!(err.contains("p_abandon_after") && err.contains("dimension 1"), "{err}");
+        let err = schedule(&|m| m.swap(0, 1));
+        assert!(err.contains("abandon_checks_minutes must be"), "{err}");
     }
 
     #[test]

@@ -21,9 +21,16 @@ pub struct StepModel {
     plans: Plans,
     pub meta: Metadata,
     pub hidden: usize,
-    /// The inactivity after which P(abandon) is meant to be read (ms).
+    /// The inactivity after which `p_abandon` is meant to be read (ms).
     pub abandon_check_ms: i64,
+    /// With a re-check head (`p_abandon_after`): the inactivities (ms, increasing) of its columns;
+    /// empty without one.
+    pub checks_ms: Vec<i64>,
 }
+
+/// The optional re-check output: P(abandon) after each of the inactivities in
+/// `feature_encoding.abandon_checks_minutes`.
+pub const CHECKS_OUTPUT: &str = "p_abandon_after";
 
 impl StepModel {
     /// Loads and validates; plans are built for batches of up to `max_batch` rows.
@@ -35,16 +42,29 @@ impl StepModel {
         }
         let f = features::COUNT;
         meta.expect_tensors("inputs", &meta.inputs, &[("features", "float32", &[Dim::Batch, Dim::Fixed(f)]), ("hidden_in", "float32", &[Dim::Batch, Dim::Fixed(hidden)])])?;
-        meta.expect_tensors(
-            "outputs",
-            &meta.outputs,
-            &[
-                ("hidden_out", "float32", &[Dim::Batch, Dim::Fixed(hidden)]),
-                ("p_purchase", "float32", &[Dim::Batch, Dim::Fixed(1)]),
-                ("p_abandon", "float32", &[Dim::Batch, Dim::Fixed(1)]),
-                ("expected_value", "float32", &[Dim::Batch, Dim::Fixed(1)]),
-            ],
-        )?;
+        let checks_ms = match meta.feature_encoding.pointer("/abandon_checks_minutes") {
+            None => Vec::new(),
+            Some(v) => {
+                let minutes: Vec<f64> = v
+                    .as_array()
+                    .ok_or_else(|| meta.err("feature_encoding/abandon_checks_minutes is not a list"))?
+                    .iter()
+                    .map(|m| m.as_f64().unwrap_or(f64::NAN))
+                    .collect();
+                let ok = !minutes.is_empty() && minutes.len() <= 64 && minutes.iter().all(|m| m.is_finite() && *m > 0.0) && minutes.windows(2).all(|w| w[0] < w[1]);
+                if !ok {
+                    return Err(meta.err(format!("feature_encoding/abandon_checks_minutes must be 1 to 64 increasing positive numbers, got {minutes:?}")));
+                }
+                minutes.iter().map(|m| (m * 60_000.0) as i64).collect()
+            }
+        };
+        let (d_checks, d_hidden, d_one) = ([Dim::Batch, Dim::Fixed(checks_ms.len())], [Dim::Batch, Dim::Fixed(hidden)], [Dim::Batch, Dim::Fixed(1)]);
+        let mut outputs: Vec<(&str, &str, &[Dim])> =
+            vec![("hidden_out", "float32", &d_hidden), ("p_purchase", "float32", &d_one), ("p_abandon", "float32", &d_one), ("expected_value", "float32", &d_one)];
+        if !checks_ms.is_empty() {
+            outputs.push((CHECKS_OUTPUT, "float32", &d_checks));
+        }
+        meta.expect_tensors("outputs", &meta.outputs, &outputs)?;
         let order: Vec<&str> = meta
             .encoding("/order")?
             .as_array()
@@ -75,7 +95,7 @@ impl StepModel {
         // batching (plans for different sizes round differently), and a fixed size runs ~1.6x
         // faster than a symbolic batch.
         let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &[max_batch])?;
-        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64 };
+        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
                 model.check_fixtures(fixtures)?;
@@ -94,14 +114,15 @@ impl StepModel {
         let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| parity(0, e.to_string()))?;
         let fixtures = doc["fixtures"].as_array().ok_or_else(|| parity(0, "no `fixtures` list".into()))?;
         let mut runner = StepRunner::new(self).map_err(|e| parity(0, e.to_string()))?;
-        let (mut h, mut s) = (vec![0f32; self.hidden], [[0f32; 3]]);
+        let k = self.checks_ms.len();
+        let (mut h, mut s, mut c) = (vec![0f32; self.hidden], [[0f32; 3]], vec![0f32; k]);
         for (i, fx) in fixtures.iter().enumerate() {
             let x = flat(&fx["inputs"]["features"]);
             let hin = flat(&fx["inputs"]["hidden_in"]);
             if x.len() != features::COUNT || hin.len() != self.hidden {
                 return Err(parity(i, "fixture inputs have the wrong size".into()));
             }
-            runner.run(1, &x, &hin, &mut h, &mut s).map_err(|e| parity(i, e.to_string()))?;
+            runner.run(1, &x, &hin, &mut h, &mut s, &mut c).map_err(|e| parity(i, e.to_string()))?;
             let want = &fx["onnxruntime"];
             let close = |got: f32, want: f64, rel: bool| {
                 let tol = if rel { 1e-4 * want.abs().max(1.0) } else { 1e-4 };
@@ -116,6 +137,17 @@ impl StepModel {
                 let w = flat(&want[*name]).first().copied().unwrap_or(f32::NAN);
                 if !close(s[0][k], f64::from(w), *name == "expected_value") {
                     return Err(parity(i, format!("{name} = {} but the fixture says {w}", s[0][k])));
+                }
+            }
+            if k > 0 {
+                let w = flat(&want[CHECKS_OUTPUT]);
+                if w.len() != k {
+                    return Err(parity(i, format!("the fixture has {} values of {CHECKS_OUTPUT}, the model {k}", w.len())));
+                }
+                for (j, w) in w.iter().enumerate() {
+                    if !close(c[j], f64::from(*w), false) {
+                        return Err(parity(i, format!("{CHECKS_OUTPUT}[{j}] = {} but the fixture says {w}", c[j])));
+                    }
                 }
             }
         }
@@ -141,6 +173,7 @@ pub(crate) fn flat(v: &serde_json::Value) -> Vec<f32> {
 pub struct StepRunner {
     states: PlanStates,
     hidden: usize,
+    checks: usize,
     /// Padded inputs (reused).
     x: Vec<f32>,
     h: Vec<f32>,
@@ -154,12 +187,13 @@ impl std::fmt::Debug for StepRunner {
 
 impl StepRunner {
     pub fn new(model: &StepModel) -> TractResult<StepRunner> {
-        Ok(StepRunner { states: PlanStates::new(&model.plans)?, hidden: model.hidden, x: Vec::new(), h: Vec::new() })
+        Ok(StepRunner { states: PlanStates::new(&model.plans)?, hidden: model.hidden, checks: model.checks_ms.len(), x: Vec::new(), h: Vec::new() })
     }
 
     /// One batched step: `rows` feature vectors and hidden states in, new hidden states and scores
-    /// out (row-major slices).
-    pub fn run(&mut self, rows: usize, x: &[f32], h: &[f32], h_out: &mut [f32], scores: &mut [StepScores]) -> TractResult<()> {
+    /// out (row-major slices); `checks` gets the re-check probabilities (`rows` × the model's
+    /// check count, nothing without a re-check head).
+    pub fn run(&mut self, rows: usize, x: &[f32], h: &[f32], h_out: &mut [f32], scores: &mut [StepScores], checks: &mut [f32]) -> TractResult<()> {
         let (f, hd) = (features::COUNT, self.hidden);
         let (padded, state) = self.states.for_rows(rows)?;
         // pad with copies of row 0 up to the plan's row count (rows are independent)
@@ -179,6 +213,10 @@ impl StepRunner {
         let (pp, pa, ev) = (views[1].as_slice::<f32>()?, views[2].as_slice::<f32>()?, views[3].as_slice::<f32>()?);
         for r in 0..rows {
             scores[r] = [pp[r], pa[r], ev[r]];
+        }
+        if self.checks > 0 {
+            let n = rows * self.checks;
+            checks[..n].copy_from_slice(&out[4].try_as_plain_ram()?.as_slice::<f32>()?[..n]);
         }
         Ok(())
     }

@@ -45,9 +45,16 @@ pub struct Cart {
     /// A `checkout_start` happened since the cart opened.
     #[serde(default)]
     pub checkout_started: bool,
-    /// With models: the `last_activity_ts` whose inactivity check already read P(abandon).
+    /// With models: the `last_activity_ts` whose inactivity checks have started ...
     #[serde(default = "never")]
     pub model_checked: Millis,
+    /// ... and how many of them are done (the model's re-check schedule, or the one check).
+    #[serde(default = "one")]
+    pub checks_done: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 fn never() -> Millis {
@@ -61,6 +68,9 @@ pub struct ModelState {
     pub hidden: Vec<f32>,
     /// P(purchase), P(abandon), expected value after the latest event.
     pub scores: [f32; 3],
+    /// With a re-check head: P(abandon) after each inactivity of the model's schedule.
+    #[serde(default)]
+    pub checks: Vec<f32>,
     /// Event time of the event the scores belong to.
     pub scored_ts: Millis,
     /// The scores last written to the scores topic.
@@ -70,7 +80,7 @@ pub struct ModelState {
 
 impl ModelState {
     pub fn new(hidden: usize) -> Self {
-        ModelState { hidden: vec![0.0; hidden], scores: [0.0; 3], scored_ts: Millis::MIN, written: None }
+        ModelState { hidden: vec![0.0; hidden], scores: [0.0; 3], checks: Vec::new(), scored_ts: Millis::MIN, written: None }
     }
 }
 
@@ -192,6 +202,7 @@ impl CustomerState {
                     alerted: false,
                     checkout_started: false,
                     model_checked: Millis::MIN,
+                    checks_done: 0,
                 });
                 if let Some(c) = &ev.currency {
                     if cart.currency.as_deref() != Some(c.as_ref()) {
