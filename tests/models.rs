@@ -21,6 +21,7 @@ use touchstream::inference::ModelSet;
 
 const OLD: &str = "2026.11.29-2";
 const NEW: &str = "swap-test-2";
+const ABANDON_THRESHOLD: f64 = 0.8;
 
 fn copy_models(to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
@@ -58,6 +59,7 @@ fn reference(events: &[Record], dir: &Path) -> (Vec<Output>, HashMap<String, [f6
     let mut cfg = Config::defaults();
     cfg.models.dir = dir.display().to_string();
     cfg.models.check_fixtures = false;
+    cfg.alerts.abandon_threshold = ABANDON_THRESHOLD;
     let models: Option<Arc<ModelSet>> = ModelSet::load(&cfg.models).unwrap();
     let engine_cfg = EngineConfig::from_config(&cfg).with_models(models);
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
@@ -99,6 +101,8 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
         ("models.watch", "false"),
         ("event_time.idle_timeout", "1h"),
         ("processing.commit_interval", "200ms"),
+        // low enough that the model's early checks (before the 30-minute rule) alert on this stream
+        ("alerts.abandon_threshold", "0.8"),
     ];
 
     // phase 1 on the committed models
@@ -195,7 +199,7 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     assert!(fallbacks < conversions.len(), "some deep credit comes from the model: {fallbacks} fallbacks of {}", conversions.len());
     eprintln!("{} conversions ({fallbacks} time-decay fallbacks), {old} before and {new} after the swap", conversions.len());
 
-    // alerts: the same as the library's; model alerts at the 10-minute check, before the rule
+    // alerts: the same as the library's; model alerts at one of its checks before the rule
     assert_eq!(alerts.len(), want_alerts.len(), "no alert lost or duplicated");
     let (mut by_model, mut by_rule) = (0, 0);
     for r in &alerts {
@@ -208,8 +212,8 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
         match a["reason"].as_str().unwrap() {
             "model" => {
                 by_model += 1;
-                assert_eq!(ts, last + 10 * MIN, "{id}: the model alerts at the inactivity check");
-                assert!(p >= 0.875, "{id}: P(abandon) {p} reached the threshold");
+                assert!([10 * MIN, 20 * MIN, 30 * MIN].contains(&(ts - last)), "{id}: the model alerts at an inactivity check");
+                assert!(p >= ABANDON_THRESHOLD, "{id}: P(abandon) {p} reached the threshold");
             }
             "inactivity_timeout" => {
                 by_rule += 1;

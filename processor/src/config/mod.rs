@@ -624,6 +624,8 @@ mod tests {
         assert!(e.contains("formats.events"), "{e}");
         let e = load(None, &[], &[("formats.alerts", "avro"), ("registry.url", "registry:8081")]).unwrap_err().to_string();
         assert!(e.contains("registry.url"), "{e}");
+        let e = load(None, &[("TOUCHSTREAM__ALERTS__LAST_CHECK_THRESHOLD", "1.5")], &[]).unwrap_err().to_string();
+        assert!(e.contains("alerts.last_check_threshold"), "{e}");
     }
 
     #[test]
