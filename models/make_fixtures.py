@@ -356,13 +356,18 @@ def run_models(lg: D.Log, sd: D.StepData, stream: list, order: list, convs_of: d
         cid = e["customer_id"]
         h = hidden.get(cid, np.zeros((1, H), dtype=np.float32))
         x = sd.x[i:i + 1]
-        ho, pp, pa, ev = s_sess.run(["hidden_out", "p_purchase", "p_abandon", "expected_value"],
-                                    {"features": x, "hidden_in": h})
+        checks = "p_abandon_after" in [o.name for o in s_sess.get_outputs()]
+        res = s_sess.run(["hidden_out", "p_purchase", "p_abandon", "expected_value"] + (["p_abandon_after"] if checks else []),
+                         {"features": x, "hidden_in": h})
+        ho, pp, pa, ev = res[:4]
         hidden[cid] = ho
-        steps.append({"event_id": e["event_id"],
-                      "features": [f32(v) for v in x[0]],
-                      "p_purchase": f32(pp[0, 0]), "p_abandon": f32(pa[0, 0]), "expected_value": f32(ev[0, 0]),
-                      "hidden_out_head": [f32(v) for v in ho[0, :4]]})
+        step = {"event_id": e["event_id"],
+                "features": [f32(v) for v in x[0]],
+                "p_purchase": f32(pp[0, 0]), "p_abandon": f32(pa[0, 0]), "expected_value": f32(ev[0, 0]),
+                "hidden_out_head": [f32(v) for v in ho[0, :4]]}
+        if checks:
+            step["p_abandon_after"] = [f32(v) for v in res[4][0]]
+        steps.append(step)
 
     # conversions, in stream order of the purchase events
     conversions = []
@@ -576,7 +581,8 @@ DESCRIPTION = {
     "steps": "[n] one per event, same order as events: event_id, features [38] (float32 values of "
              "tsdata.step_features), and the ONNX Runtime outputs of journey_step/model.onnx run once per event with "
              "the customer's hidden state (zeros before its first event, then the previous full hidden_out): "
-             "p_purchase, p_abandon, expected_value (scalars) and hidden_out_head = hidden_out[0:4]",
+             "p_purchase, p_abandon, expected_value (scalars), p_abandon_after (the re-check head's values, "
+             "when the model has it) and hidden_out_head = hidden_out[0:4]",
     "conversions": "one per purchase event of the chosen customers, in stream order. Fields: purchase_event_id, "
                    "customer_id, ts; previous_purchase_event_id / previous_purchase_ts (the customer's latest purchase "
                    "before this one, null if none; its ts is what the context token's age uses); "

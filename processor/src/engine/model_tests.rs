@@ -21,7 +21,7 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
     let mut engine = engine_with_models();
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
     let mut out = Vec::new();
-    let mut worst = [0f64; 4];
+    let mut worst = [0f64; 5];
     for (ev, step) in events.iter().zip(steps) {
         let text = serde_json::to_string(ev).unwrap();
         let key = ev["customer_id"].as_str().unwrap();
@@ -46,6 +46,14 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
         }
         for (j, w) in step["hidden_out_head"].as_array().unwrap().iter().enumerate() {
             assert!((f64::from(m.hidden[j]) - f(w)).abs() <= 1e-4, "event {}: hidden[{j}]", step["event_id"]);
+        }
+        // the re-check head's probabilities, kept in the customer's state
+        let want = step["p_abandon_after"].as_array().expect("the fixture carries p_abandon_after");
+        assert_eq!(m.checks.len(), want.len(), "event {}: re-check values", step["event_id"]);
+        for (j, w) in want.iter().enumerate() {
+            let d = (f64::from(m.checks[j]) - f(w)).abs();
+            worst[4] = worst[4].max(d);
+            assert!(d <= 1e-4, "event {}: p_abandon_after[{j}] differs by {d} from ONNX Runtime", step["event_id"]);
         }
     }
     let records: Vec<&ConversionRecord> = out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect();
@@ -72,7 +80,10 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
             assert!(d <= 1e-3, "{id}: deep credit of {} is {} but the pipeline computes {}", w["event_id"], t.deep.unwrap(), w["credit"]);
         }
     }
-    eprintln!("max differences: features {:.2e}, p_purchase {:.2e}, p_abandon {:.2e}, expected value (rel) {:.2e}", worst[0], worst[1], worst[2], worst[3]);
+    eprintln!(
+        "max differences: features {:.2e}, p_purchase {:.2e}, p_abandon {:.2e}, expected value (rel) {:.2e}, p_abandon_after {:.2e}",
+        worst[0], worst[1], worst[2], worst[3], worst[4]
+    );
 }
 
 #[test]
