@@ -61,12 +61,11 @@ def _session(path):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def head_inputs(model_path: str, lg: D.Log, sd: D.StepData, rows: np.ndarray, names: list[str]) -> np.ndarray:
-    """The tensors `names` after each event in `rows`, side by side (all customers stepped in
-    parallel with ONNX Runtime, the step model exposing its intermediate tensors)."""
+def _exposing_session(model_path: str, names: list[str]):
+    """An ONNX Runtime session of the model with the intermediate tensors `names` as extra outputs
+    (the graph inputs among them are read from the feeds instead)."""
     import onnx
     m = onnx.load(model_path)
-    hidden = next(d.dim_value for o in m.graph.output if o.name == "hidden_out" for d in o.type.tensor_type.shape.dim[1:])
     have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
     for n in names:
         if n not in have:
@@ -74,7 +73,21 @@ def head_inputs(model_path: str, lg: D.Log, sd: D.StepData, rows: np.ndarray, na
     with tempfile.TemporaryDirectory() as tmp:
         p = os.path.join(tmp, "m.onnx")
         onnx.save(m, p)
-        sess = _session(p)
+        return _session(p)
+
+
+def _side_by_side(sess, feeds, names):
+    """The tensors `names` (outputs of `sess`, or feeds) for one feed, side by side."""
+    fetch = [n for n in names if n not in feeds]
+    got = dict(zip(fetch, sess.run(fetch, feeds)))
+    return np.hstack([feeds[n] if n in feeds else got[n] for n in names])
+
+
+def head_inputs(model_path: str, lg: D.Log, sd: D.StepData, rows: np.ndarray, names: list[str]) -> np.ndarray:
+    """The tensors `names` after each event in `rows`, side by side (all customers stepped in
+    parallel with ONNX Runtime, the step model exposing its intermediate tensors)."""
+    sess = _exposing_session(model_path, names)
+    hidden = next(int(o.shape[1]) for o in sess.get_outputs() if o.name == "hidden_out")
     out_names = [o.name for o in sess.get_outputs()]
     i_h = out_names.index("hidden_out")
     pos = np.full(lg.n, -1, dtype=np.int64)
@@ -261,7 +274,8 @@ def add_checks(step_dir: str, lg: D.Log, sd: D.StepData, seed: int = 1, epochs: 
     k = len(CHECKS_MINUTES)
     # the head's inputs for each fixture, read from the model before the head is added
     fx = json.load(open(fx_path))
-    xins = [_tensors(model_path, {kk: np.asarray(v, dtype=np.float32) for kk, v in f["inputs"].items()}, names)
+    exposing = _exposing_session(model_path, names)
+    xins = [_side_by_side(exposing, {kk: np.asarray(v, dtype=np.float32) for kk, v in f["inputs"].items()}, names)
             for f in fx["fixtures"]]
     if not head_hidden and head_input == "all":
         onnx_model = fold_head(model_path, net, k)
@@ -332,23 +346,6 @@ def add_checks(step_dir: str, lg: D.Log, sd: D.StepData, seed: int = 1, epochs: 
     log(f"re-check head appended to {model_path} ({os.path.getsize(model_path)} bytes) in {time.time() - t0:.0f} s; "
         f"torch vs ORT {diff:.1e}, tract vs ORT {tract_diff}")
     return val
-
-
-def _tensors(model_path, feeds, names):
-    """The tensors `names` of the model for one feed, side by side."""
-    import onnx
-    m = onnx.load(model_path)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have and n not in feeds:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    with tempfile.TemporaryDirectory() as tmp:
-        p = os.path.join(tmp, "m.onnx")
-        onnx.save(m, p)
-        sess = _session(p)
-        fetch = [n for n in names if n not in feeds]
-        got = dict(zip(fetch, sess.run(fetch, feeds)))
-        return np.hstack([feeds[n] if n in feeds else got[n] for n in names])
 
 
 def main(argv=None):

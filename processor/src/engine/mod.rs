@@ -290,7 +290,7 @@ impl PartitionEngine {
 
         // The customer's own next event shows (in event time) whether the cart sat idle long
         // enough for the model's check or the timeout, whatever the watermark says.
-        self.cart_checks(key, ev.ts, out);
+        self.due_checks(key, ev.ts, out);
 
         let cfg = &self.cfg;
         let customer = self.customers.get_mut(key).expect("present");
@@ -345,11 +345,6 @@ impl PartitionEngine {
             self.on_watermark(out);
         }
         Processed { late }
-    }
-
-    /// The checks an event of the customer itself triggers on its open cart at event time `ts`.
-    fn cart_checks(&mut self, key: &str, ts: Millis, out: &mut Vec<Output>) {
-        self.due_checks(key, ts, out);
     }
 
     /// Runs the cart's model checks and rule that are due at `now` (event time), in time order;
