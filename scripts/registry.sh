@@ -5,9 +5,15 @@
 # on Maven Central; no Docker, no other download site. It does not need Kafka.
 #
 #   scripts/registry.sh fetch   download + unpack the distribution into .cache/registry/dist (once per version)
-#   scripts/registry.sh start   start it on a free 127.0.0.1 port, wait until /subjects answers,
-#                               write .cache/registry/current.env, print the Confluent base URL
+#   scripts/registry.sh start   start it on free 127.0.0.1 ports (http and https), wait until
+#                               /subjects answers on both, write .cache/registry/current.env,
+#                               print the Confluent base URL (http)
 #   scripts/registry.sh stop    stop it (SIGTERM, SIGKILL after 20 s); all its data is gone with it
+#
+# current.env exports the Confluent base URLs TOUCHSTREAM_TEST_REGISTRY (http) and
+# TOUCHSTREAM_TEST_REGISTRY_HTTPS (https, same registry), and TOUCHSTREAM_TEST_REGISTRY_CA: the
+# test CA (PEM) of the https certificate (SAN IP:127.0.0.1, DNS:localhost), made fresh by every
+# `start` by scripts/test-certs.sh in .cache/registry/<run>/tls.
 #
 # Env: APICURIO_VERSION (default below; 2.x and 3.0.x run on Java 17, 3.1 and later need Java 21+),
 #      REGISTRY_JAVA   java binary to use (default: $JAVA_HOME/bin/java, else `java` on PATH),
@@ -46,10 +52,13 @@ fetch() {
 }
 
 # ---- helpers ----------------------------------------------------------------
-free_port() {
+# $1 free loopback ports on one line (all bound at once so they differ).
+free_ports() {
   python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))' "$1"
 }
 
 # The launcher jar: quarkus-run.jar (fast-jar layout, 3.1+) or *-runner.jar (legacy layout).
@@ -91,8 +100,11 @@ is_registry_pid() { [[ -n ${1:-} ]] && grep -qa "$MARKER" "/proc/$1/cmdline" 2>/
 save_env() {
   cat >"$ENV_FILE" <<EOF
 export TOUCHSTREAM_TEST_REGISTRY=http://127.0.0.1:$REGISTRY_PORT$CCOMPAT_PATH
+export TOUCHSTREAM_TEST_REGISTRY_HTTPS=https://127.0.0.1:$REGISTRY_HTTPS_PORT$CCOMPAT_PATH
+export TOUCHSTREAM_TEST_REGISTRY_CA=$(printf %q "$CACHE/$REGISTRY_RUN_DIR/tls/ca.pem")
 REGISTRY_PID=$REGISTRY_PID
 REGISTRY_PORT=$REGISTRY_PORT
+REGISTRY_HTTPS_PORT=$REGISTRY_HTTPS_PORT
 REGISTRY_RUN_DIR=$REGISTRY_RUN_DIR
 APICURIO_VERSION=$APICURIO_VERSION
 EOF
@@ -106,6 +118,11 @@ launch() {
   opts=(${REGISTRY_HEAP_OPTS:--Xms64m -Xmx512m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1
         -Djava.awt.headless=true "-D$MARKER=$REGISTRY_PORT"
         -Dquarkus.http.host=127.0.0.1 "-Dquarkus.http.port=$REGISTRY_PORT"
+        # https on a second port with the test certificate (paths relative to the run dir);
+        # plain http stays enabled on the first.
+        "-Dquarkus.http.ssl-port=$REGISTRY_HTTPS_PORT" -Dquarkus.http.insecure-requests=enabled
+        -Dquarkus.http.ssl.certificate.files=tls/server.pem
+        -Dquarkus.http.ssl.certificate.key-files=tls/server.key
         # 3.x also opens a management interface, by default on 0.0.0.0:9000: keep it on
         # loopback and on a random port so that parallel registries do not collide.
         -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port=0
@@ -120,11 +137,16 @@ launch() {
 wait_ready() {
   local deadline=$((SECONDS + START_TIMEOUT))
   local url=http://127.0.0.1:$REGISTRY_PORT$CCOMPAT_PATH/subjects
+  local https_url=https://127.0.0.1:$REGISTRY_HTTPS_PORT$CCOMPAT_PATH/subjects
+  local ca=$CACHE/$REGISTRY_RUN_DIR/tls/ca.pem
   while ((SECONDS < deadline)); do
     if ! is_registry_pid "$REGISTRY_PID"; then
       log "registry process exited during startup"; tail_log; return 1
     fi
-    if curl -sf -o /dev/null --max-time 2 "$url"; then return 0; fi
+    if curl -sf -o /dev/null --max-time 2 "$url" &&
+       curl -sf -o /dev/null --max-time 2 --cacert "$ca" "$https_url"; then
+      return 0
+    fi
     sleep 0.2
   done
   log "registry not ready after ${START_TIMEOUT}s"; tail_log; return 1
@@ -153,16 +175,20 @@ start() {
     rm -rf "${CACHE:?}/$REGISTRY_RUN_DIR" "$ENV_FILE"   # stale leftovers of a dead registry
   fi
   command -v curl >/dev/null || die "curl not found (used to wait for the registry)"
+  command -v openssl >/dev/null || die "openssl not found (makes the test certificate)"
   local java
   java=$(pick_java)
   fetch
-  REGISTRY_PORT=$(free_port)
+  read -r REGISTRY_PORT REGISTRY_HTTPS_PORT < <(free_ports 2)
   REGISTRY_RUN_DIR=run-$REGISTRY_PORT
   mkdir -p "$CACHE/$REGISTRY_RUN_DIR"
   local t0=$SECONDS
+  bash "$ROOT/scripts/test-certs.sh" "$CACHE/$REGISTRY_RUN_DIR/tls" ||
+    die "could not make the test certificate with openssl"
   launch "$java"
   wait_ready || { stop; die "registry failed to start"; }
-  log "Apicurio Registry $APICURIO_VERSION ready in $((SECONDS - t0))s: pid $REGISTRY_PID, logs .cache/registry/$REGISTRY_RUN_DIR/registry.log"
+  log "Apicurio Registry $APICURIO_VERSION ready in $((SECONDS - t0))s: pid $REGISTRY_PID," \
+    "https on port $REGISTRY_HTTPS_PORT, logs .cache/registry/$REGISTRY_RUN_DIR/registry.log"
   echo "http://127.0.0.1:$REGISTRY_PORT$CCOMPAT_PATH"
 }
 
