@@ -23,9 +23,8 @@ use touchstream::config::Config;
 use touchstream::registry::RegistryClient;
 
 fn registry_url() -> String {
-    std::env::var("TOUCHSTREAM_TEST_REGISTRY").expect(
-        "TOUCHSTREAM_TEST_REGISTRY is not set: run the tests with scripts/test.sh, which starts a schema registry",
-    )
+    std::env::var("TOUCHSTREAM_TEST_REGISTRY")
+        .expect("TOUCHSTREAM_TEST_REGISTRY is not set: run the tests with scripts/test.sh, which starts a schema registry")
 }
 
 fn registry() -> RegistryClient {
@@ -131,24 +130,58 @@ fn avro_and_json_input_resolved_against_our_schema_and_avro_outputs() {
     let key_id = reg.register(&format!("{}-key", topics.events), r#""string""#).unwrap();
     let mut avro_key = Vec::new();
     frame(key_id, &apache_avro::to_avro_datum(&Schema::String, Value::String("alice".into())).unwrap(), &mut avro_key);
-    send_raw(&p, &topics.events, 0, Some(&avro_key), &avro_event(JOURNEY_EVENT_SCHEMA, current, json!({"event_id":"a1","customer_id":"alice","ts":t,"event_type":"impression",
+    send_raw(
+        &p,
+        &topics.events,
+        0,
+        Some(&avro_key),
+        &avro_event(
+            JOURNEY_EVENT_SCHEMA,
+            current,
+            json!({"event_id":"a1","customer_id":"alice","ts":t,"event_type":"impression",
         "channel":"email","campaign":"spring","session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,
-        "properties":{"device":"ios"}})), None);
-    alice(avro_event(OLD, old, json!({"customer_id":"alice","event_id":"a2","ts":t + HOUR,"event_type":"click","channel":"paid_search","legacy_score":3,"value":null})));
-    alice(avro_event(NEW, new, json!({"event_id":"a3","customer_id":"alice","ts":t + 2 * HOUR,"event_type":"click","channel":"tiktok","device":"android","campaign":"launch","value":null})));
+        "properties":{"device":"ios"}}),
+        ),
+        None,
+    );
+    alice(avro_event(
+        OLD,
+        old,
+        json!({"customer_id":"alice","event_id":"a2","ts":t + HOUR,"event_type":"click","channel":"paid_search","legacy_score":3,"value":null}),
+    ));
+    alice(avro_event(
+        NEW,
+        new,
+        json!({"event_id":"a3","customer_id":"alice","ts":t + 2 * HOUR,"event_type":"click","channel":"tiktok","device":"android","campaign":"launch","value":null}),
+    ));
     // auto: anything without the magic byte is JSON
     alice(event("a4", "alice", t + 3 * HOUR, "purchase", r#","value":50.0,"currency":"EUR""#).into_bytes());
     // unusable records, each between good ones
     let unresolvable = avro_event(NO_EVENT_ID, broken, json!({"customer_id":"alice","ts":t,"event_type":"click"}));
-    let mut unknown_id = avro_event(JOURNEY_EVENT_SCHEMA, current, json!({"event_id":"x","customer_id":"alice","ts":t,"event_type":"click",
-        "channel":"email","campaign":null,"session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,"properties":null}));
+    let mut unknown_id = avro_event(
+        JOURNEY_EVENT_SCHEMA,
+        current,
+        json!({"event_id":"x","customer_id":"alice","ts":t,"event_type":"click",
+        "channel":"email","campaign":null,"session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,"properties":null}),
+    );
     unknown_id[1..5].copy_from_slice(&2_000_000_000u32.to_be_bytes());
     let truncated = vec![0u8, 0, 0];
     for bad in [&unresolvable, &unknown_id, &truncated] {
         alice(bad.clone());
     }
     // bob abandons a cart; zed moves the watermark past its deadline
-    send_raw(&p, &topics.events, 0, Some(b"bob"), &avro_event(OLD, old, json!({"customer_id":"bob","event_id":"b1","ts":t + 4 * HOUR,"event_type":"click","channel":"display","legacy_score":0,"value":null})), None);
+    send_raw(
+        &p,
+        &topics.events,
+        0,
+        Some(b"bob"),
+        &avro_event(
+            OLD,
+            old,
+            json!({"customer_id":"bob","event_id":"b1","ts":t + 4 * HOUR,"event_type":"click","channel":"display","legacy_score":0,"value":null}),
+        ),
+        None,
+    );
     send_raw(&p, &topics.events, 0, Some(b"bob"), event("b2", "bob", t + 4 * HOUR + MIN, "cart_add", r#","product_id":"p1","value":30.0"#).as_bytes(), None);
     send_raw(&p, &topics.events, 0, Some(b"zed"), event("z1", "zed", t + 2 * DAY, "page_view", "").as_bytes(), None);
     flush(&p);
@@ -274,7 +307,7 @@ fn a_registry_too_slow_to_answer_pauses_consumption_and_nothing_is_lost() {
     create_topic(&topics.events, 1);
     let url = registry_url();
     let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
-    let path = url.trim_start_matches("http://").splitn(2, '/').nth(1).unwrap().to_string();
+    let path = url.trim_start_matches("http://").split_once('/').unwrap().1.to_string();
     let up = Arc::new(AtomicBool::new(true));
     let proxy = switchable_proxy(hostport, up.clone(), true);
     let reg = registry();
@@ -283,8 +316,12 @@ fn a_registry_too_slow_to_answer_pauses_consumption_and_nothing_is_lost() {
     let t = (now_ms() - 2 * DAY).div_euclid(HOUR) * HOUR;
     let p = producer();
     let dave = |schema: &str, id: u32, rec: serde_json::Value| send_raw(&p, &topics.events, 0, Some(b"dave"), &avro_event(schema, id, rec), None);
-    dave(JOURNEY_EVENT_SCHEMA, current, json!({"event_id":"d1","customer_id":"dave","ts":t,"event_type":"click","channel":"email",
-        "campaign":null,"session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,"properties":null}));
+    dave(
+        JOURNEY_EVENT_SCHEMA,
+        current,
+        json!({"event_id":"d1","customer_id":"dave","ts":t,"event_type":"click","channel":"email",
+        "campaign":null,"session_id":null,"value":null,"currency":null,"product_id":null,"quantity":null,"properties":null}),
+    );
     flush(&p);
 
     let http = free_addr();
@@ -307,8 +344,16 @@ fn a_registry_too_slow_to_answer_pauses_consumption_and_nothing_is_lost() {
     // a schema we have not seen.
     up.store(false, Ordering::Release);
     let new = reg.register(&subject, NEW).unwrap();
-    dave(NEW, new, json!({"event_id":"d2","customer_id":"dave","ts":t + HOUR,"event_type":"click","channel":"tiktok","device":null,"campaign":null,"value":null}));
-    dave(NEW, new, json!({"event_id":"d3","customer_id":"dave","ts":t + 2 * HOUR,"event_type":"purchase","channel":null,"device":null,"campaign":null,"value":20.0}));
+    dave(
+        NEW,
+        new,
+        json!({"event_id":"d2","customer_id":"dave","ts":t + HOUR,"event_type":"click","channel":"tiktok","device":null,"campaign":null,"value":null}),
+    );
+    dave(
+        NEW,
+        new,
+        json!({"event_id":"d3","customer_id":"dave","ts":t + 2 * HOUR,"event_type":"purchase","channel":null,"device":null,"campaign":null,"value":20.0}),
+    );
     flush(&p);
     wait_logged(Some(&proc), "not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
     assert_eq!(metric(&http, "touchstream_registry_available"), Some(0.0));
@@ -340,7 +385,7 @@ fn the_start_waits_for_an_unavailable_registry_and_says_so() {
     create_topic(&topics.events, 1);
     let url = registry_url();
     let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
-    let path = url.trim_start_matches("http://").splitn(2, '/').nth(1).unwrap().to_string();
+    let path = url.trim_start_matches("http://").split_once('/').unwrap().1.to_string();
     let up = Arc::new(AtomicBool::new(false));
     let proxy = switchable_proxy(hostport, up.clone(), false);
     let http = free_addr();
@@ -413,14 +458,7 @@ fn python() -> String {
 
 fn interop(args: &[&str], stdin: &str) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/interop/client.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python");
+    let mut child = Command::new(python()).arg(script).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("python");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -36,3 +36,29 @@ fn check_config_accepts_the_example_config() {
     assert!(ok, "{out}");
     assert!(out.contains("config ok") && out.contains("from-env"), "{out}");
 }
+
+#[test]
+fn check_config_prints_toml_that_loads_back_with_secrets_masked() {
+    let dir = std::env::temp_dir().join(format!("touchstream-cli-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.toml");
+    std::fs::write(&input, "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.password\" = \"topsecret-1\"\n[kafka.consumer]\n\"ssl.key.password\" = \"topsecret-2\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_touchstream"))
+        .args(["check-config", "--config", input.to_str().unwrap()])
+        .env("TOUCHSTREAM__REGISTRY__PASSWORD", "topsecret-3")
+        .env("TOUCHSTREAM__REGISTRY__USERNAME", "svc")
+        .output()
+        .expect("run");
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    for secret in ["topsecret-1", "topsecret-2", "topsecret-3"] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert!(printed.contains("SCRAM-SHA-512"), "{printed}");
+    // stdout is the configuration alone: it loads back as a config file.
+    let back = dir.join("printed.toml");
+    std::fs::write(&back, &printed).unwrap();
+    let (ok, again) = touchstream(&["check-config", "--config", back.to_str().unwrap()], &[]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(ok && again.contains("SCRAM-SHA-512"), "{again}");
+}

@@ -52,10 +52,7 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
     let sent = produce_lines(&producer(), &topics.events, &events);
     assert_eq!(sent as u64, summary.events);
     // the rule at the 24-hour abandonment horizon: the model decides, the rule is only a safety net
-    let proc = Processor::start(
-        &topics,
-        &[("event_time.idle_timeout", "1h"), ("processing.commit_interval", "500ms"), ("alerts.inactivity_timeout", "24h")],
-    );
+    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "1h"), ("processing.commit_interval", "500ms"), ("alerts.inactivity_timeout", "24h")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(900)), "caught up:\n{}", proc.log());
     let conversions = read_all(&topics.conversions, Duration::from_secs(3));
     let alerts = read_all(&topics.alerts, Duration::from_secs(2));
@@ -201,7 +198,10 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
     for (name, t) in [("timer 30 min", 30 * MIN), ("timer 1 h", HOUR), ("timer 2 h", 2 * HOUR), ("timer 10 h", 10 * HOUR)] {
         rows.push((name.to_string(), score(&timer(t))));
     }
-    let mut alert_table = format!("{} carts, {truly} truly abandoned\n| policy | precision | recall | F1 | alerts | median lead time (h) |\n|---|---|---|---|---|---|\n", carts.len());
+    let mut alert_table = format!(
+        "{} carts, {truly} truly abandoned\n| policy | precision | recall | F1 | alerts | median lead time (h) |\n|---|---|---|---|---|---|\n",
+        carts.len()
+    );
     for (name, (p, r, f1, lead, n)) in &rows {
         alert_table += &format!("| {name} | {p:.3} | {r:.3} | {f1:.3} | {n} | {lead:.1} |\n");
     }
@@ -228,5 +228,8 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
     }
     let ten_hours = rows.last().unwrap().1;
     assert!(all.3 > ten_hours.3, "the processor's alerts (median lead {:.1} h) come before the 10-hour timer's ({:.1} h)\n{alert_table}", all.3, ten_hours.3);
-    assert!(by_reason.get("model").copied().unwrap_or(0) > 10 * by_reason.get("inactivity_timeout").copied().unwrap_or(0), "the model decides most carts: {by_reason:?}");
+    assert!(
+        by_reason.get("model").copied().unwrap_or(0) > 10 * by_reason.get("inactivity_timeout").copied().unwrap_or(0),
+        "the model decides most carts: {by_reason:?}"
+    );
 }

@@ -177,7 +177,8 @@ fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
     let topics = Topics::new("fatal");
     create_topic(&topics.events, PARTITIONS);
     produce_stream(&topics.events, 8_000, 15, 0.0);
-    let proc = Processor::start_as(&topics, "a", &[("processing.max_batch_events", "500"), ("event_time.idle_timeout", "1h")], &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
+    let proc =
+        Processor::start_as(&topics, "a", &[("processing.max_batch_events", "500"), ("event_time.idle_timeout", "1h")], &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
     let got = collect_outputs(&topics);
     let (status, log) = proc.stop();

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 const RULES: [&str; 5] = ["time_decay", "last_touch", "first_touch", "linear", "position_based"];
 
+/// A malformed record: key, value and the DLQ kind it should get.
+type BadRecord<'a> = (Option<&'a [u8]>, Vec<u8>, &'a str);
+
 struct Script {
     events: Vec<(i64, String, String)>, // (ts, customer, json)
     n: usize,
@@ -75,7 +78,7 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     send_raw(&p, &topics.events, 1, Some(b"ivy"), event("ivy-1", "ivy", ivy_ts, "cart_add", r#","product_id":"p4","value":40.0"#).as_bytes(), None);
     // ---- partition 2: good events around malformed ones
     let jo1 = event("jo-1", "jo", t + 5 * DAY, "purchase", r#","value":9.0"#);
-    let bad: Vec<(Option<&[u8]>, Vec<u8>, &str)> = vec![
+    let bad: Vec<BadRecord<'_>> = vec![
         (Some(b"jo"), b"this is not json {".to_vec(), "not_json"),
         (Some(b"jo"), format!(r#"{{"event_id":"x2","ts":{},"event_type":"click","channel":"email"}}"#, t).into_bytes(), "missing_field"),
         (Some(b"someone"), event("x3", "jo", t + 5 * DAY, "page_view", "").into_bytes(), "key_mismatch"),
@@ -118,11 +121,11 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
         }
     };
     // alice: 14, 7 and 0 days before: decay weights 1/4, 1/2, 1 -> 1/7, 2/7, 4/7
-    check(&alice_buy, &["display", "paid_search", "email"], &[
-        [1.0 / 7.0, 0.0, 1.0, 1.0 / 3.0, 0.4],
-        [2.0 / 7.0, 0.0, 0.0, 1.0 / 3.0, 0.2],
-        [4.0 / 7.0, 1.0, 0.0, 1.0 / 3.0, 0.4],
-    ]);
+    check(
+        &alice_buy,
+        &["display", "paid_search", "email"],
+        &[[1.0 / 7.0, 0.0, 1.0, 1.0 / 3.0, 0.4], [2.0 / 7.0, 0.0, 0.0, 1.0 / 3.0, 0.2], [4.0 / 7.0, 1.0, 0.0, 1.0 / 3.0, 0.4]],
+    );
     assert_eq!(by_id[&alice_buy]["touchpoints"][0]["event_id"], alice_display.as_str());
     assert_eq!(by_id[&alice_buy]["touchpoints"][0]["campaign"], "spring");
     assert_eq!(by_id[&alice_buy]["conversion_value"], 70.0);

@@ -23,11 +23,7 @@ fn send_journeys(topics: &Topics, from: usize, to: usize, t: i64) {
 }
 
 fn committed(topics: &Topics) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", &topics.group)
-        .create()
-        .unwrap();
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", &topics.group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&topics.events, 0);
     tpl.add_partition(&topics.events, 1);

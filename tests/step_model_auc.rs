@@ -82,11 +82,7 @@ fn labels(s: &[Scored]) -> Vec<Option<bool>> {
     for e in s.iter().filter(|e| e.purchase) {
         purchases.entry(e.customer).or_default().push(e.ts);
     }
-    s.iter()
-        .map(|e| {
-            (e.ts + 7 * DAY <= end).then(|| purchases.get(&e.customer).is_some_and(|p| p.iter().any(|&t| t > e.ts && t <= e.ts + 7 * DAY)))
-        })
-        .collect()
+    s.iter().map(|e| (e.ts + 7 * DAY <= end).then(|| purchases.get(&e.customer).is_some_and(|p| p.iter().any(|&t| t > e.ts && t <= e.ts + 7 * DAY)))).collect()
 }
 
 fn auc(y: &[bool], p: &[f64]) -> f64 {
@@ -108,10 +104,18 @@ fn auc(y: &[bool], p: &[f64]) -> f64 {
 }
 
 fn logloss(y: &[bool], p: &[f64]) -> f64 {
-    y.iter().zip(p).map(|(&y, &p)| {
-        let p = p.clamp(1e-7, 1.0 - 1e-7);
-        if y { -p.ln() } else { -(1.0 - p).ln() }
-    }).sum::<f64>() / y.len() as f64
+    y.iter()
+        .zip(p)
+        .map(|(&y, &p)| {
+            let p = p.clamp(1e-7, 1.0 - 1e-7);
+            if y {
+                -p.ln()
+            } else {
+                -(1.0 - p).ln()
+            }
+        })
+        .sum::<f64>()
+        / y.len() as f64
 }
 
 /// Standardised logistic regression with L2 (C = 1), full-batch gradient descent.

@@ -708,7 +708,17 @@ impl OutputCodecs {
             let value = register(client, cfg.registry.auto_register, &format!("{topic}-value"), file, text, stop, health, telemetry, &mut backoff)?;
             let key = match cfg.formats.keys {
                 KeyFormat::String => None,
-                KeyFormat::Avro => Some(register(client, cfg.registry.auto_register, &format!("{topic}-key"), "the string key schema", STRING_KEY_SCHEMA, stop, health, telemetry, &mut backoff)?),
+                KeyFormat::Avro => Some(register(
+                    client,
+                    cfg.registry.auto_register,
+                    &format!("{topic}-key"),
+                    "the string key schema",
+                    STRING_KEY_SCHEMA,
+                    stop,
+                    health,
+                    telemetry,
+                    &mut backoff,
+                )?),
             };
             Ok(OutputCodec::Avro { value, key })
         };
@@ -774,9 +784,7 @@ fn register(
                 return Err(format!("the schema registry refused {file} for subject `{subject}` (HTTP {status}): {message}"))
             }
             Err(RegistryError::NotFound(m)) => {
-                return Err(format!(
-                    "{file} is not registered under subject `{subject}` and registry.auto_register is false: {m}"
-                ))
+                return Err(format!("{file} is not registered under subject `{subject}` and registry.auto_register is false: {m}"))
             }
         }
     }
@@ -826,10 +834,7 @@ mod tests {
         {"name":"customer_id","type":"string"},{"name":"ts","type":"long"},{"name":"event_type","type":"string"}]}"#;
 
     fn decoder() -> AvroDecoder {
-        let map = [(1, JOURNEY_EVENT_SCHEMA), (2, OLD), (3, NEW), (4, NO_ID), (5, "{not a schema")]
-            .into_iter()
-            .map(|(i, s)| (i, s.to_string()))
-            .collect();
+        let map = [(1, JOURNEY_EVENT_SCHEMA), (2, OLD), (3, NEW), (4, NO_ID), (5, "{not a schema")].into_iter().map(|(i, s)| (i, s.to_string())).collect();
         AvroDecoder::new(Box::new(Fixed(map)))
     }
 
@@ -983,7 +988,7 @@ mod tests {
 
     #[test]
     fn outputs_round_trip_through_their_schemas() {
-        use crate::output::{CreditedTouchpoint, ConversionRecord};
+        use crate::output::{ConversionRecord, CreditedTouchpoint};
         let schema = Arc::new(Schema::parse_str(CONVERSION_SCHEMA).unwrap());
         let target = AvroTarget { subject: "conversions-value".into(), id: 42, schema: schema.clone() };
         let key = AvroTarget { subject: "conversions-key".into(), id: 43, schema: Arc::new(Schema::parse_str(STRING_KEY_SCHEMA).unwrap()) };
@@ -1095,16 +1100,34 @@ mod tests {
                 assert_eq!(fast, Err("not_avro".to_string()), "cut at {cut}");
             }
         }
-        let old = encode_with(2, OLD, vec![
-            ("customer_id", "c1".into()), ("event_id", "o1".into()), ("event_type", enum_(2, "page_view")),
-            ("ts", Value::Long(5000)), ("legacy_score", Value::Int(9)), ("channel", some(1, enum_(2, "display"))),
-            ("value", some(1, Value::Float(1.5))),
-        ]);
-        let new = encode_with(3, NEW, vec![
-            ("event_id", "n1".into()), ("customer_id", "c1".into()), ("ts", Value::TimestampMillis(6000)),
-            ("event_type", enum_(3, "wishlist_add")), ("channel", some(1, enum_(2, "tiktok"))), ("device", some(1, "ios".into())),
-            ("campaign", some(1, "x".into())), ("value", some(1, Value::Double(2.0))), ("quantity", some(1, Value::Int(3))),
-        ]);
+        let old = encode_with(
+            2,
+            OLD,
+            vec![
+                ("customer_id", "c1".into()),
+                ("event_id", "o1".into()),
+                ("event_type", enum_(2, "page_view")),
+                ("ts", Value::Long(5000)),
+                ("legacy_score", Value::Int(9)),
+                ("channel", some(1, enum_(2, "display"))),
+                ("value", some(1, Value::Float(1.5))),
+            ],
+        );
+        let new = encode_with(
+            3,
+            NEW,
+            vec![
+                ("event_id", "n1".into()),
+                ("customer_id", "c1".into()),
+                ("ts", Value::TimestampMillis(6000)),
+                ("event_type", enum_(3, "wishlist_add")),
+                ("channel", some(1, enum_(2, "tiktok"))),
+                ("device", some(1, "ios".into())),
+                ("campaign", some(1, "x".into())),
+                ("value", some(1, Value::Double(2.0))),
+                ("quantity", some(1, Value::Int(3))),
+            ],
+        );
         for payload in [old, new] {
             let (fast, slow) = both(&mut d, b"c1", &payload);
             assert!(fast.is_ok(), "{fast:?}");
@@ -1121,13 +1144,21 @@ mod tests {
         let mut map: HashMap<u32, String> = HashMap::new();
         map.insert(7, LINKED.to_string());
         let mut d = AvroDecoder::new(Box::new(Fixed(map)));
-        let trail = Value::Union(1, Box::new(Value::Record(vec![
-            ("v".into(), Value::Int(1)),
-            ("next".into(), Value::Union(1, Box::new(Value::Record(vec![("v".into(), Value::Int(2)), ("next".into(), Value::Union(0, Box::new(Value::Null)))])))),
-        ])));
-        let payload = encode_with(7, LINKED, vec![
-            ("event_id", "r1".into()), ("customer_id", "c1".into()), ("ts", Value::Long(1)), ("event_type", "click".into()), ("trail", trail),
-        ]);
+        let trail = Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                ("v".into(), Value::Int(1)),
+                (
+                    "next".into(),
+                    Value::Union(1, Box::new(Value::Record(vec![("v".into(), Value::Int(2)), ("next".into(), Value::Union(0, Box::new(Value::Null)))]))),
+                ),
+            ])),
+        );
+        let payload = encode_with(
+            7,
+            LINKED,
+            vec![("event_id", "r1".into()), ("customer_id", "c1".into()), ("ts", Value::Long(1)), ("event_type", "click".into()), ("trail", trail)],
+        );
         // click without a channel: decoded (by the general path), then rejected by validation
         assert_eq!(d.decode(Some(b"c1"), &payload, &CHECK), Err(DecodeError::Invalid(InvalidEvent::MissingField("channel"))));
         assert!(matches!(d.writers[&7].plan, Err(PlanError::Unsupported(_))));

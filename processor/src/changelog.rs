@@ -31,6 +31,13 @@ pub struct PartitionMeta {
     pub dropped_late: u64,
 }
 
+impl PartitionMeta {
+    /// The meta without the watermark, which an idle partition moves with the wall clock.
+    pub fn without_watermark(self) -> PartitionMeta {
+        PartitionMeta { watermark: 0, ..self }
+    }
+}
+
 /// What a changelog key names.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangelogKey<'a> {

@@ -135,6 +135,12 @@ pub enum InvalidEvent {
     UnknownSchema { id: u32, reason: String },
     #[error("writer schema id {id} cannot be resolved against the input schema (schemas/journey_event.avsc): {reason}")]
     IncompatibleSchema { id: u32, reason: String },
+    #[error("{what} is {bytes} bytes, over the limit of {limit} ({key})")]
+    TooLarge { what: String, bytes: usize, limit: usize, key: &'static str },
+    #[error("a record this event produces (an output or its state change) is larger than the broker accepts")]
+    OutputTooLarge,
+    #[error("repeated event: the customer's state already holds event_id {0:?}")]
+    Duplicate(String),
 }
 
 impl InvalidEvent {
@@ -148,6 +154,8 @@ impl InvalidEvent {
             InvalidEvent::NotAvro(_) => "not_avro",
             InvalidEvent::UnknownSchema { .. } => "unknown_schema",
             InvalidEvent::IncompatibleSchema { .. } => "incompatible_schema",
+            InvalidEvent::TooLarge { .. } | InvalidEvent::OutputTooLarge => "too_large",
+            InvalidEvent::Duplicate(_) => "duplicate",
         }
     }
 
@@ -160,6 +168,8 @@ impl InvalidEvent {
         "not_avro",
         "unknown_schema",
         "incompatible_schema",
+        "too_large",
+        "duplicate",
     ];
 }
 
@@ -312,10 +322,7 @@ pub fn validate<'a>(raw: Fields<'a>, key: Option<&[u8]>, check: &Validation) -> 
         }
     }
     if key != Some(customer_id.as_bytes()) {
-        return Err(InvalidEvent::KeyMismatch {
-            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
-            customer_id: customer_id.into_owned(),
-        });
+        return Err(InvalidEvent::KeyMismatch { key: key.map(|k| String::from_utf8_lossy(k).into_owned()), customer_id: customer_id.into_owned() });
     }
     if ts > check.now.saturating_add(check.max_future_skew_ms) {
         return Err(InvalidEvent::FutureTimestamp { ts, now: check.now, max_skew_ms: check.max_future_skew_ms });

@@ -16,6 +16,8 @@ pub struct Health {
     /// The schema registry is needed and unavailable (consumption of the partitions that need it
     /// is paused until it is back).
     registry_down: AtomicBool,
+    /// Input is waiting but nothing has been committed for `processing.stall_timeout`.
+    stalled: AtomicBool,
 }
 
 impl Health {
@@ -23,7 +25,13 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_failed() && !self.is_registry_down()
+        self.ready.load(Ordering::Acquire) && !self.is_failed() && !self.is_registry_down() && !self.is_stalled()
+    }
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
+    }
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
     }
     pub fn set_registry_down(&self, down: bool) {
         self.registry_down.store(down, Ordering::Release);
@@ -62,10 +70,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Option<P
             let request = String::from_utf8_lossy(&buf[..len]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = route(path, &health, metrics.as_ref());
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
+            let head = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
             let _ = stream.shutdown().await;
@@ -80,6 +85,7 @@ fn route(path: &str, health: &Health, metrics: Option<&PrometheusHandle>) -> (&'
         "/healthz" => ("200 OK", "ok\n".into(), TEXT),
         "/readyz" if health.is_ready() => ("200 OK", "ready\n".into(), TEXT),
         "/readyz" if health.is_registry_down() => ("503 Service Unavailable", "not ready: schema registry unavailable\n".into(), TEXT),
+        "/readyz" if health.is_stalled() => ("503 Service Unavailable", "not ready: no progress (input is waiting, nothing committed)\n".into(), TEXT),
         "/readyz" => ("503 Service Unavailable", "not ready\n".into(), TEXT),
         "/metrics" => match metrics {
             Some(h) => ("200 OK", h.render(), "text/plain; version=0.0.4"),

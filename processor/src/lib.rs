@@ -2,8 +2,9 @@
 //!
 //! Data flow: [`kafka`] consumes the events topic -> [`event`] decodes and validates ->
 //! [`engine`] updates the partition's [`journey`] state, credits conversions ([`attribution`]) and
-//! fires abandonment timers -> the runner ([`runner`]) writes outputs ([`output`]), then commits.
+//! fires abandonment timers -> the pipeline ([`pipeline`]) writes outputs ([`output`]), then commits.
 
+pub mod alerts;
 pub mod attribution;
 pub mod avro;
 pub mod changelog;
@@ -11,12 +12,12 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod event;
-pub mod journey;
-pub mod output;
-pub mod registry;
-pub mod time;
 pub mod http;
 pub mod inference;
+pub mod journey;
 pub mod kafka;
-pub mod runner;
+pub mod output;
+pub mod pipeline;
+pub mod registry;
 pub mod telemetry;
+pub mod time;

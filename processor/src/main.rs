@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use touchstream::config::{parse_override, Config, LogFormat, Sources};
 use touchstream::http::Health;
-use touchstream::runner::Runner;
+use touchstream::pipeline::Runner;
 use touchstream::{demo, kafka};
 
 #[derive(Parser)]
@@ -78,8 +78,7 @@ impl ConfigArgs {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
@@ -121,9 +120,8 @@ async fn start_http(cfg: &Config, health: Arc<Health>) -> Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     if cfg.http.enabled {
-        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-            .await
-            .with_context(|| format!("config key `http.listen`: cannot listen on {}", cfg.http.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("config key `http.listen`: cannot listen on {}", cfg.http.listen))?;
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
         tokio::spawn(touchstream::http::serve(listener, health, Some(handle)));
     }
@@ -136,13 +134,14 @@ async fn run(cfg: Config) -> Result<()> {
     start_http(&cfg, health.clone()).await?;
     on_shutdown_signal(shutdown.clone());
     kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
+    let dlq_limit = kafka::admin::record_limit(&cfg, &cfg.topics.dlq).await;
     tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
     let reload = Arc::new(AtomicBool::new(false));
     on_reload_signal(reload.clone());
     if cfg.models.enabled && cfg.models.watch && !cfg.models.dir.trim().is_empty() {
         touchstream::inference::watch(&cfg.models, reload.clone(), shutdown.clone());
     }
-    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.with_reload(reload).run()).await??;
+    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.with_reload(reload).with_dlq_limit(dlq_limit).run()).await??;
     tracing::info!(?stats, "stopped cleanly");
     Ok(())
 }
@@ -158,11 +157,11 @@ fn main() -> Result<()> {
         }
         Command::CheckConfig(args) => {
             let cfg = args.load()?;
-            println!("{cfg:#?}");
+            print!("{}", cfg.to_toml_masked());
             if let Some(m) = touchstream::inference::ModelSet::load(&cfg.models).context("config section `models`")? {
-                println!("models ok: {} (step {}, attribution {})", m.version, m.step.meta.name, m.attribution.meta.name);
+                eprintln!("models ok: {} (step {}, attribution {})", m.version, m.step.meta.name, m.attribution.meta.name);
             }
-            println!("config ok");
+            eprintln!("config ok");
             Ok(())
         }
         Command::Demo(args) => {

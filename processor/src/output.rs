@@ -194,9 +194,7 @@ impl ChannelWindowRecord {
             touchpoints: self.touchpoints,
             conversions: self.credited_conversions.to_array(),
             revenue: self.credited_revenue.to_array(),
-            deep: self.credited_conversions.deep.map(|c| {
-                [c, self.credited_revenue.deep.unwrap_or(0.0), self.credited_expected_value.unwrap_or(0.0)]
-            }),
+            deep: self.credited_conversions.deep.map(|c| [c, self.credited_revenue.deep.unwrap_or(0.0), self.credited_expected_value.unwrap_or(0.0)]),
         }
     }
 }

@@ -88,8 +88,12 @@ impl RegistryClient {
         }
         if !cfg.cert_file.is_empty() {
             let pem = read("registry.cert_file", &cfg.cert_file)?;
-            let chain: Vec<Certificate<'static>> =
-                ureq::tls::parse_pem(&pem).filter_map(|i| match i { Ok(PemItem::Certificate(c)) => Some(c), _ => None }).collect();
+            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
             if chain.is_empty() {
                 return Err(format!("config key `registry.cert_file`: no PEM certificate in {}", cfg.cert_file));
             }
@@ -146,8 +150,8 @@ impl RegistryClient {
         let (status, body) = self.call("GET", &format!("/schemas/ids/{id}"), None)?;
         match status {
             200..=299 => {
-                let r: SchemaResponse = serde_json::from_str(&body)
-                    .map_err(|e| RegistryError::Unavailable(format!("unexpected answer to GET /schemas/ids/{id}: {e}")))?;
+                let r: SchemaResponse =
+                    serde_json::from_str(&body).map_err(|e| RegistryError::Unavailable(format!("unexpected answer to GET /schemas/ids/{id}: {e}")))?;
                 Ok((r.schema, r.schema_type.unwrap_or_else(|| "AVRO".into())))
             }
             404 => Err(RegistryError::NotFound(format!("schema id {id} ({})", error_message(&body)))),
@@ -258,7 +262,8 @@ mod tests {
                         break;
                     }
                 }
-                let reply = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let reply =
+                    format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                 s.write_all(reply.as_bytes()).unwrap();
             }
             seen

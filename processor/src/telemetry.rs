@@ -76,7 +76,12 @@ impl Telemetry {
         describe_gauge!("touchstream_registry_paused_partitions", "Input partitions paused until the schema registry is back");
         describe_counter!("touchstream_registry_errors_total", "Failed schema-registry requests (retried)");
         describe_counter!("touchstream_registry_schema_fetches_total", "Writer schemas fetched from the registry (cache misses)");
-        Telemetry {
+        describe_counter!("touchstream_duplicates_total", "Repeated events dropped (event_id already in the customer's state)");
+        describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
+        describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
+        gauge!("touchstream_stalled").set(0.0);
+        describe_counter!("touchstream_consumer_errors_total", "Errors the consumer reported instead of records, by librdkafka error code");
+        let telemetry = Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
             invalid: InvalidEvent::KINDS.iter().map(|k| counter!("touchstream_invalid_events_total", "kind" => *k)).collect(),
             late: counter!("touchstream_late_events_total"),
@@ -106,7 +111,10 @@ impl Telemetry {
             registry_paused: gauge!("touchstream_registry_paused_partitions"),
             registry_errors: counter!("touchstream_registry_errors_total"),
             schema_fetches: counter!("touchstream_registry_schema_fetches_total"),
-        }
+        };
+        // 1 until a registry that is needed fails (a JSON-only deployment never needs one).
+        telemetry.registry_available.set(1.0);
+        telemetry
     }
 
     #[inline]
@@ -220,8 +228,12 @@ impl Telemetry {
         tracing::error!(%message, "rebalance failed");
     }
 
-    pub fn consumer_error(&self, message: &str) {
-        tracing::warn!(%message, "consumer error");
+    /// An error the consumer reported instead of a record (`kind`: librdkafka's error code name,
+    /// a bounded set).
+    pub fn consumer_error(&self, error: &rdkafka::error::KafkaError, context: &str) {
+        let kind = error.rdkafka_error_code().map(|c| format!("{c:?}")).unwrap_or_else(|| "Other".into());
+        counter!("touchstream_consumer_errors_total", "kind" => kind).increment(1);
+        tracing::warn!(%error, context, "consumer error");
     }
 
     /// The registry is needed and failed: `paused` partitions wait, the next try is in `retry_in`.
@@ -236,6 +248,27 @@ impl Telemetry {
         self.registry_available.set(1.0);
         self.registry_paused.set(0.0);
         tracing::info!(resumed_partitions = resumed, "schema registry available again; consumption resumed");
+    }
+
+    /// A repeated event dropped.
+    pub fn duplicate(&self) {
+        counter!("touchstream_duplicates_total").increment(1);
+    }
+
+    /// A record whose own transaction was too large for the broker: dead-lettered and skipped.
+    pub fn poison_isolated(&self, partition: i32, offset: i64) {
+        counter!("touchstream_poison_records_total").increment(1);
+        tracing::error!(partition, offset, "an input record produces a record larger than the broker accepts: sent to the DLQ (too_large) and skipped");
+    }
+
+    /// The replica could not commit while input was waiting for `processing.stall_timeout` (or recovered).
+    pub fn stalled(&self, stalled: bool, since: Duration) {
+        gauge!("touchstream_stalled").set(if stalled { 1.0 } else { 0.0 });
+        if stalled {
+            tracing::error!(seconds = since.as_secs(), "no progress: input is waiting and nothing was committed; /readyz reports not ready");
+        } else {
+            tracing::info!("progress again: /readyz follows readiness as usual");
+        }
     }
 
     pub fn registry_up(&self) {

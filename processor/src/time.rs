@@ -11,10 +11,7 @@ pub type Millis = i64;
 
 /// Wall-clock now in milliseconds since the Unix epoch.
 pub fn wall_clock_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A span of time written in config as `"30d"`, `"1h"`, `"30m"`, `"15s"`, `"100ms"` or an integer
@@ -35,9 +32,7 @@ impl Span {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: i64 = num
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration like 30d, 1h, 30m, 15s or 100ms"))?;
+        let n: i64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 30d, 1h, 30m, 15s or 100ms"))?;
         let mult = match unit.trim() {
             "" | "ms" => 1,
             "s" => 1_000,

@@ -332,10 +332,7 @@ impl World {
         positive("catalog.price_median", k.price_median)?;
         nonneg("catalog.price_sigma", k.price_sigma)?;
         positive("catalog.popularity_skew", k.popularity_skew)?;
-        if k.quantity_weights.is_empty()
-            || k.quantity_weights.len() > 100
-            || k.quantity_weights.iter().sum::<f64>() <= 0.0
-        {
+        if k.quantity_weights.is_empty() || k.quantity_weights.len() > 100 || k.quantity_weights.iter().sum::<f64>() <= 0.0 {
             return Err("`catalog.quantity_weights` needs 1 to 100 weights with a positive sum".into());
         }
         for v in &k.quantity_weights {
@@ -366,10 +363,7 @@ impl World {
                 channel(&at("intent_substitute"), sub)?;
             }
             if ch.reminder_open_prob > 0.0 && ch.kind != ChannelKind::Email {
-                return Err(format!(
-                    "`{}`: cart reminders are emails; only an `email` channel can send them",
-                    at("reminder_open_prob")
-                ));
+                return Err(format!("`{}`: cart reminders are emails; only an `email` channel can send them", at("reminder_open_prob")));
             }
             for (touch, e) in &ch.effects {
                 let allowed: &[&str] = match ch.kind {
@@ -378,11 +372,7 @@ impl World {
                     ChannelKind::Email => &["email_open", "email_click"],
                 };
                 if !allowed.contains(&touch.as_str()) {
-                    return Err(format!(
-                        "`{}`: a channel of kind {:?} produces only {allowed:?} touches",
-                        at(&format!("effects.{touch}")),
-                        ch.kind
-                    ));
+                    return Err(format!("`{}`: a channel of kind {:?} produces only {allowed:?} touches", at(&format!("effects.{touch}")), ch.kind));
                 }
                 nonneg(&at(&format!("effects.{touch}.size")), e.size)?;
                 positive(&at(&format!("effects.{touch}.days")), e.days)?;
@@ -432,9 +422,7 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = World::from_toml_str("[channels.tv]\nkind = \"impression\"\n").unwrap_err();
         assert!(e.contains("tv"), "{e}");
-        let e =
-            World::from_toml_str("[channels.display.effects.email_open]\nsize = 1.0\nkernel = \"exp\"\ndays = 1.0\n")
-                .unwrap_err();
+        let e = World::from_toml_str("[channels.display.effects.email_open]\nsize = 1.0\nkernel = \"exp\"\ndays = 1.0\n").unwrap_err();
         assert!(e.contains("email_open"), "{e}");
     }
 }

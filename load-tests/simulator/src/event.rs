@@ -142,18 +142,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(ts: i64, seq: u32, etype: EventType) -> Event {
-        Event {
-            ts,
-            seq,
-            etype,
-            channel: None,
-            campaign: Campaign::None,
-            session: 0,
-            product: 0,
-            value_cents: -1,
-            quantity: 0,
-            query: 0,
-        }
+        Event { ts, seq, etype, channel: None, campaign: Campaign::None, session: 0, product: 0, value_cents: -1, quantity: 0, query: 0 }
     }
 }
 

@@ -123,10 +123,7 @@ fn main_inner(cli: Cli) -> Result<(), String> {
     } else if let Some(dir) = &cli.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join("events.jsonl");
-        file = io::BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?,
-        );
+        file = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?);
         Some(&mut file)
     } else {
         None

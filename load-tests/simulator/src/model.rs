@@ -146,13 +146,7 @@ impl Model {
                     KernelKind::Delayed => (-step_days / e.days).exp(),
                 };
                 g[et.touch_index()] = groups.len() as u16;
-                groups.push(GroupSpec {
-                    size: e.size,
-                    kind: e.kernel,
-                    days: e.days,
-                    decay,
-                    coef: std::f64::consts::E / e.days,
-                });
+                groups.push(GroupSpec { size: e.size, kind: e.kernel, days: e.days, decay, coef: std::f64::consts::E / e.days });
             }
             let substitute = match &cfg.intent_substitute {
                 Some(name) => Some(Channel::from_wire(name).ok_or_else(|| format!("unknown channel {name}"))?),
@@ -417,8 +411,7 @@ impl<'m> CustomerSim<'m> {
             clocks.push(clock(p_ch_clock(c.ch)));
             clocks.push(clock(p_ch_intent_clock(c.ch)));
             content.push(Rng::stream(seed, idx, p_ch_session(c.ch)));
-            exposure
-                .push([Rng::stream(seed, idx, p_ch_content(c.ch)), Rng::stream(seed, idx, p_ch_intent_content(c.ch))]);
+            exposure.push([Rng::stream(seed, idx, p_ch_content(c.ch)), Rng::stream(seed, idx, p_ch_intent_content(c.ch))]);
         }
         let off = (arrival - w.start_ms).rem_euclid(m.step_ms);
         let mut sim = CustomerSim {
@@ -659,11 +652,7 @@ impl<'m> CustomerSim<'m> {
         let full = t_new - self.step_start == self.m.step_ms;
         for (p, c) in self.prosp.iter_mut().zip(&self.m.channels) {
             if c.cfg.prospecting_days > 0.0 {
-                *p = if full {
-                    *p * c.prosp_step
-                } else {
-                    (-((t_new - self.arrival) as f64 / DAY) / c.cfg.prospecting_days).exp()
-                };
+                *p = if full { *p * c.prosp_step } else { (-((t_new - self.arrival) as f64 / DAY) / c.cfg.prospecting_days).exp() };
             }
         }
         if self.cart.is_empty() {
@@ -676,9 +665,7 @@ impl<'m> CustomerSim<'m> {
         self.cart_dirty = false;
         if self.purchases > 0 {
             if self.refr_dirty || !full {
-                self.refr_exp = (-((t_new - self.last_purchase) as f64 / DAY)
-                    / self.m.world.purchase.refractory_recovery_days)
-                    .exp();
+                self.refr_exp = (-((t_new - self.last_purchase) as f64 / DAY) / self.m.world.purchase.refractory_recovery_days).exp();
             } else {
                 self.refr_exp *= self.m.refr_step;
             }
@@ -725,12 +712,8 @@ impl<'m> CustomerSim<'m> {
         let alive = t < self.end;
         self.clocks[0].rate = if self.decision_paused || !alive { 0.0 } else { self.m_factor * (b_eff + touch_h) };
         let customer = self.purchases > 0;
-        self.clocks[1].rate = if alive {
-            diur * (w.browse.rate_per_day + w.browse.intent_rate * intent)
-                * if customer { w.browse.customer_factor } else { 1.0 }
-        } else {
-            0.0
-        };
+        self.clocks[1].rate =
+            if alive { diur * (w.browse.rate_per_day + w.browse.intent_rate * intent) * if customer { w.browse.customer_factor } else { 1.0 } } else { 0.0 };
         for (k, c) in m.channels.iter().enumerate() {
             let cfg = &c.cfg;
             let mut factor = diur;
@@ -850,36 +833,17 @@ impl<'m> CustomerSim<'m> {
         if cm.cfg.requires_prior_touch {
             let window = (self.m.world.synergy_days * DAY) as i64;
             let own = cm.ch.index();
-            let prior = self
-                .last_touch_by_channel
-                .iter()
-                .enumerate()
-                .any(|(c, &lt)| c != own && lt != i64::MIN && lt <= ts && ts - lt <= window);
+            let prior = self.last_touch_by_channel.iter().enumerate().any(|(c, &lt)| c != own && lt != i64::MIN && lt <= ts && ts - lt <= window);
             if !prior {
                 w = cm.cfg.alone_factor;
             }
         }
         let slot = &mut self.last_touch_by_channel[cm.ch.index()];
         *slot = (*slot).max(ts);
-        self.touches.push(Touch {
-            ts,
-            seq,
-            ch: k as u8,
-            etype,
-            group: cm.groups[etype.touch_index()],
-            w,
-            folded: false,
-        });
+        self.touches.push(Touch { ts, seq, ch: k as u8, etype, group: cm.groups[etype.touch_index()], w, folded: false });
     }
 
-    fn start_session(
-        &mut self,
-        content: usize,
-        entry: Option<Channel>,
-        campaign: Campaign,
-        first_ts: i64,
-        purchase: bool,
-    ) {
+    fn start_session(&mut self, content: usize, entry: Option<Channel>, campaign: Campaign, first_ts: i64, purchase: bool) {
         if let Some(s) = &mut self.session {
             // Already on the site: the new visit is part of the current session.
             if purchase {
@@ -923,11 +887,7 @@ impl<'m> CustomerSim<'m> {
         }
         let baseline = m * self.b_eff;
         let total = baseline + sum;
-        debug_assert!(
-            (total - self.clocks[0].rate).abs() <= 1e-9 + 1e-6 * total,
-            "truth {total} vs hazard {}",
-            self.clocks[0].rate
-        );
+        debug_assert!((total - self.clocks[0].rate).abs() <= 1e-9 + 1e-6 * total, "truth {total} vs hazard {}", self.clocks[0].rate);
         let u = self.cause_rng.f64() * total;
         let cause = if u < baseline {
             None

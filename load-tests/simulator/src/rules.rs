@@ -154,8 +154,7 @@ pub fn compare(dir: &Path, p: RuleParams) -> io::Result<Comparison> {
         let ev: Ev = serde_json::from_str(&line).map_err(bad)?;
         match ev.event_type {
             "impression" | "click" | "email_open" | "email_click" => {
-                let ch =
-                    ev.channel.and_then(Channel::from_wire).ok_or_else(|| bad("touchpoint without a valid channel"))?;
+                let ch = ev.channel.and_then(Channel::from_wire).ok_or_else(|| bad("touchpoint without a valid channel"))?;
                 let j = journeys.entry(ev.customer_id.to_string()).or_default();
                 j.push_back((ev.ts, ch.index() as u8));
                 while j.len() > p.max_touchpoints {
@@ -196,22 +195,18 @@ pub fn compare(dir: &Path, p: RuleParams) -> io::Result<Comparison> {
             truth[ch.index()] += t.true_share;
         }
     }
-    let channels_json: serde_json::Value =
-        serde_json::from_reader(BufReader::new(File::open(dir.join("truth_channels.json"))?)).map_err(bad)?;
+    let channels_json: serde_json::Value = serde_json::from_reader(BufReader::new(File::open(dir.join("truth_channels.json"))?)).map_err(bad)?;
     let mut cf = [0.0f64; 12];
     let mut has_cf = false;
     if let Some(obj) = channels_json["channels"].as_object() {
         for (name, v) in obj {
-            if let (Some(ch), Some(x)) =
-                (Channel::from_wire(name), v["counterfactual_incremental_conversions"].as_f64())
-            {
+            if let (Some(ch), Some(x)) = (Channel::from_wire(name), v["counterfactual_incremental_conversions"].as_f64()) {
                 cf[ch.index()] = x;
                 has_cf = true;
             }
         }
     }
-    let used: Vec<usize> =
-        (0..12).filter(|&i| truth[i] != 0.0 || cf[i] != 0.0 || rule_credit.iter().any(|r| r[i] != 0.0)).collect();
+    let used: Vec<usize> = (0..12).filter(|&i| truth[i] != 0.0 || cf[i] != 0.0 || rule_credit.iter().any(|r| r[i] != 0.0)).collect();
     let pick = |v: &[f64; 12]| used.iter().map(|&i| v[i]).collect::<Vec<f64>>();
     let truth_v = pick(&truth);
     let truth_s = shares(&truth_v);
@@ -233,9 +228,7 @@ pub fn compare(dir: &Path, p: RuleParams) -> io::Result<Comparison> {
         });
     }
     let n = used.len().max(1) as f64;
-    let mae = |reference: &[f64]| -> [f64; 5] {
-        std::array::from_fn(|r| rule_s[r].iter().zip(reference).map(|(a, b)| (a - b).abs()).sum::<f64>() / n)
-    };
+    let mae = |reference: &[f64]| -> [f64; 5] { std::array::from_fn(|r| rule_s[r].iter().zip(reference).map(|(a, b)| (a - b).abs()).sum::<f64>() / n) };
     Ok(Comparison {
         conversions,
         touchless,

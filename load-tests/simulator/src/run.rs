@@ -547,8 +547,7 @@ impl<'m, 'w> Driver<'m, 'w> {
                     share_of_credited_incremental: if self.credited > 0.0 { c.credited / self.credited } else { 0.0 },
                     counterfactual_conversions_without: without,
                     counterfactual_incremental_conversions: without.map(|w| s.conversions as i64 - w),
-                    counterfactual_incremental_revenue: without
-                        .map(|_| (self.revenue_cents - c.cf_revenue) as f64 / 100.0),
+                    counterfactual_incremental_revenue: without.map(|_| (self.revenue_cents - c.cf_revenue) as f64 / 100.0),
                 },
             );
         }

@@ -13,33 +13,10 @@ use touchstream_sim::rules::{compare, RuleParams, RULES};
 use touchstream_sim::run::{run, Options, Summary};
 use touchstream_sim::{Model, World};
 
-const EVENT_TYPES: &[&str] = &[
-    "impression",
-    "click",
-    "email_open",
-    "email_click",
-    "page_view",
-    "product_view",
-    "search",
-    "cart_add",
-    "cart_remove",
-    "checkout_start",
-    "purchase",
-];
-const CHANNELS: &[&str] = &[
-    "paid_search",
-    "organic_search",
-    "paid_social",
-    "organic_social",
-    "email",
-    "display",
-    "affiliate",
-    "referral",
-    "direct",
-    "sms",
-    "push",
-    "other",
-];
+const EVENT_TYPES: &[&str] =
+    &["impression", "click", "email_open", "email_click", "page_view", "product_view", "search", "cart_add", "cart_remove", "checkout_start", "purchase"];
+const CHANNELS: &[&str] =
+    &["paid_search", "organic_search", "paid_social", "organic_social", "email", "display", "affiliate", "referral", "direct", "sms", "push", "other"];
 const TOUCHES: &[&str] = &["impression", "click", "email_open", "email_click"];
 
 fn scratch(name: &str) -> PathBuf {
@@ -81,20 +58,8 @@ fn read(path: &Path) -> Vec<u8> {
 fn check_event(v: &Value) -> Result<String, String> {
     let o = v.as_object().ok_or("not an object")?;
     for k in o.keys() {
-        let known = [
-            "event_id",
-            "customer_id",
-            "ts",
-            "event_type",
-            "channel",
-            "campaign",
-            "session_id",
-            "value",
-            "currency",
-            "product_id",
-            "quantity",
-            "properties",
-        ];
+        let known =
+            ["event_id", "customer_id", "ts", "event_type", "channel", "campaign", "session_id", "value", "currency", "product_id", "quantity", "properties"];
         if !known.contains(&k.as_str()) {
             return Err(format!("unknown field {k}"));
         }
@@ -212,10 +177,7 @@ fn truth_of_each_conversion_is_consistent_with_the_events() {
             journey.entry(cid).or_default().push(v["event_id"].as_str().unwrap().to_string());
         } else if et == "purchase" {
             let j = std::mem::take(journey.entry(cid).or_default());
-            expected.insert(
-                v["event_id"].as_str().unwrap().to_string(),
-                (j, v["value"].as_f64().unwrap(), v["ts"].as_i64().unwrap()),
-            );
+            expected.insert(v["event_id"].as_str().unwrap().to_string(), (j, v["value"].as_f64().unwrap(), v["ts"].as_i64().unwrap()));
         }
     }
     let mut n = 0;
@@ -259,10 +221,8 @@ fn every_cart_add_that_opens_a_cart_has_a_truth_record() {
     let (dir, summary) = default_run();
     let mut carts = 0u64;
     let mut abandoned = 0u64;
-    let cart_adds: HashSet<String> = lines(&dir.join("events.jsonl"))
-        .filter(|v| v["event_type"] == "cart_add")
-        .map(|v| v["event_id"].as_str().unwrap().to_string())
-        .collect();
+    let cart_adds: HashSet<String> =
+        lines(&dir.join("events.jsonl")).filter(|v| v["event_type"] == "cart_add").map(|v| v["event_id"].as_str().unwrap().to_string()).collect();
     for c in lines(&dir.join("truth_carts.jsonl")) {
         let eid = c["cart_add_event_id"].as_str().unwrap();
         assert!(cart_adds.contains(eid));
@@ -272,10 +232,7 @@ fn every_cart_add_that_opens_a_cart_has_a_truth_record() {
         match c["purchased_ts"].as_i64() {
             Some(p) => {
                 assert!(p >= last);
-                assert_eq!(
-                    c["abandoned"].as_bool().unwrap(),
-                    c["alert_expected"].as_bool().unwrap() && p - last > 86_400_000
-                );
+                assert_eq!(c["abandoned"].as_bool().unwrap(), c["alert_expected"].as_bool().unwrap() && p - last > 86_400_000);
             }
             None => assert!(c["abandoned"].as_bool().unwrap()),
         }
@@ -324,12 +281,7 @@ fn rules_are_visibly_wrong() {
     eprintln!("{}", c.to_markdown());
     let ps = c.row("paid_search").unwrap();
     let last = RULES.iter().position(|r| *r == "last_touch").unwrap();
-    assert!(
-        ps.rule_shares[last] > ps.truth_share + 0.15,
-        "last touch gives paid_search {} against a true share of {}",
-        ps.rule_shares[last],
-        ps.truth_share
-    );
+    assert!(ps.rule_shares[last] > ps.truth_share + 0.15, "last touch gives paid_search {} against a true share of {}", ps.rule_shares[last], ps.truth_share);
     assert!(ps.rule_shares[last] > ps.counterfactual_share.unwrap() + 0.15);
     for (r, mae) in RULES.iter().zip(c.mae_vs_truth) {
         assert!(mae >= 0.03, "{r}: mean absolute share error {mae}");
@@ -371,12 +323,9 @@ fn max_events_stops_the_stream_and_the_truth_with_it() {
     let s = generate(&dir, "", 1000, 3, Options { max_events: Some(20_000), counterfactual: true });
     assert!(s.truncated);
     assert_eq!(s.events, 20_000);
-    let purchases: HashSet<String> = lines(&dir.join("events.jsonl"))
-        .filter(|v| v["event_type"] == "purchase")
-        .map(|v| v["event_id"].as_str().unwrap().to_string())
-        .collect();
-    let truth: HashSet<String> =
-        lines(&dir.join("truth_conversions.jsonl")).map(|c| c["conversion_id"].as_str().unwrap().to_string()).collect();
+    let purchases: HashSet<String> =
+        lines(&dir.join("events.jsonl")).filter(|v| v["event_type"] == "purchase").map(|v| v["event_id"].as_str().unwrap().to_string()).collect();
+    let truth: HashSet<String> = lines(&dir.join("truth_conversions.jsonl")).map(|c| c["conversion_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(purchases, truth);
     assert_eq!(lines(&dir.join("events.jsonl")).count(), 20_000);
 }
@@ -401,10 +350,7 @@ fn a_world_without_marketing_converts_on_the_baseline_only() {
 #[test]
 fn cli_streams_to_stdout_and_reports_bad_worlds() {
     let bin = env!("CARGO_BIN_EXE_touchstream-sim");
-    let out = Command::new(bin)
-        .args(["--customers", "50", "--seed", "5", "--stdout", "--max-events", "300", "--quiet"])
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(["--customers", "50", "--seed", "5", "--stdout", "--max-events", "300", "--quiet"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 300);
@@ -420,20 +366,9 @@ fn cli_streams_to_stdout_and_reports_bad_worlds() {
     let out = Command::new(bin).arg("--print-world").output().unwrap();
     assert!(out.status.success());
     World::from_toml_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    let out = Command::new(bin)
-        .args(["--customers", "40", "--evaluate", "--counterfactual", "--quiet", "--out"])
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(["--customers", "40", "--evaluate", "--counterfactual", "--quiet", "--out"]).arg(dir.join("run")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in [
-        "events.jsonl",
-        "truth_conversions.jsonl",
-        "truth_carts.jsonl",
-        "truth_channels.json",
-        "world.toml",
-        "rules_vs_truth.md",
-    ] {
+    for f in ["events.jsonl", "truth_conversions.jsonl", "truth_carts.jsonl", "truth_channels.json", "world.toml", "rules_vs_truth.md"] {
         assert!(dir.join("run").join(f).exists(), "{f} missing");
     }
 }

@@ -175,8 +175,7 @@ mod tests {
         let p = partials_partition(1_767_225_600_000, Channel::Email, 6);
         assert!((0..6).contains(&p));
         assert_eq!(p, partials_partition(1_767_225_600_000, Channel::Email, 6));
-        let spread: std::collections::HashSet<i32> =
-            (0..48).map(|h| partials_partition(h * 3_600_000, Channel::Display, 6)).collect();
+        let spread: std::collections::HashSet<i32> = (0..48).map(|h| partials_partition(h * 3_600_000, Channel::Display, 6)).collect();
         assert!(spread.len() >= 4, "keys spread over partitions: {spread:?}");
     }
 }

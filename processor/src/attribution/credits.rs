@@ -141,7 +141,10 @@ mod tests {
             assert!(close(c[i].get(Rule::TimeDecay), w[i] / s));
             assert!(close(c[i].get(Rule::Linear), 0.25));
         }
-        assert_eq!([c[0].get(Rule::PositionBased), c[1].get(Rule::PositionBased), c[2].get(Rule::PositionBased), c[3].get(Rule::PositionBased)], [0.4, 0.1, 0.1, 0.4]);
+        assert_eq!(
+            [c[0].get(Rule::PositionBased), c[1].get(Rule::PositionBased), c[2].get(Rule::PositionBased), c[3].get(Rule::PositionBased)],
+            [0.4, 0.1, 0.1, 0.4]
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ impl ChannelWindows {
         }
         let key = (window_start(ts, self.width), channel);
         let deep = self.deep;
-        let e = self.entries.entry(key).or_insert_with(|| Entry { numbers: WindowNumbers { deep: deep.then_some([0.0; 3]), ..WindowNumbers::default() }, dirty: false });
+        let e = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| Entry { numbers: WindowNumbers { deep: deep.then_some([0.0; 3]), ..WindowNumbers::default() }, dirty: false });
         if !e.dirty {
             e.dirty = true;
             self.dirty.push(key);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use toml::Value;
 
 use crate::time::Span;
@@ -14,7 +14,7 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 /// Prefix of environment overrides: `TOUCHSTREAM__KAFKA__BROKERS=host:9092`.
 pub const ENV_PREFIX: &str = "TOUCHSTREAM__";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -30,9 +30,22 @@ pub struct Config {
     pub log: LogConfig,
     pub registry: RegistryConfig,
     pub formats: FormatsConfig,
+    pub limits: LimitsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Bounds on input, so that no record can make a derived record too large for the broker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Input records larger than this (key + value) go to the DLQ as `too_large`, undecoded.
+    pub max_record_bytes: usize,
+    /// Each string field of an event (ids, campaign, session, currency, product) at most this long.
+    pub max_field_bytes: usize,
+    /// Bytes of the original kept in a DLQ record that cannot hold all of it.
+    pub dlq_excerpt_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -41,15 +54,21 @@ pub struct KafkaConfig {
     pub guarantee: Guarantee,
     pub transactional_id: String,
     pub transaction_timeout: Span,
+    /// Static group membership: `group.instance.id` = the transactional id, so a restarted
+    /// replica takes its partitions back without a rebalance.
+    pub static_membership: bool,
     /// librdkafka properties for every client.
+    #[serde(serialize_with = "masked_properties")]
     pub options: BTreeMap<String, String>,
     /// librdkafka properties for the consumer.
+    #[serde(serialize_with = "masked_properties")]
     pub consumer: BTreeMap<String, String>,
     /// librdkafka properties for the producer.
+    #[serde(serialize_with = "masked_properties")]
     pub producer: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guarantee {
     /// Outputs, state changes and offsets of a batch commit in one Kafka transaction.
@@ -58,7 +77,7 @@ pub enum Guarantee {
     AtLeastOnce,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     pub events: String,
@@ -74,14 +93,16 @@ pub struct TopicsConfig {
     pub replication_factor: i32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     pub commit_interval: Span,
     pub max_batch_events: usize,
+    /// Input waiting and nothing committed for this long: `/readyz` fails, `touchstream_stalled` is 1.
+    pub stall_timeout: Span,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
     pub allowed_lateness: Span,
@@ -89,15 +110,19 @@ pub struct EventTimeConfig {
     pub max_future_skew: Span,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JourneyConfig {
     pub lookback: Span,
     pub max_touchpoints: usize,
+    /// A repeat of any of a customer's last this-many event ids is dropped (0: keep repeats).
+    pub dedupe_ids: usize,
+    /// Write dropped repeats to the DLQ (`duplicate`) as well as counting them.
+    pub dead_letter_duplicates: bool,
     pub customer_ttl: Span,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttributionConfig {
     pub time_decay_half_life: Span,
@@ -105,7 +130,7 @@ pub struct AttributionConfig {
     pub window_retention: Span,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     pub inactivity_timeout: Span,
@@ -119,7 +144,7 @@ pub struct AlertsConfig {
     pub actions: Vec<ActionTier>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionTier {
     pub action: String,
@@ -130,7 +155,7 @@ pub struct ActionTier {
     pub min_cart_value: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsConfig {
     pub enabled: bool,
@@ -148,14 +173,14 @@ pub struct ModelsConfig {
     pub watch: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeepCreditMode {
     Removal,
     Shapley,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoresConfig {
     pub enabled: bool,
@@ -164,14 +189,14 @@ pub struct ScoresConfig {
     pub min_change: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub enabled: bool,
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -179,7 +204,7 @@ pub struct LogConfig {
 }
 
 /// The schema registry (Confluent REST API) used by the Avro formats.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Base URL, e.g. `https://registry:8081` or Apicurio's `http://host:8080/apis/ccompat/v7`.
@@ -203,14 +228,41 @@ pub struct RegistryConfig {
 #[serde(transparent)]
 pub struct Secret(pub String);
 
+/// What a secret is printed as.
+pub const MASK: &str = "***";
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+        write!(f, "{:?}", if self.0.is_empty() { "" } else { MASK })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { MASK })
+    }
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...). Paths to files (`*.location`) are not.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !n.ends_with(".location") && (n.contains("password") || n.contains("secret") || n.contains("key") || n.contains("jaas") || n == "sasl.oauthbearer.config")
+}
+
+fn masked_properties<S: Serializer>(props: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(props.iter().map(|(k, v)| (k, if is_secret_property(k) { MASK } else { v.as_str() })))
+}
+
+impl Config {
+    /// The configuration as TOML that `--config` reads back, every secret masked.
+    pub fn to_toml_masked(&self) -> String {
+        toml::to_string(self).expect("the configuration serialises to TOML")
     }
 }
 
 /// Wire format of each topic.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatsConfig {
     pub events: InputFormat,
@@ -221,7 +273,7 @@ pub struct FormatsConfig {
     pub keys: KeyFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     Json,
@@ -231,14 +283,14 @@ pub enum InputFormat {
     Auto,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     Json,
     Avro,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyFormat {
     /// Plain UTF-8 bytes.
@@ -254,7 +306,7 @@ impl FormatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Human,
@@ -292,8 +344,7 @@ impl Sources {
     pub fn from_process(path: Option<&Path>, overrides: Vec<(String, String)>) -> Result<Sources, ConfigError> {
         let file = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
                 Some((p.display().to_string(), text))
             }
             None => None,
@@ -312,8 +363,7 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut tree: Value = DEFAULTS.parse::<toml::Table>().map(Value::Table).expect("embedded defaults parse");
         if let Some((name, text)) = &sources.file {
-            let file: toml::Table =
-                text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: name.clone(), message: e.to_string() })?;
+            let file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: name.clone(), message: e.to_string() })?;
             merge(&mut tree, Value::Table(file));
         }
         for (name, value) in &sources.env {
@@ -448,6 +498,13 @@ impl Config {
             }
         }
         positive("registry.timeout", self.registry.timeout)?;
+        positive("processing.stall_timeout", self.processing.stall_timeout)?;
+        if self.limits.max_field_bytes == 0 || self.limits.max_field_bytes > self.limits.max_record_bytes {
+            return Err(key_err("limits.max_field_bytes", "must be > 0 and at most limits.max_record_bytes"));
+        }
+        if !(64..=65_536).contains(&self.limits.dlq_excerpt_bytes) {
+            return Err(key_err("limits.dlq_excerpt_bytes", "must be between 64 and 65536"));
+        }
         positive("registry.retry_min", self.registry.retry_min)?;
         if self.registry.retry_max < self.registry.retry_min {
             return Err(key_err("registry.retry_max", "must be at least registry.retry_min"));
@@ -470,15 +527,8 @@ impl Config {
 }
 
 /// librdkafka properties Touchstream sets itself and that the passthrough tables may not override.
-pub const MANAGED_KAFKA_KEYS: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "isolation.level",
-    "transactional.id",
-    "transaction.timeout.ms",
-];
+pub const MANAGED_KAFKA_KEYS: &[&str] =
+    &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level", "transactional.id", "transaction.timeout.ms"];
 
 impl KafkaConfig {
     /// The transactional id of this replica: the configured one, or `<group_id>-<hostname>`.
@@ -531,11 +581,7 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str, from_env: bool) -> Res
     let value = match table.get(&last) {
         _ if passthrough => Value::String(raw.to_string()),
         Some(Value::String(_)) | None => Value::String(raw.to_string()),
-        Some(_) => format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| Value::String(raw.to_string())),
+        Some(_) => format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_string())),
     };
     table.insert(last, value);
     Ok(())
@@ -647,5 +693,24 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
         assert!(Config::defaults().formats.events == InputFormat::Json && !Config::defaults().formats.uses_registry());
+    }
+
+    #[test]
+    fn printed_config_is_toml_that_loads_back_with_secrets_masked() {
+        let c = load(
+            Some("[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"s3cret-pw\"\n\"ssl.key.pem\" = \"PRIVATE\"\n\"ssl.ca.location\" = \"/etc/ca.pem\"\n[kafka.producer]\n\"sasl.oauthbearer.client.secret\" = \"oidc-secret\"\n"),
+            &[("TOUCHSTREAM__REGISTRY__URL", "https://registry:8081"), ("TOUCHSTREAM__REGISTRY__USERNAME", "svc"), ("TOUCHSTREAM__REGISTRY__PASSWORD", "hunter2")],
+            &[],
+        )
+        .unwrap();
+        let printed = c.to_toml_masked();
+        for secret in ["s3cret-pw", "PRIVATE", "oidc-secret", "hunter2"] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("/etc/ca.pem") && printed.contains("SASL_SSL"), "{printed}");
+        let back = load(Some(&printed), &[], &[]).expect("the printed config loads back");
+        assert_eq!(back.to_toml_masked(), printed);
+        assert_eq!(back.kafka.options["sasl.password"], MASK);
+        assert!(is_secret_property("ssl.key.password") && !is_secret_property("ssl.key.location") && !is_secret_property("bootstrap.servers"));
     }
 }

@@ -105,13 +105,7 @@ impl Default for GeneratorConfig {
     /// Seed 42, 2 000 active customers, first event at 2026-01-01T00:00Z,
     /// 180 ms mean gap (one hour of event time per 20 000 events), EUR.
     fn default() -> Self {
-        Self {
-            seed: 42,
-            active_customers: 2_000,
-            start_ts_ms: DEFAULT_START_TS_MS,
-            mean_gap_ms: 3_600_000.0 / 20_000.0,
-            currency: "EUR".to_string(),
-        }
+        Self { seed: 42, active_customers: 2_000, start_ts_ms: DEFAULT_START_TS_MS, mean_gap_ms: 3_600_000.0 / 20_000.0, currency: "EUR".to_string() }
     }
 }
 
@@ -203,20 +197,9 @@ impl Ch {
         match self {
             Ch::PaidSearch => &["brand", "generic", "competitor", "shopping_feed"],
             Ch::OrganicSearch | Ch::Direct => &[],
-            Ch::PaidSocial => &[
-                "spring_sale",
-                "prospecting_lookalike",
-                "retargeting_q1",
-                "influencer_collab",
-            ],
+            Ch::PaidSocial => &["spring_sale", "prospecting_lookalike", "retargeting_q1", "influencer_collab"],
             Ch::OrganicSocial => &["community_post", "product_launch"],
-            Ch::Email => &[
-                "newsletter_weekly",
-                "spring_sale",
-                "welcome_series",
-                "cart_reminder",
-                "winback",
-            ],
+            Ch::Email => &["newsletter_weekly", "spring_sale", "welcome_series", "cart_reminder", "winback"],
             Ch::Display => &["retargeting_q1", "prospecting_banner", "spring_sale"],
             Ch::Affiliate => &["cashback_partner", "coupon_site", "blog_review"],
             Ch::Referral => &["refer_a_friend", "partner_blog"],
@@ -274,24 +257,11 @@ impl Ch {
 }
 
 /// Touch channels of a new customer's journey.
-const NEW_TOUCH: &[(Ch, f64)] = &[
-    (Ch::Display, 0.30),
-    (Ch::PaidSocial, 0.28),
-    (Ch::Email, 0.18),
-    (Ch::Sms, 0.05),
-    (Ch::Push, 0.07),
-    (Ch::OrganicSocial, 0.07),
-    (Ch::Other, 0.05),
-];
+const NEW_TOUCH: &[(Ch, f64)] =
+    &[(Ch::Display, 0.30), (Ch::PaidSocial, 0.28), (Ch::Email, 0.18), (Ch::Sms, 0.05), (Ch::Push, 0.07), (Ch::OrganicSocial, 0.07), (Ch::Other, 0.05)];
 /// Touch channels of a returning customer's journey.
-const RETURNING_TOUCH: &[(Ch, f64)] = &[
-    (Ch::Email, 0.45),
-    (Ch::Display, 0.15),
-    (Ch::PaidSocial, 0.10),
-    (Ch::Push, 0.15),
-    (Ch::Sms, 0.10),
-    (Ch::OrganicSocial, 0.05),
-];
+const RETURNING_TOUCH: &[(Ch, f64)] =
+    &[(Ch::Email, 0.45), (Ch::Display, 0.15), (Ch::PaidSocial, 0.10), (Ch::Push, 0.15), (Ch::Sms, 0.10), (Ch::OrganicSocial, 0.05)];
 /// Session entries not caused by a just-seen touch, new customers.
 const NEW_ENTRY: &[(Ch, f64)] = &[
     (Ch::PaidSearch, 0.24),
@@ -323,21 +293,14 @@ const RETURNING_ENTRY: &[(Ch, f64)] = &[
 ];
 
 const DEVICES: &[(&str, f64)] = &[("mobile", 0.58), ("desktop", 0.36), ("tablet", 0.06)];
-const PLACEMENTS: &[&str] = &[
-    "feed",
-    "stories",
-    "sidebar",
-    "homepage_banner",
-    "article_inline",
-];
+const PLACEMENTS: &[&str] = &["feed", "stories", "sidebar", "homepage_banner", "article_inline"];
 const MAIL_CLIENTS: &[&str] = &["gmail", "apple_mail", "outlook", "other"];
 
 const N_CATEGORIES: u32 = 8;
 const PER_CATEGORY: u32 = 50;
 const N_PRODUCTS: u32 = N_CATEGORIES * PER_CATEGORY;
 /// Median price (EUR) of each category.
-const CATEGORY_MEDIAN_PRICE: [f64; N_CATEGORIES as usize] =
-    [95.0, 130.0, 70.0, 60.0, 85.0, 45.0, 80.0, 30.0];
+const CATEGORY_MEDIAN_PRICE: [f64; N_CATEGORIES as usize] = [95.0, 130.0, 70.0, 60.0, 85.0, 45.0, 80.0, 30.0];
 /// On-site search queries of each category.
 const QUERIES: [[&str; 3]; N_CATEGORIES as usize] = [
     ["running shoes", "trail shoes", "sneakers"],
@@ -370,12 +333,7 @@ struct Rng {
 impl Rng {
     fn new(seed: u64) -> Self {
         let mut st = seed;
-        let s = [
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-        ];
+        let s = [splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st)];
         Rng { s }
     }
 
@@ -489,16 +447,10 @@ struct Gap {
 
 impl Gap {
     fn fixed(ms: f64) -> Self {
-        Gap {
-            fixed: ms,
-            flex: 0.0,
-        }
+        Gap { fixed: ms, flex: 0.0 }
     }
     fn flex(ms: f64) -> Self {
-        Gap {
-            fixed: 0.0,
-            flex: ms,
-        }
+        Gap { fixed: 0.0, flex: ms }
     }
 }
 
@@ -613,13 +565,7 @@ impl Customer {
         self.intent * self.entry.lift() * self.boost
     }
 
-    fn set_pending(
-        &mut self,
-        ev: Ev,
-        ch: Option<Ch>,
-        campaign: Option<&'static str>,
-        with_session: bool,
-    ) {
+    fn set_pending(&mut self, ev: Ev, ch: Option<Ch>, campaign: Option<&'static str>, with_session: bool) {
         self.ev = ev;
         self.ch = ch;
         self.campaign = campaign;
@@ -631,10 +577,7 @@ impl Customer {
     }
 
     fn cart_total_cents(&self, m: &Model) -> i64 {
-        self.cart[..self.cart_len as usize]
-            .iter()
-            .map(|l| m.prices[l.product as usize] as i64 * l.qty as i64)
-            .sum()
+        self.cart[..self.cart_len as usize].iter().map(|l| m.prices[l.product as usize] as i64 * l.qty as i64).sum()
     }
 }
 
@@ -653,17 +596,11 @@ impl Model {
         let prices = (0..N_PRODUCTS)
             .map(|p| {
                 let median = CATEGORY_MEDIAN_PRICE[(p / PER_CATEGORY) as usize];
-                let eur = r
-                    .log_logistic(median, 3.0, median * 0.2, median * 5.0)
-                    .floor()
-                    .max(1.0);
+                let eur = r.log_logistic(median, 3.0, median * 0.2, median * 5.0).floor().max(1.0);
                 (eur as u32) * 100 + 99
             })
             .collect();
-        Model {
-            prices,
-            flex_scale: 1.0,
-        }
+        Model { prices, flex_scale: 1.0 }
     }
 
     fn gap_ms(&self, g: Gap) -> i64 {
@@ -681,11 +618,7 @@ fn pick_campaign(r: &mut Rng, ch: Ch) -> Option<&'static str> {
 }
 
 fn pick_product(r: &mut Rng, category: u32) -> u32 {
-    let cat = if r.chance(0.8) {
-        category
-    } else {
-        r.below(N_CATEGORIES)
-    };
+    let cat = if r.chance(0.8) { category } else { r.below(N_CATEGORIES) };
     let u = r.unit();
     cat * PER_CATEGORY + ((u * u * PER_CATEGORY as f64) as u32).min(PER_CATEGORY - 1)
 }
@@ -696,14 +629,7 @@ fn occupant_gap(r: &mut Rng) -> Gap {
 }
 
 /// Start a journey for customer `num` in `c`.
-fn begin_journey(
-    r: &mut Rng,
-    sess: &mut u64,
-    c: &mut Customer,
-    num: u64,
-    returning: bool,
-    purchases: u32,
-) {
+fn begin_journey(r: &mut Rng, sess: &mut u64, c: &mut Customer, num: u64, returning: bool, purchases: u32) {
     *c = Customer::blank();
     c.num = num;
     c.returning = returning;
@@ -717,11 +643,7 @@ fn begin_journey(
     while c.sessions_left < 4 && r.chance(0.4) {
         c.sessions_left += 1;
     }
-    c.touches_left = if returning {
-        r.pick(&[(0u8, 0.55), (1, 0.35), (2, 0.10)])
-    } else {
-        r.pick(&[(0u8, 0.25), (1, 0.30), (2, 0.25), (3, 0.12), (4, 0.08)])
-    };
+    c.touches_left = if returning { r.pick(&[(0u8, 0.55), (1, 0.35), (2, 0.10)]) } else { r.pick(&[(0u8, 0.25), (1, 0.30), (2, 0.25), (3, 0.12), (4, 0.08)]) };
     start_episode(r, sess, c);
 }
 
@@ -739,23 +661,13 @@ fn start_episode(r: &mut Rng, sess: &mut u64, c: &mut Customer) {
 }
 
 fn plan_touch(r: &mut Rng, c: &mut Customer) {
-    let ch = r.pick(if c.returning {
-        RETURNING_TOUCH
-    } else {
-        NEW_TOUCH
-    });
+    let ch = r.pick(if c.returning { RETURNING_TOUCH } else { NEW_TOUCH });
     let camp = pick_campaign(r, ch);
-    let ev = if ch == Ch::Email {
-        Ev::EmailOpen
-    } else {
-        Ev::Impression
-    };
+    let ev = if ch == Ch::Email { Ev::EmailOpen } else { Ev::Impression };
     c.set_pending(ev, Some(ch), camp, false);
     c.prop = match ch {
         Ch::Email if r.chance(0.25) => Some(("mail_client", r.pick_str(MAIL_CLIENTS))),
-        Ch::Display | Ch::PaidSocial | Ch::OrganicSocial if r.chance(0.3) => {
-            Some(("placement", r.pick_str(PLACEMENTS)))
-        }
+        Ch::Display | Ch::PaidSocial | Ch::OrganicSocial if r.chance(0.3) => Some(("placement", r.pick_str(PLACEMENTS))),
         _ => None,
     };
     c.phase = Phase::Touch;
@@ -764,11 +676,7 @@ fn plan_touch(r: &mut Rng, c: &mut Customer) {
 }
 
 fn plan_click(c: &mut Customer, ch: Ch, camp: Option<&'static str>) {
-    let ev = if ch == Ch::Email {
-        Ev::EmailClick
-    } else {
-        Ev::Click
-    };
+    let ev = if ch == Ch::Email { Ev::EmailClick } else { Ev::Click };
     c.set_pending(ev, Some(ch), camp, false);
     c.phase = Phase::Click;
     c.entry = ch;
@@ -777,27 +685,15 @@ fn plan_click(c: &mut Customer, ch: Ch, camp: Option<&'static str>) {
 
 /// A session entry not caused by a just-seen touch.
 fn plan_entry(r: &mut Rng, sess: &mut u64, c: &mut Customer) {
-    let ch = r.pick(if c.returning {
-        RETURNING_ENTRY
-    } else {
-        NEW_ENTRY
-    });
+    let ch = r.pick(if c.returning { RETURNING_ENTRY } else { NEW_ENTRY });
     let camp = pick_campaign(r, ch);
     match ch {
-        Ch::OrganicSearch | Ch::Direct | Ch::Referral | Ch::OrganicSocial => {
-            start_session(r, sess, c, ch, camp)
-        }
+        Ch::OrganicSearch | Ch::Direct | Ch::Referral | Ch::OrganicSocial => start_session(r, sess, c, ch, camp),
         _ => plan_click(c, ch, camp),
     }
 }
 
-fn start_session(
-    r: &mut Rng,
-    sess: &mut u64,
-    c: &mut Customer,
-    ch: Ch,
-    camp: Option<&'static str>,
-) {
+fn start_session(r: &mut Rng, sess: &mut u64, c: &mut Customer, ch: Ch, camp: Option<&'static str>) {
     *sess += 1;
     c.session = *sess;
     c.entry = ch;
@@ -821,11 +717,7 @@ fn start_session(
             }
             c.browse_left = browse;
             let p_cart = (0.30 * eff).clamp(0.02, 0.85);
-            c.cart_goal = if r.chance(p_cart) {
-                1 + r.chance(0.3) as u8 + r.chance(0.15) as u8
-            } else {
-                0
-            };
+            c.cart_goal = if r.chance(p_cart) { 1 + r.chance(0.3) as u8 + r.chance(0.15) as u8 } else { 0 };
         }
     }
 }
@@ -914,11 +806,7 @@ fn plan_checkout(c: &mut Customer) {
 /// Re-engagement of a customer who left a cart and will come back to it.
 fn plan_return(r: &mut Rng, sess: &mut u64, c: &mut Customer) {
     c.session = 0;
-    c.outcome = if r.chance(0.85) {
-        Outcome::ReturnBuy
-    } else {
-        Outcome::ReturnNoBuy
-    };
+    c.outcome = if r.chance(0.85) { Outcome::ReturnBuy } else { Outcome::ReturnNoBuy };
     let x = r.unit();
     let (ev, ch, camp) = if x < 0.40 {
         (Ev::EmailOpen, Ch::Email, "cart_reminder")
@@ -944,12 +832,7 @@ fn next_episode(r: &mut Rng, sess: &mut u64, c: &mut Customer) -> Option<Gap> {
     }
     c.touches_left = r.pick(&[(0u8, 0.4), (1, 0.35), (2, 0.25)]);
     start_episode(r, sess, c);
-    Some(Gap::flex(r.log_logistic(
-        8.0 * HOUR,
-        1.4,
-        30.0 * MINUTE,
-        5.0 * DAY,
-    )))
+    Some(Gap::flex(r.log_logistic(8.0 * HOUR, 1.4, 30.0 * MINUTE, 5.0 * DAY)))
 }
 
 /// The session's browsing and cart adds are done: what comes next.
@@ -964,10 +847,7 @@ fn end_session(m: &Model, r: &mut Rng, sess: &mut u64, c: &mut Customer, g: Gap)
         }
         Outcome::Later => {
             plan_return(r, sess, c);
-            Some(Gap {
-                fixed: 35.0 * MINUTE + r.unit() * 5.0 * MINUTE,
-                flex: r.log_logistic(3.0 * HOUR, 1.5, 0.0, 2.0 * DAY),
-            })
+            Some(Gap { fixed: 35.0 * MINUTE + r.unit() * 5.0 * MINUTE, flex: r.log_logistic(3.0 * HOUR, 1.5, 0.0, 2.0 * DAY) })
         }
         Outcome::Leave => {
             c.phase = Phase::Removing;
@@ -1000,11 +880,7 @@ fn session_step(m: &Model, r: &mut Rng, sess: &mut u64, c: &mut Customer, now: i
         }
         _ => {}
     }
-    if c.ev == Ev::ProductView
-        && c.cart_goal > 0
-        && c.last_product != NO_PRODUCT
-        && (c.browse_left == 0 || r.chance(0.45))
-    {
+    if c.ev == Ev::ProductView && c.cart_goal > 0 && c.last_product != NO_PRODUCT && (c.browse_left == 0 || r.chance(0.45)) {
         plan_cart_add(m, r, c, at);
         return Some(gap);
     }
@@ -1033,51 +909,26 @@ fn advance(m: &Model, r: &mut Rng, sess: &mut u64, c: &mut Customer, now: i64) -
             c.touches_left = c.touches_left.saturating_sub(1);
             if c.touches_left > 0 {
                 plan_touch(r, c);
-                return Some(Gap::flex(r.log_logistic(
-                    3.0 * HOUR,
-                    1.4,
-                    10.0 * MINUTE,
-                    4.0 * DAY,
-                )));
+                return Some(Gap::flex(r.log_logistic(3.0 * HOUR, 1.4, 10.0 * MINUTE, 4.0 * DAY)));
             }
             if let Some((ch, camp)) = c.last_touch {
                 if r.chance(ch.click_through()) {
                     plan_click(c, ch, camp);
-                    return Some(Gap::fixed(r.log_logistic(
-                        12.0 * SECOND,
-                        1.5,
-                        SECOND,
-                        15.0 * MINUTE,
-                    )));
+                    return Some(Gap::fixed(r.log_logistic(12.0 * SECOND, 1.5, SECOND, 15.0 * MINUTE)));
                 }
             }
             plan_entry(r, sess, c);
-            Some(Gap::flex(r.log_logistic(
-                2.0 * HOUR,
-                1.3,
-                5.0 * MINUTE,
-                3.0 * DAY,
-            )))
+            Some(Gap::flex(r.log_logistic(2.0 * HOUR, 1.3, 5.0 * MINUTE, 3.0 * DAY)))
         }
         Phase::Reminder => {
             let (ch, camp) = c.last_touch.unwrap_or((Ch::Email, None));
             plan_click(c, ch, camp);
-            Some(Gap::fixed(r.log_logistic(
-                40.0 * SECOND,
-                1.5,
-                2.0 * SECOND,
-                20.0 * MINUTE,
-            )))
+            Some(Gap::fixed(r.log_logistic(40.0 * SECOND, 1.5, 2.0 * SECOND, 20.0 * MINUTE)))
         }
         Phase::Click => {
             let (ch, camp) = (c.entry, c.entry_campaign);
             start_session(r, sess, c, ch, camp);
-            Some(Gap::fixed(r.log_logistic(
-                1.5 * SECOND,
-                2.0,
-                200.0,
-                10.0 * SECOND,
-            )))
+            Some(Gap::fixed(r.log_logistic(1.5 * SECOND, 2.0, 200.0, 10.0 * SECOND)))
         }
         Phase::Session => session_step(m, r, sess, c, now),
         Phase::Checkout => match c.outcome {
@@ -1086,12 +937,7 @@ fn advance(m: &Model, r: &mut Rng, sess: &mut u64, c: &mut Customer, now: i64) -
                 c.set_pending(Ev::Purchase, None, None, true);
                 c.value_cents = total;
                 c.phase = Phase::Purchased;
-                Some(Gap::fixed(r.log_logistic(
-                    60.0 * SECOND,
-                    2.0,
-                    10.0 * SECOND,
-                    4.0 * MINUTE,
-                )))
+                Some(Gap::fixed(r.log_logistic(60.0 * SECOND, 2.0, 10.0 * SECOND, 4.0 * MINUTE)))
             }
             _ => None,
         },
@@ -1103,12 +949,7 @@ fn advance(m: &Model, r: &mut Rng, sess: &mut u64, c: &mut Customer, now: i64) -
         Phase::Removing => {
             if c.cart_len > 0 {
                 plan_cart_remove(m, c, c.cart_len as usize - 1);
-                Some(Gap::fixed(r.log_logistic(
-                    8.0 * SECOND,
-                    2.0,
-                    SECOND,
-                    MINUTE,
-                )))
+                Some(Gap::fixed(r.log_logistic(8.0 * SECOND, 2.0, SECOND, MINUTE)))
             } else {
                 next_episode(r, sess, c)
             }
@@ -1230,11 +1071,7 @@ impl JourneyGenerator {
     /// `cfg.mean_gap_ms`, and starts `cfg.active_customers` journeys (at least one).
     pub fn new(cfg: GeneratorConfig) -> Self {
         let active = cfg.active_customers.max(1);
-        let mean_gap = if cfg.mean_gap_ms.is_finite() && cfg.mean_gap_ms > 0.0 {
-            cfg.mean_gap_ms
-        } else {
-            1.0
-        };
+        let mean_gap = if cfg.mean_gap_ms.is_finite() && cfg.mean_gap_ms > 0.0 { cfg.mean_gap_ms } else { 1.0 };
         let mut model = Model::new(cfg.seed);
 
         // Dry run of journeys with unscaled gaps: events, fixed and flexible time per journey.
@@ -1267,11 +1104,8 @@ impl JourneyGenerator {
             (events as f64 / n, fixed / n, flex / n)
         };
         let target_cycle = active as f64 * mean_gap * events_per_journey;
-        model.flex_scale =
-            ((target_cycle - fixed_per_journey) / flex_per_journey.max(1.0)).clamp(1e-4, 1e4);
-        let alumni_cap = ((2.0 * RETURN_MIN_MS as f64 / (mean_gap * events_per_journey)).ceil()
-            as usize)
-            .clamp(256, 1 << 18);
+        model.flex_scale = ((target_cycle - fixed_per_journey) / flex_per_journey.max(1.0)).clamp(1e-4, 1e4);
+        let alumni_cap = ((2.0 * RETURN_MIN_MS as f64 / (mean_gap * events_per_journey)).ceil() as usize).clamp(256, 1 << 18);
 
         let mut g = JourneyGenerator {
             event_prefix: format!("e-{:x}-", cfg.seed),
@@ -1302,8 +1136,7 @@ impl JourneyGenerator {
         }
         let min_off = offsets.iter().copied().min().unwrap_or(0);
         for (slot, off) in offsets.into_iter().enumerate() {
-            g.heap
-                .push(Reverse((g.cfg.start_ts_ms + off - min_off, slot as u32)));
+            g.heap.push(Reverse((g.cfg.start_ts_ms + off - min_off, slot as u32)));
         }
         g
     }
@@ -1313,12 +1146,7 @@ impl JourneyGenerator {
         let mut json = Vec::with_capacity(256);
         let mut customer_id = String::with_capacity(12);
         let (ts, ev) = self.step(&mut json, &mut customer_id);
-        GeneratedEvent {
-            customer_id,
-            ts,
-            json,
-            event_type: ev.name(),
-        }
+        GeneratedEvent { customer_id, ts, json, event_type: ev.name() }
     }
 
     /// write the next event into `out` (cleared first) and return its customer id and ts without allocating per call where possible
@@ -1355,15 +1183,8 @@ impl JourneyGenerator {
                 if self.alumni.len() >= self.alumni_cap {
                     self.alumni.pop_front();
                 }
-                self.alumni.push_back(Alumnus {
-                    num: c.num,
-                    last_ts: ts,
-                    purchases: c.purchases,
-                });
-                let due = self
-                    .alumni
-                    .front()
-                    .is_some_and(|a| a.last_ts + RETURN_MIN_MS <= ts);
+                self.alumni.push_back(Alumnus { num: c.num, last_ts: ts, purchases: c.purchases });
+                let due = self.alumni.front().is_some_and(|a| a.last_ts + RETURN_MIN_MS <= ts);
                 let (num, returning, purchases) = if due && self.rng.chance(P_RETURNING) {
                     let a = self.alumni.pop_front().expect("front exists");
                     (a.num, true, a.purchases)
@@ -1372,14 +1193,7 @@ impl JourneyGenerator {
                     self.next_customer += 1;
                     (n, false, 0)
                 };
-                begin_journey(
-                    &mut self.rng,
-                    &mut self.next_session,
-                    c,
-                    num,
-                    returning,
-                    purchases,
-                );
+                begin_journey(&mut self.rng, &mut self.next_session, c, num, returning, purchases);
                 ts + self.model.gap_ms(occupant_gap(&mut self.rng))
             }
         };
@@ -1454,52 +1268,21 @@ mod tests {
     use serde_json::Value;
     use std::collections::{HashMap, HashSet};
 
-    const EVENT_TYPES: [&str; 11] = [
-        "impression",
-        "click",
-        "email_open",
-        "email_click",
-        "page_view",
-        "product_view",
-        "search",
-        "cart_add",
-        "cart_remove",
-        "checkout_start",
-        "purchase",
-    ];
-    const CHANNELS: [&str; 12] = [
-        "paid_search",
-        "organic_search",
-        "paid_social",
-        "organic_social",
-        "email",
-        "display",
-        "affiliate",
-        "referral",
-        "direct",
-        "sms",
-        "push",
-        "other",
-    ];
+    const EVENT_TYPES: [&str; 11] =
+        ["impression", "click", "email_open", "email_click", "page_view", "product_view", "search", "cart_add", "cart_remove", "checkout_start", "purchase"];
+    const CHANNELS: [&str; 12] =
+        ["paid_search", "organic_search", "paid_social", "organic_social", "email", "display", "affiliate", "referral", "direct", "sms", "push", "other"];
     const MARKETING: [&str; 4] = ["impression", "click", "email_open", "email_click"];
     const THIRTY_MIN: i64 = 30 * 60_000;
 
     fn gen(seed: u64) -> JourneyGenerator {
-        JourneyGenerator::new(GeneratorConfig {
-            seed,
-            ..GeneratorConfig::default()
-        })
+        JourneyGenerator::new(GeneratorConfig { seed, ..GeneratorConfig::default() })
     }
 
     #[test]
     fn deterministic_math_is_accurate() {
-        for &x in &[
-            1e-12, 1e-6, 0.001, 0.1, 0.5, 0.9999, 1.0, 1.5, 2.0, 10.0, 12345.678,
-        ] {
-            assert!(
-                (det_ln(x) - x.ln()).abs() < 1e-12 * x.ln().abs().max(1.0),
-                "ln {x}"
-            );
+        for &x in &[1e-12, 1e-6, 0.001, 0.1, 0.5, 0.9999, 1.0, 1.5, 2.0, 10.0, 12345.678] {
+            assert!((det_ln(x) - x.ln()).abs() < 1e-12 * x.ln().abs().max(1.0), "ln {x}");
         }
         for &x in &[-50.0, -3.0, -0.5, 0.0, 0.3, 1.0, 2.5, 10.0, 50.0] {
             assert!((det_exp(x) - x.exp()).abs() <= 1e-13 * x.exp(), "exp {x}");
@@ -1519,9 +1302,7 @@ mod tests {
         }
         let mut c = gen(8);
         let mut a = gen(7);
-        let same = (0..10_000)
-            .filter(|_| a.next_event().json == c.next_event().json)
-            .count();
+        let same = (0..10_000).filter(|_| a.next_event().json == c.next_event().json).count();
         assert_eq!(same, 0);
     }
 
@@ -1552,16 +1333,10 @@ mod tests {
             let v: Value = serde_json::from_slice(&e.json).expect("valid JSON");
             let o = v.as_object().expect("object");
             assert!(o.get("event_id").and_then(Value::as_str).is_some());
-            assert_eq!(
-                o.get("customer_id").and_then(Value::as_str),
-                Some(e.customer_id.as_str())
-            );
+            assert_eq!(o.get("customer_id").and_then(Value::as_str), Some(e.customer_id.as_str()));
             assert!(e.customer_id.starts_with("c-") && e.customer_id.len() >= 8);
             assert_eq!(o.get("ts").and_then(Value::as_i64), Some(e.ts));
-            let et = o
-                .get("event_type")
-                .and_then(Value::as_str)
-                .expect("event_type");
+            let et = o.get("event_type").and_then(Value::as_str).expect("event_type");
             assert_eq!(et, e.event_type);
             assert!(EVENT_TYPES.contains(&et), "{et}");
             for k in o.keys() {
@@ -1584,15 +1359,11 @@ mod tests {
                     "unknown field {k}"
                 );
             }
-            let channel = o
-                .get("channel")
-                .map(|c| c.as_str().expect("channel is a string"));
+            let channel = o.get("channel").map(|c| c.as_str().expect("channel is a string"));
             if let Some(c) = channel {
                 assert!(CHANNELS.contains(&c), "{c}");
             }
-            let session = o
-                .get("session_id")
-                .map(|s| s.as_str().expect("session_id string").to_string());
+            let session = o.get("session_id").map(|s| s.as_str().expect("session_id string").to_string());
             let session_start = match &session {
                 Some(s) => seen_sessions.insert(s.clone()),
                 None => false,
@@ -1621,11 +1392,7 @@ mod tests {
                     }
                 }
                 _ => {
-                    assert!(
-                        o.get("value").is_none()
-                            && o.get("currency").is_none()
-                            && o.get("quantity").is_none()
-                    );
+                    assert!(o.get("value").is_none() && o.get("currency").is_none() && o.get("quantity").is_none());
                 }
             }
             if et == "product_view" {
@@ -1680,8 +1447,7 @@ mod tests {
         let mut last_ts: HashMap<String, i64> = HashMap::new();
         let mut carts: HashMap<String, Cart> = HashMap::new();
         // carts: opened, purchased within 30 min, purchased later, abandoned (silent for 30+ min), emptied
-        let (mut opened, mut quick, mut later, mut abandoned, mut emptied) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut opened, mut quick, mut later, mut abandoned, mut emptied) = (0u64, 0u64, 0u64, 0u64, 0u64);
         // sessions by entry channel, and purchases by the entry channel of their session
         let mut session_entry: HashMap<String, String> = HashMap::new();
         let mut sessions_by_ch: HashMap<String, u64> = HashMap::new();
@@ -1722,14 +1488,7 @@ mod tests {
                             abandoned += 1;
                         }
                         opened += 1;
-                        carts.insert(
-                            cid.clone(),
-                            Cart {
-                                open_ts: e.ts,
-                                abandoned: false,
-                                lines: HashSet::new(),
-                            },
-                        );
+                        carts.insert(cid.clone(), Cart { open_ts: e.ts, abandoned: false, lines: HashSet::new() });
                     }
                     let product = v["product_id"].as_str().unwrap().to_string();
                     carts.get_mut(&cid).unwrap().lines.insert(product);
@@ -1737,10 +1496,7 @@ mod tests {
                 "cart_remove" => {
                     let product = v["product_id"].as_str().unwrap();
                     let c = carts.get_mut(&cid).expect("cart_remove of an open cart");
-                    assert!(
-                        c.lines.remove(product),
-                        "cart_remove of a product in the cart"
-                    );
+                    assert!(c.lines.remove(product), "cart_remove of a product in the cart");
                     if c.lines.is_empty() {
                         emptied += 1;
                         carts.remove(&cid);
@@ -1775,23 +1531,12 @@ mod tests {
             pct(abandoned),
             pct(emptied)
         );
-        let mut conv: Vec<(String, f64, u64)> = sessions_by_ch
-            .iter()
-            .map(|(c, s)| {
-                (
-                    c.clone(),
-                    *purchases_by_ch.get(c).unwrap_or(&0) as f64 / *s as f64,
-                    *s,
-                )
-            })
-            .collect();
+        let mut conv: Vec<(String, f64, u64)> =
+            sessions_by_ch.iter().map(|(c, s)| (c.clone(), *purchases_by_ch.get(c).unwrap_or(&0) as f64 / *s as f64, *s)).collect();
         conv.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
         println!("purchases per session by entry channel: {conv:?}");
         let hours = (end_ts - first_ts) as f64 / 3_600_000.0;
-        println!(
-            "event time covered: {hours:.2} h, mean gap {:.1} ms",
-            (end_ts - first_ts) as f64 / n as f64
-        );
+        println!("event time covered: {hours:.2} h, mean gap {:.1} ms", (end_ts - first_ts) as f64 / n as f64);
 
         assert!(counts["purchase"] > 100);
         assert!(counts["cart_add"] > 500);
@@ -1812,17 +1557,8 @@ mod tests {
 
     #[test]
     fn time_runs_at_the_configured_speed() {
-        for &(active, gap) in &[
-            (2_000usize, 180.0f64),
-            (200, 1_000.0),
-            (5_000, 60.0),
-            (100, 30_000.0),
-        ] {
-            let mut g = JourneyGenerator::new(GeneratorConfig {
-                active_customers: active,
-                mean_gap_ms: gap,
-                ..GeneratorConfig::default()
-            });
+        for &(active, gap) in &[(2_000usize, 180.0f64), (200, 1_000.0), (5_000, 60.0), (100, 30_000.0)] {
+            let mut g = JourneyGenerator::new(GeneratorConfig { active_customers: active, mean_gap_ms: gap, ..GeneratorConfig::default() });
             let mut buf = Vec::new();
             let mut cid = String::new();
             let warm = 50 * active;
@@ -1836,18 +1572,11 @@ mod tests {
                 t1 = g.next_into(&mut buf, &mut cid);
             }
             let got = (t1 - t0) as f64 / measured as f64;
-            println!(
-                "active {active}, asked {gap} ms, got {got:.1} ms (flex scale {:.4})",
-                g.model.flex_scale
-            );
+            println!("active {active}, asked {gap} ms, got {got:.1} ms (flex scale {:.4})", g.model.flex_scale);
             assert!((got / gap - 1.0).abs() < 0.25, "asked {gap}, got {got}");
         }
         // Faster than unscaled sessions allow: the stream is slower than asked, but still runs.
-        let mut g = JourneyGenerator::new(GeneratorConfig {
-            active_customers: 500,
-            mean_gap_ms: 5.0,
-            ..GeneratorConfig::default()
-        });
+        let mut g = JourneyGenerator::new(GeneratorConfig { active_customers: 500, mean_gap_ms: 5.0, ..GeneratorConfig::default() });
         let first = g.next_event().ts;
         let last = (0..50_000).map(|_| g.next_event().ts).last().unwrap();
         assert!(last > first);
@@ -1856,10 +1585,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded() {
         let active = 300;
-        let mut g = JourneyGenerator::new(GeneratorConfig {
-            active_customers: active,
-            ..GeneratorConfig::default()
-        });
+        let mut g = JourneyGenerator::new(GeneratorConfig { active_customers: active, ..GeneratorConfig::default() });
         let mut buf = Vec::new();
         let mut cid = String::new();
         let mut returning = 0;
@@ -1873,26 +1599,14 @@ mod tests {
             assert!(g.alumni.len() <= g.alumni_cap);
         }
         let live: HashSet<u64> = g.slots.iter().map(|c| c.num).collect();
-        assert_eq!(
-            live.len(),
-            active,
-            "each live customer is in exactly one slot"
-        );
-        assert!(
-            g.next_customer > 1_000,
-            "slots are recycled with new customers"
-        );
+        assert_eq!(live.len(), active, "each live customer is in exactly one slot");
+        assert!(g.next_customer > 1_000, "slots are recycled with new customers");
         assert!(returning > 0, "some old customers come back");
     }
 
     #[test]
     fn tiny_and_odd_configs_work() {
-        let mut g = JourneyGenerator::new(GeneratorConfig {
-            active_customers: 0,
-            mean_gap_ms: 0.0,
-            currency: "US\"D".into(),
-            ..GeneratorConfig::default()
-        });
+        let mut g = JourneyGenerator::new(GeneratorConfig { active_customers: 0, mean_gap_ms: 0.0, currency: "US\"D".into(), ..GeneratorConfig::default() });
         let mut last = i64::MIN;
         for _ in 0..20_000 {
             let e = g.next_event();

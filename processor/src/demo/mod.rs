@@ -19,7 +19,7 @@ use rdkafka::{ClientConfig, Message};
 use crate::attribution::Rule;
 use crate::config::Config;
 use crate::http::Health;
-use crate::runner::{RunError, RunStats, Runner};
+use crate::pipeline::{RunError, RunStats, Runner};
 use generator::{GeneratorConfig, JourneyGenerator};
 
 #[derive(Debug, Clone, Copy)]
@@ -153,11 +153,8 @@ struct Summary {
 
 impl Summary {
     fn new(cfg: &Config, brokers: &str) -> Result<Summary, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", "touchstream-demo-summary")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "touchstream-demo-summary").set("auto.offset.reset", "earliest").create()?;
         consumer.subscribe(&[cfg.topics.conversions.as_str(), cfg.topics.alerts.as_str(), cfg.topics.dlq.as_str()])?;
         Ok(Summary {
             consumer,

@@ -39,7 +39,11 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
         }
         let m = engine.customer(key).unwrap().model.as_ref().unwrap();
         let (pp, pa, ev_) = (f64::from(m.scores[P_PURCHASE]), f64::from(m.scores[P_ABANDON]), f64::from(m.scores[EXPECTED_VALUE]));
-        let d = [(pp - f(&step["p_purchase"])).abs(), (pa - f(&step["p_abandon"])).abs(), (ev_ - f(&step["expected_value"])).abs() / f(&step["expected_value"]).abs().max(1.0)];
+        let d = [
+            (pp - f(&step["p_purchase"])).abs(),
+            (pa - f(&step["p_abandon"])).abs(),
+            (ev_ - f(&step["expected_value"])).abs() / f(&step["expected_value"]).abs().max(1.0),
+        ];
         for (k, d) in d.iter().enumerate() {
             worst[1 + k.min(2)] = worst[1 + k.min(2)].max(*d);
             assert!(*d <= 1e-4, "event {}: score {k} differs by {d} from ONNX Runtime", step["event_id"]);

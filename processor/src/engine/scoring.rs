@@ -265,7 +265,15 @@ impl Scoring {
 }
 
 /// The step model's input for an event, from the customer's state after it.
-pub fn step_input(customer: &CustomerState, ts: Millis, event_type: crate::event::EventType, channel: Option<crate::event::Channel>, value: Option<f64>, gap_ms: Millis, new_session: bool) -> StepInput {
+pub fn step_input(
+    customer: &CustomerState,
+    ts: Millis,
+    event_type: crate::event::EventType,
+    channel: Option<crate::event::Channel>,
+    value: Option<f64>,
+    gap_ms: Millis,
+    new_session: bool,
+) -> StepInput {
     StepInput {
         ts,
         event_type,

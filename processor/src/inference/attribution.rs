@@ -322,12 +322,14 @@ impl AttributionRunner {
                 }
                 self.run()?;
                 let v = |s: usize| f64::from(self.scores[1 + s]);
-                let fact: Vec<f64> = (0..=k).scan(1.0, |acc, n| {
-                    if n > 0 {
-                        *acc *= n as f64;
-                    }
-                    Some(*acc)
-                }).collect();
+                let fact: Vec<f64> = (0..=k)
+                    .scan(1.0, |acc, n| {
+                        if n > 0 {
+                            *acc *= n as f64;
+                        }
+                        Some(*acc)
+                    })
+                    .collect();
                 for s in 0..(1usize << k) {
                     let size = s.count_ones() as usize;
                     for i in 0..k {

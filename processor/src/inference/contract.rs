@@ -224,11 +224,7 @@ mod tests {
 
     #[test]
     fn tensor_specs_are_checked_by_name_dtype_and_shape() {
-        let meta = Metadata::parse(
-            "m",
-            br#"{"name":"m","version":"1","inputs":[{"name":"x","dtype":"float32","shape":["batch",3]}],"outputs":[]}"#,
-        )
-        .unwrap();
+        let meta = Metadata::parse("m", br#"{"name":"m","version":"1","inputs":[{"name":"x","dtype":"float32","shape":["batch",3]}],"outputs":[]}"#).unwrap();
         assert!(meta.expect_tensors("inputs", &meta.inputs, &[("x", "float32", &[Dim::Batch, Dim::Fixed(3)])]).is_ok());
         let e = meta.expect_tensors("inputs", &meta.inputs, &[("x", "float32", &[Dim::Batch, Dim::Fixed(4)])]).unwrap_err();
         assert!(e.to_string().contains("dimension 1"), "{e}");

@@ -44,8 +44,11 @@ pub struct ModelFiles {
     pub check_fixtures: bool,
 }
 
+/// A built-in model: its name, `model.onnx`, `metadata.json` and `fixtures.json`.
+type BuiltinModel = (&'static str, &'static [u8], &'static [u8], &'static [u8]);
+
 /// The default models, built into the binary (trained on simulated data; see models/README.md).
-const BUILTIN: [(&str, &[u8], &[u8], &[u8]); 3] = [
+const BUILTIN: [BuiltinModel; 3] = [
     (
         "journey_step",
         include_bytes!("../../../models/journey_step/model.onnx"),
@@ -127,6 +130,54 @@ impl ModelSet {
         };
         Ok(Some(Arc::new(ModelSet { step, attribution, deep_mode, max_batch: cfg.max_batch, version })))
     }
+}
+
+/// Watches the models folder (polling modification times every 2 s, no extra dependency) and
+/// sets `reload` when a file of the configured models changes; stops with `stop`.
+pub fn watch(cfg: &ModelsConfig, reload: Arc<std::sync::atomic::AtomicBool>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let dirs = [Path::new(&cfg.dir).join(&cfg.step), Path::new(&cfg.dir).join(&cfg.attribution)];
+    let stamp = move || -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+        let mut files = Vec::new();
+        for d in &dirs {
+            for f in ["model.onnx", "metadata.json", "fixtures.json"] {
+                let p = d.join(f);
+                let m = std::fs::metadata(&p).ok();
+                files.push((p, m.as_ref().and_then(|m| m.modified().ok()), m.map_or(0, |m| m.len())));
+            }
+        }
+        files
+    };
+    std::thread::Builder::new()
+        .name("model-watch".into())
+        .spawn(move || {
+            let mut last = stamp();
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let now = stamp();
+                if now != last {
+                    // let a copy finish before loading
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    last = stamp();
+                    tracing::info!("the models folder changed: reloading at the next batch boundary");
+                    reload.store(true, Ordering::Release);
+                }
+            }
+        })
+        .expect("spawn the model watcher");
+}
+
+/// The built-in models, loaded once per test binary.
+#[cfg(test)]
+pub(crate) fn test_models() -> Arc<ModelSet> {
+    static MODELS: std::sync::OnceLock<Arc<ModelSet>> = std::sync::OnceLock::new();
+    MODELS
+        .get_or_init(|| {
+            let mut cfg = crate::config::Config::defaults().models;
+            cfg.check_fixtures = false;
+            ModelSet::load(&cfg).unwrap().unwrap()
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -216,52 +267,4 @@ mod tests {
         let err = StepModel::load(&files, 64).unwrap_err().to_string();
         assert!(err.contains("parity fixture 0") && err.contains("p_purchase"), "{err}");
     }
-}
-
-/// Watches the models folder (polling modification times every 2 s, no extra dependency) and
-/// sets `reload` when a file of the configured models changes; stops with `stop`.
-pub fn watch(cfg: &ModelsConfig, reload: Arc<std::sync::atomic::AtomicBool>, stop: Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::Ordering;
-    let dirs = [Path::new(&cfg.dir).join(&cfg.step), Path::new(&cfg.dir).join(&cfg.attribution)];
-    let stamp = move || -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
-        let mut files = Vec::new();
-        for d in &dirs {
-            for f in ["model.onnx", "metadata.json", "fixtures.json"] {
-                let p = d.join(f);
-                let m = std::fs::metadata(&p).ok();
-                files.push((p, m.as_ref().and_then(|m| m.modified().ok()), m.map_or(0, |m| m.len())));
-            }
-        }
-        files
-    };
-    std::thread::Builder::new()
-        .name("model-watch".into())
-        .spawn(move || {
-            let mut last = stamp();
-            while !stop.load(Ordering::Acquire) {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-                let now = stamp();
-                if now != last {
-                    // let a copy finish before loading
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    last = stamp();
-                    tracing::info!("the models folder changed: reloading at the next batch boundary");
-                    reload.store(true, Ordering::Release);
-                }
-            }
-        })
-        .expect("spawn the model watcher");
-}
-
-/// The built-in models, loaded once per test binary.
-#[cfg(test)]
-pub(crate) fn test_models() -> Arc<ModelSet> {
-    static MODELS: std::sync::OnceLock<Arc<ModelSet>> = std::sync::OnceLock::new();
-    MODELS
-        .get_or_init(|| {
-            let mut cfg = crate::config::Config::defaults().models;
-            cfg.check_fixtures = false;
-            ModelSet::load(&cfg).unwrap().unwrap()
-        })
-        .clone()
 }

@@ -1,7 +1,6 @@
 //! The journey step model: a recurrent cell run once per event with the customer's hidden state in
 //! and out, giving P(purchase within 7 days), P(the open cart is abandoned) and expected value.
 
-
 use tract_onnx::prelude::*;
 
 use super::contract::{self, Dim, Metadata, PlanStates, Plans};
@@ -41,7 +40,11 @@ impl StepModel {
             return Err(meta.err(format!("hidden_size {hidden} is out of range")));
         }
         let f = features::COUNT;
-        meta.expect_tensors("inputs", &meta.inputs, &[("features", "float32", &[Dim::Batch, Dim::Fixed(f)]), ("hidden_in", "float32", &[Dim::Batch, Dim::Fixed(hidden)])])?;
+        meta.expect_tensors(
+            "inputs",
+            &meta.inputs,
+            &[("features", "float32", &[Dim::Batch, Dim::Fixed(f)]), ("hidden_in", "float32", &[Dim::Batch, Dim::Fixed(hidden)])],
+        )?;
         let checks_ms = match meta.feature_encoding.pointer("/abandon_checks_minutes") {
             None => Vec::new(),
             Some(v) => {
@@ -51,7 +54,8 @@ impl StepModel {
                     .iter()
                     .map(|m| m.as_f64().unwrap_or(f64::NAN))
                     .collect();
-                let ok = !minutes.is_empty() && minutes.len() <= 64 && minutes.iter().all(|m| m.is_finite() && *m > 0.0) && minutes.windows(2).all(|w| w[0] < w[1]);
+                let ok =
+                    !minutes.is_empty() && minutes.len() <= 64 && minutes.iter().all(|m| m.is_finite() && *m > 0.0) && minutes.windows(2).all(|w| w[0] < w[1]);
                 if !ok {
                     return Err(meta.err(format!("feature_encoding/abandon_checks_minutes must be 1 to 64 increasing positive numbers, got {minutes:?}")));
                 }
@@ -59,8 +63,12 @@ impl StepModel {
             }
         };
         let (d_checks, d_hidden, d_one) = ([Dim::Batch, Dim::Fixed(checks_ms.len())], [Dim::Batch, Dim::Fixed(hidden)], [Dim::Batch, Dim::Fixed(1)]);
-        let mut outputs: Vec<(&str, &str, &[Dim])> =
-            vec![("hidden_out", "float32", &d_hidden), ("p_purchase", "float32", &d_one), ("p_abandon", "float32", &d_one), ("expected_value", "float32", &d_one)];
+        let mut outputs: Vec<(&str, &str, &[Dim])> = vec![
+            ("hidden_out", "float32", &d_hidden),
+            ("p_purchase", "float32", &d_one),
+            ("p_abandon", "float32", &d_one),
+            ("expected_value", "float32", &d_one),
+        ];
         if !checks_ms.is_empty() {
             outputs.push((CHECKS_OUTPUT, "float32", &d_checks));
         }
@@ -85,11 +93,7 @@ impl StepModel {
                 return Err(meta.err(format!("feature_encoding/normalisation/{key} is {got}; the processor uses {value}")));
             }
         }
-        let check_minutes = meta
-            .feature_encoding
-            .pointer("/abandon_check_minutes")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10.0);
+        let check_minutes = meta.feature_encoding.pointer("/abandon_check_minutes").and_then(|v| v.as_f64()).unwrap_or(10.0);
         // One plan for exactly `max_batch` rows, every call padded up to it: tract's result for
         // a row is then the same bit for bit whatever the wave size, so outputs do not depend on
         // batching (plans for different sizes round differently), and a fixed size runs ~1.6x

@@ -1,5 +1,7 @@
 //! Per-customer journey state: recent marketing touchpoints, the open cart, session and counters.
 
+pub mod dedupe;
+
 use std::collections::VecDeque;
 use std::mem::size_of;
 
@@ -124,6 +126,9 @@ pub struct CustomerState {
     /// The step model's state (absent without models, or before the first scored event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<Box<ModelState>>,
+    /// Hashes of the latest event ids, to drop repeated events.
+    #[serde(default, skip_serializing_if = "dedupe::SeenIds::is_empty")]
+    pub seen: dedupe::SeenIds,
     /// Queued for the changelog since the last drain (not part of the state itself).
     #[serde(skip)]
     pub(crate) queued: bool,
@@ -148,6 +153,7 @@ impl CustomerState {
             counters: Counters::default(),
             prev_session: 0,
             model: None,
+            seen: dedupe::SeenIds::default(),
             queued: false,
             changed_idx: 0,
             pending: 0,

@@ -2,18 +2,22 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::kafka::probe::{self, Cause, ProbeContext};
 use crate::kafka::{client_config, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot reach Kafka at {brokers}: {message}")]
     Unreachable { brokers: String, message: String },
+    /// The first contact failed for a named cause (authentication, TLS, configuration, network).
+    #[error("cannot use Kafka at {brokers}: {hint} ({message})", hint = cause.hint())]
+    Connect { brokers: String, cause: Cause, message: String },
     #[error("cannot create topic {topic}: {message}")]
     Create { topic: String, message: String },
     #[error("topic {topic} does not exist (and topics.create is false)")]
@@ -22,6 +26,36 @@ pub enum AdminError {
     NoInput { topic: String },
     #[error("config key `topics.changelog`: {changelog} has {found} partitions but {events} has {expected}; partition i of the changelog must hold the state of input partition i")]
     ChangelogMismatch { changelog: String, found: i32, events: String, expected: i32 },
+}
+
+/// The broker's and librdkafka's default largest record (`message.max.bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// The largest record `topic` accepts from this processor: the topic's `max.message.bytes`
+/// (read from the broker) and the producer's `message.max.bytes`, whichever is smaller. Falls
+/// back to the producer's limit when the broker does not say.
+pub async fn record_limit(cfg: &Config, topic: &str) -> usize {
+    let producer = cfg
+        .kafka
+        .producer
+        .get("message.max.bytes")
+        .or_else(|| cfg.kafka.options.get("message.max.bytes"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let Ok(admin) = client_config(cfg, Role::Admin).create::<AdminClient<DefaultClientContext>>() else { return producer };
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let spec = ResourceSpecifier::Topic(topic);
+    let found = match admin.describe_configs([&spec], &opts).await {
+        Ok(results) => results
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.entries.iter().find(|e| e.name == "max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok())),
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "cannot read the topic's max.message.bytes; assuming the producer's limit");
+            None
+        }
+    };
+    found.map_or(producer, |t| t.min(producer))
 }
 
 /// A topic Touchstream writes and how it is configured.
@@ -59,7 +93,14 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
     let input_partitions = partition_count(cfg, &cfg.topics.events)?.ok_or_else(|| AdminError::NoInput { topic: cfg.topics.events.clone() })?;
     let specs = output_topics(cfg, input_partitions);
     create_missing(cfg, &specs).await?;
-    let found = partition_count(cfg, &cfg.topics.changelog)?.unwrap_or(0);
+    // A topic just created may take a moment to appear in the metadata.
+    let mut found = partition_count(cfg, &cfg.topics.changelog)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while found.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        found = partition_count(cfg, &cfg.topics.changelog)?;
+    }
+    let found = found.unwrap_or(0);
     if found != input_partitions {
         return Err(AdminError::ChangelogMismatch {
             changelog: cfg.topics.changelog.clone(),
@@ -80,9 +121,8 @@ async fn create_missing(cfg: &Config, specs: &[TopicSpec]) -> Result<(), AdminEr
         }
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg, Role::Admin)
-        .create()
-        .map_err(|e| AdminError::Unreachable { brokers: cfg.kafka.brokers.clone(), message: e.to_string() })?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg, Role::Admin).create().map_err(|e| AdminError::Unreachable { brokers: cfg.kafka.brokers.clone(), message: e.to_string() })?;
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.map(|r| r.to_string()).unwrap_or_default()).collect();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
@@ -115,12 +155,16 @@ async fn create_missing(cfg: &Config, specs: &[TopicSpec]) -> Result<(), AdminEr
 
 /// Number of partitions of `topic`, or None when it does not exist.
 pub fn partition_count(cfg: &Config, topic: &str) -> Result<Option<i32>, AdminError> {
-    let consumer: BaseConsumer = client_config(cfg, Role::Admin)
-        .create()
-        .map_err(|e| AdminError::Unreachable { brokers: cfg.kafka.brokers.clone(), message: e.to_string() })?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .map_err(|e| AdminError::Unreachable { brokers: cfg.kafka.brokers.clone(), message: e.to_string() })?;
+    let brokers = || cfg.kafka.brokers.clone();
+    let consumer: BaseConsumer<ProbeContext> = client_config(cfg, Role::Admin).create_with_context(ProbeContext::default()).map_err(|e| {
+        let message = e.to_string();
+        AdminError::Connect { brokers: brokers(), cause: Cause::of(&message).unwrap_or(Cause::Configuration), message }
+    })?;
+    let md = probe::fetch_metadata(&consumer, topic, Duration::from_secs(15)).map_err(|(cause, message)| AdminError::Connect {
+        brokers: brokers(),
+        cause,
+        message,
+    })?;
     Ok(md.topics().iter().find(|t| t.name() == topic).and_then(|t| {
         if t.error().is_some() || t.partitions().is_empty() {
             None

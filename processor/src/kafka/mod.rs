@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod probe;
 pub mod sink;
 
 use rdkafka::ClientConfig;
@@ -31,13 +32,15 @@ pub fn client_config(cfg: &Config, role: Role) -> ClientConfig {
                 .set("isolation.level", "read_committed")
                 .set("enable.partition.eof", "false")
                 .set("partition.assignment.strategy", "cooperative-sticky");
+            if cfg.kafka.static_membership {
+                c.set("group.instance.id", cfg.kafka.effective_transactional_id());
+            }
         }
         Role::Producer => {
             // Java-compatible partitioning by key, idempotent delivery, no reordering on retry.
             c.set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "5");
             if cfg.kafka.guarantee == Guarantee::ExactlyOnce {
-                c.set("transactional.id", cfg.kafka.effective_transactional_id())
-                    .set("transaction.timeout.ms", cfg.kafka.transaction_timeout.ms().to_string());
+                c.set("transactional.id", cfg.kafka.effective_transactional_id()).set("transaction.timeout.ms", cfg.kafka.transaction_timeout.ms().to_string());
             }
         }
         Role::Admin => {}

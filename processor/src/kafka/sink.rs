@@ -4,15 +4,15 @@
 //! the runner's own thread, never on the async runtime. Transaction errors are classified:
 //! retry, abort (then rewind), or fatal (fenced by a newer instance, or a broken producer).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::TopicPartitionList;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use rdkafka::TopicPartitionList;
 use rdkafka::{ClientConfig, ClientContext};
 
 /// Errors of the output path; `class()` says what to do about a transactional one.
@@ -28,6 +28,8 @@ pub enum SinkError {
     Send { topic: String, source: KafkaError },
     #[error("transaction {op} failed ({class:?}): {source}")]
     Transaction { op: &'static str, class: TxnClass, source: KafkaError },
+    #[error("a record for {topic} is larger than the producer accepts: {source}")]
+    TooLarge { topic: String, source: KafkaError },
 }
 
 /// What to do about a failed transactional call.
@@ -48,6 +50,8 @@ impl SinkError {
     pub fn class(&self) -> Option<TxnClass> {
         match self {
             SinkError::Transaction { class, .. } => Some(*class),
+            // Nothing was queued: redo the batch (and isolate the record that caused it).
+            SinkError::TooLarge { .. } => Some(TxnClass::Abort),
             _ => None,
         }
     }
@@ -55,9 +59,7 @@ impl SinkError {
 
 /// Classifies a transactional error as librdkafka reports it.
 pub fn classify(err: &KafkaError) -> TxnClass {
-    let fenced = |code: RDKafkaErrorCode| {
-        matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    };
+    let fenced = |code: RDKafkaErrorCode| matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch);
     match err {
         KafkaError::Transaction(e) if fenced(e.code()) => TxnClass::Fenced,
         KafkaError::Transaction(e) if e.is_fatal() => TxnClass::Fatal,
@@ -74,6 +76,8 @@ pub fn classify(err: &KafkaError) -> TxnClass {
 #[derive(Default)]
 pub struct DeliveryTracker {
     failed: AtomicU64,
+    /// A record was refused for its size (by the client or the broker).
+    too_large: AtomicBool,
     first_error: Mutex<Option<String>>,
 }
 
@@ -85,6 +89,9 @@ impl ProducerContext for DeliveryTracker {
         if let Err((err, msg)) = result {
             use rdkafka::Message;
             self.failed.fetch_add(1, Ordering::Relaxed);
+            if is_size(err) {
+                self.too_large.store(true, Ordering::Release);
+            }
             let mut first = self.first_error.lock().expect("delivery lock");
             if first.is_none() {
                 *first = Some(format!("{err} (topic {})", msg.topic()));
@@ -242,12 +249,19 @@ impl Sink {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) if self.transactional => {
-                    return Err(self.refine(SinkError::Transaction { op: "produce", class: classify(&e), source: e }))
+                Err((e, _)) if is_size(&e) => {
+                    self.producer.context().too_large.store(true, Ordering::Release);
+                    return Err(SinkError::TooLarge { topic: rec.topic.to_string(), source: e });
                 }
+                Err((e, _)) if self.transactional => return Err(self.refine(SinkError::Transaction { op: "produce", class: classify(&e), source: e })),
                 Err((e, _)) => return Err(SinkError::Send { topic: rec.topic.to_string(), source: e }),
             }
         }
+    }
+
+    /// Whether a record was refused for its size since the last call (then cleared).
+    pub fn take_size_failure(&self) -> bool {
+        self.producer.context().too_large.swap(false, Ordering::AcqRel)
     }
 
     /// Waits until every queued record is delivered; fails if any delivery failed since the last flush.
@@ -261,6 +275,11 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// Whether an error says that a record is larger than the client or the broker accepts.
+fn is_size(err: &KafkaError) -> bool {
+    matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize))
 }
 
 fn is_fence(code: RDKafkaErrorCode) -> bool {

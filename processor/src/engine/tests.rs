@@ -1,0 +1,226 @@
+//! The engine on scripted journeys: credits, alerts, restore equivalence, batching independence.
+
+use super::*;
+use crate::changelog::ChangelogEntry;
+use crate::event::{decode, Validation};
+
+const MIN: Millis = 60_000;
+const DAY: Millis = 86_400_000;
+const T0: Millis = 1_767_225_600_000;
+
+struct Feed {
+    engine: PartitionEngine,
+    out: Vec<Output>,
+    n: u64,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Feed { engine: PartitionEngine::new(0, EngineConfig::default()), out: Vec::new(), n: 0 }
+    }
+    fn send(&mut self, customer: &str, ts: Millis, event_type: &str, extra: &str) {
+        self.n += 1;
+        let json = format!(r#"{{"event_id":"e{}","customer_id":"{customer}","ts":{ts},"event_type":"{event_type}"{extra}}}"#, self.n);
+        let check = Validation { now: T0 + 365 * DAY, max_future_skew_ms: 0 };
+        let ev = decode(Some(customer.as_bytes()), json.as_bytes(), &check).unwrap();
+        self.engine.process(&ev, &mut self.out);
+    }
+    fn conversions(&self) -> Vec<&ConversionRecord> {
+        self.out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect()
+    }
+    fn alerts(&self) -> Vec<&AlertRecord> {
+        self.out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a) } else { None }).collect()
+    }
+}
+
+#[test]
+fn purchase_credits_the_journey_since_the_last_purchase() {
+    let mut f = Feed::new();
+    f.send("a", T0, "impression", r#","channel":"display","campaign":"spring""#);
+    f.send("a", T0 + DAY, "purchase", r#","value":10"#);
+    f.send("a", T0 + 2 * DAY, "click", r#","channel":"paid_search""#);
+    f.send("a", T0 + 9 * DAY, "email_click", r#","channel":"email""#);
+    f.send("a", T0 + 9 * DAY + MIN, "purchase", r#","value":30,"currency":"EUR""#);
+    let c = f.conversions();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0].touchpoints.len(), 1);
+    let second = c[1];
+    assert_eq!(second.conversion_value, 30.0);
+    assert_eq!(second.currency.as_deref(), Some("EUR"));
+    let channels: Vec<_> = second.touchpoints.iter().map(|t| t.channel).collect();
+    assert_eq!(channels, [Channel::PaidSearch, Channel::Email], "the display touch was spent by the first purchase");
+    // 7 days apart = one half-life: 1/3 and 2/3 (up to the one minute before the conversion)
+    let w_old = (-(7.0 * DAY as f64 + MIN as f64) / (7.0 * DAY as f64)).exp2();
+    let w_new = (-(MIN as f64) / (7.0 * DAY as f64)).exp2();
+    assert!((second.touchpoints[0].time_decay - w_old / (w_old + w_new)).abs() < 1e-12);
+    assert_eq!(second.touchpoints[1].last_touch, 1.0);
+}
+
+#[test]
+fn conversion_without_touchpoints_is_direct() {
+    let mut f = Feed::new();
+    f.send("b", T0, "purchase", r#","value":5"#);
+    let c = f.conversions();
+    assert_eq!(c[0].touchpoints.len(), 1);
+    assert_eq!(c[0].touchpoints[0].channel, Channel::Direct);
+    assert_eq!(c[0].touchpoints[0].event_id, None);
+    assert_eq!(c[0].touchpoints[0].time_decay, 1.0);
+    let n = f.engine.windows().get(T0, Channel::Direct).unwrap();
+    assert_eq!(n.conversions, [1.0; 5]);
+    assert_eq!(n.revenue, [5.0; 5]);
+}
+
+#[test]
+fn abandoned_cart_alerts_once_at_last_activity_plus_timeout() {
+    let mut f = Feed::new();
+    f.send("c", T0, "click", r#","channel":"email","campaign":"w""#);
+    f.send("c", T0 + MIN, "cart_add", r#","product_id":"p1","quantity":2,"value":60,"currency":"EUR""#);
+    f.send("c", T0 + 5 * MIN, "page_view", "");
+    // other customers move the watermark: 5m + 30m + 1m lateness
+    f.send("x", T0 + 35 * MIN, "page_view", "");
+    assert!(f.alerts().is_empty(), "watermark at 34m, deadline at 35m");
+    f.send("x", T0 + 36 * MIN, "page_view", "");
+    let a = f.alerts();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].alert_ts, T0 + 35 * MIN);
+    assert_eq!(a[0].last_activity_ts, T0 + 5 * MIN);
+    assert_eq!(a[0].cart_value, 120.0);
+    assert_eq!(a[0].recommended_action, "incentive");
+    assert_eq!(a[0].alert_id, "c:e2");
+    assert_eq!(a[0].top_touchpoints.len(), 1);
+    assert_eq!(a[0].top_touchpoints[0].channel, Channel::Email);
+    f.send("x", T0 + 300 * MIN, "page_view", "");
+    f.send("c", T0 + 301 * MIN, "page_view", "");
+    assert_eq!(f.alerts().len(), 1, "one alert per cart");
+    // a new cart after a purchase may alert again
+    f.send("c", T0 + 302 * MIN, "purchase", r#","value":120"#);
+    f.send("c", T0 + 303 * MIN, "cart_add", r#","product_id":"p2","value":5"#);
+    f.send("x", T0 + 400 * MIN, "page_view", "");
+    let a = f.alerts();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[1].recommended_action, "reminder");
+    assert_eq!(a[1].alert_ts, T0 + 333 * MIN);
+}
+
+#[test]
+fn purchase_within_the_timeout_never_alerts() {
+    let mut f = Feed::new();
+    f.send("d", T0, "cart_add", r#","product_id":"p","value":10"#);
+    f.send("d", T0 + 20 * MIN, "purchase", r#","value":10"#);
+    f.send("x", T0 + 10 * DAY, "page_view", "");
+    assert!(f.alerts().is_empty());
+    assert_eq!(f.conversions()[0].conversion_value, 10.0);
+}
+
+#[test]
+fn the_customers_own_late_return_proves_abandonment() {
+    let mut f = Feed::new();
+    f.send("e", T0, "cart_add", r#","product_id":"p","value":10"#);
+    // no other traffic: the watermark only moves with this customer's events
+    f.send("e", T0 + 31 * MIN, "purchase", r#","value":10"#);
+    let a = f.alerts();
+    assert_eq!(a.len(), 1, "31 minutes of silence is abandonment, even if the customer came back");
+    assert_eq!(a[0].alert_ts, T0 + 30 * MIN);
+    assert_eq!(f.conversions().len(), 1);
+}
+
+#[test]
+fn emptied_cart_does_not_alert_and_idle_advance_fires_timers() {
+    let mut f = Feed::new();
+    f.send("g", T0, "cart_add", r#","product_id":"p","value":10"#);
+    f.send("g", T0 + MIN, "cart_remove", r#","product_id":"p""#);
+    f.send("h", T0 + 2 * MIN, "cart_add", r#","product_id":"q","value":10"#);
+    let mut out = Vec::new();
+    f.engine.advance_idle(T0 + 2 * MIN + 31 * MIN, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Output::Alert(a) = &out[0] else { panic!() };
+    assert_eq!(a.customer_id, "h");
+    assert_eq!(a.alert_ts, T0 + 32 * MIN);
+}
+
+#[test]
+fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
+    use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
+    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 300, ..GeneratorConfig::default() });
+    let raw: Vec<(String, Vec<u8>)> = (0..30_000)
+        .map(|_| {
+            let (mut j, mut c) = (Vec::new(), String::new());
+            gen.next_into(&mut j, &mut c);
+            (c, j)
+        })
+        .collect();
+    let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
+    let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &check).unwrap()).collect();
+
+    // short retention and TTL so that windows close and customers expire within the stream
+    let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
+    let mut whole = PartitionEngine::new(0, cfg.clone());
+    let mut expected = Vec::new();
+    for e in &events {
+        whole.process(e, &mut expected);
+    }
+
+    // the same stream with a "commit" every 97 events, and a crash + restore at two points
+    let mut engine = PartitionEngine::new(0, cfg.clone());
+    let mut got = Vec::new();
+    let mut log: Vec<ChangelogEntry> = Vec::new();
+    let (mut windows, mut wins) = (Vec::new(), Vec::new());
+    for (i, e) in events.iter().enumerate() {
+        engine.process(e, &mut got);
+        if i % 97 == 96 {
+            engine.drain_changed_windows(&mut windows);
+            wins.append(&mut windows);
+            engine.drain_changelog(&wins, &mut log).unwrap();
+            wins.clear();
+        }
+        if i == 9_699 || i == 20_272 {
+            // crash right after a commit: rebuild from the changelog alone
+            let mut restored = PartitionEngine::new(0, cfg.clone());
+            for entry in &log {
+                restored.restore(&entry.key, entry.value.as_deref()).unwrap();
+            }
+            restored.finish_restore();
+            assert_eq!(restored.customers(), engine.customers());
+            for (k, c) in &engine.customers {
+                let mut r = restored.customers[k].clone();
+                r.queued = c.queued;
+                assert_eq!(&r, c, "customer {k}");
+            }
+            engine = restored;
+        }
+    }
+    assert!(expected.len() > 100, "the stream has conversions and alerts: {}", expected.len());
+    assert_eq!(got, expected);
+    let tombstones = log.iter().filter(|e| e.value.is_none()).count();
+    assert!(tombstones > 0, "closed windows and expired customers are deleted from the changelog");
+    assert!(whole.expired_customers > 0);
+}
+
+#[test]
+fn output_does_not_depend_on_how_events_are_batched_and_customers_expire() {
+    // the engine sees events one by one; a second run over the same events yields the same records
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut f = Feed::new();
+        for i in 0..200i64 {
+            let c = format!("k{}", i % 17);
+            let t = T0 + i * 7 * MIN;
+            match i % 5 {
+                0 => f.send(&c, t, "impression", r#","channel":"display""#),
+                1 => f.send(&c, t, "cart_add", r#","product_id":"p","value":3"#),
+                2 => f.send(&c, t, "click", r#","channel":"affiliate""#),
+                3 => f.send(&c, t, "page_view", ""),
+                _ => {
+                    if i % 3 == 0 {
+                        f.send(&c, t, "purchase", r#","value":9"#)
+                    }
+                }
+            }
+        }
+        f.send("late", T0 + 40 * DAY, "page_view", "");
+        assert_eq!(f.engine.customers(), 1, "all but the newest customer expired after the TTL");
+        runs.push(f.out);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert!(runs[0].iter().any(|o| matches!(o, Output::Alert(_))));
+}

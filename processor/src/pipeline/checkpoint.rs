@@ -1,0 +1,278 @@
+//! THE exactly-once invariant lives here: a batch's outputs, changelog records and input offsets
+//! commit in one Kafka transaction, or none of them do and the loop rewinds to the last commit
+//! (state reloaded from the changelog, consumer back to the committed offsets). `recover` is the
+//! one mapping from a transactional error class to what the loop does about it.
+
+use super::*;
+
+/// Where a transactional call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Sending a record inside the open transaction.
+    Produce,
+    /// Committing the transaction (outputs + offsets).
+    Commit,
+    /// Aborting it.
+    Abort,
+}
+
+impl Phase {
+    fn why(self) -> &'static str {
+        match self {
+            Phase::Produce => "produce failed",
+            Phase::Commit => "commit failed",
+            Phase::Abort => "abort failed",
+        }
+    }
+}
+
+/// What the loop does about a failed transactional call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Abort the transaction, rewind to the last commit and redo the batch.
+    Redo,
+    /// Replace the producer (its init aborts what the old one left open), then rewind.
+    Replace,
+    /// Another instance owns the transactional id: stop.
+    Stop,
+    /// Not a transactional error: give up.
+    Fail,
+}
+
+/// The one mapping from a transactional error class to the loop's action. `too_large`: a record
+/// of the batch was refused for its size (the redo then isolates it, see `poison`).
+pub(super) fn recovery(class: Option<TxnClass>, phase: Phase, too_large: bool) -> Recovery {
+    match (class, phase) {
+        (Some(TxnClass::Fenced), _) => Recovery::Stop,
+        (Some(TxnClass::Fatal), _) => Recovery::Replace,
+        // A producer that cannot even abort is replaced: the new one's init aborts the transaction.
+        (_, Phase::Abort) => Recovery::Replace,
+        (Some(TxnClass::Abort | TxnClass::Retry), _) => Recovery::Redo,
+        // At least once: a delivery refused for its size is redone (and isolated) too.
+        (None, _) if too_large => Recovery::Redo,
+        (None, _) => Recovery::Fail,
+    }
+}
+
+impl Processor {
+    /// Acts on a failed transactional call as `recovery` says.
+    pub(super) fn recover(&mut self, consumer: &BaseConsumer<SignallingContext>, e: SinkError, phase: Phase) -> Result<(), RunError> {
+        let too_large = self.sink.take_size_failure();
+        match recovery(e.class(), phase, too_large) {
+            Recovery::Redo => {
+                tracing::warn!(error = %e, "{}; aborting the transaction and redoing the batch", phase.why());
+                if too_large {
+                    self.isolate_oversize();
+                }
+                self.abort_and_rewind(consumer, phase.why())
+            }
+            Recovery::Replace => self.recreate_producer(consumer, &e),
+            Recovery::Stop => Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id())),
+            Recovery::Fail => Err(e.into()),
+        }
+    }
+
+    /// Aborts the open transaction and goes back to the last commit: every kept partition's state
+    /// is reloaded from the changelog and its consumer position reset to the committed offset;
+    /// aggregators re-read the partials topic.
+    pub(super) fn abort_and_rewind(&mut self, consumer: &BaseConsumer<SignallingContext>, why: &str) -> Result<(), RunError> {
+        if let Err(e) = self.sink.abort_transaction() {
+            return self.recover(consumer, e, Phase::Abort);
+        }
+        self.stats.aborts += 1;
+        self.telemetry.aborted(why);
+        self.rewind(consumer)
+    }
+
+    /// A fatal producer error: replace the producer (its `init_transactions` aborts whatever the
+    /// old one left open) and go back to the last commit. At most 3 times in 10 minutes; then stop.
+    pub(super) fn recreate_producer(&mut self, consumer: &BaseConsumer<SignallingContext>, cause: &SinkError) -> Result<(), RunError> {
+        let now = Instant::now();
+        self.recreated.retain(|t| now.duration_since(*t) < Duration::from_secs(600));
+        if self.recreated.len() >= 3 {
+            return Err(RunError::ProducerFailed(cause.to_string()));
+        }
+        // A fenced producer, or a member whose group session ran out (a paused or frozen process
+        // whose partitions went to a successor with the same transactional id), must stop: a new
+        // producer's init would fence the successor in turn. librdkafka notices a lost session
+        // on its own threads; give it a moment after a long pause.
+        std::thread::sleep(Duration::from_secs(1));
+        if self.sink.is_fenced() || consumer.assignment_lost() {
+            tracing::error!(error = %cause, "the producer failed after this member lost its group session or was fenced: stopping");
+            return Err(RunError::Fenced(self.cfg.kafka.effective_transactional_id()));
+        }
+        self.recreated.push(now);
+        tracing::error!(error = %cause, "fatal producer error: recreating the producer and reloading state from the changelog");
+        self.sink = Sink::transactional(&client_config(&self.cfg, Role::Producer), CALL_TIMEOUT)?;
+        self.rewind(consumer)
+    }
+
+    /// Forgets everything since the last commit: buffers, state (reloaded from the changelog),
+    /// consumer positions (back to the committed offsets), channel aggregators (re-read).
+    pub(super) fn rewind(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        self.outputs.clear();
+        self.windows.clear();
+        self.changelog.clear();
+        self.pending.clear();
+        self.batch_events = 0;
+        let partitions: Vec<i32> = self.engines.keys().copied().collect();
+        self.engines.clear();
+        self.reload_partitions(consumer, &partitions)?;
+        if !self.aggregators.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in self.aggregators.keys() {
+                tpl.add_partition_offset(&self.cfg.topics.channel_partials, *p, Offset::Beginning).map_err(RunError::Consumer)?;
+            }
+            for agg in self.aggregators.values_mut() {
+                *agg = ChannelAggregator::new(self.cfg.attribution.window_retention.ms());
+            }
+            consumer.seek_partitions(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Idle watermarks, changed windows and totals, then flush and commit.
+    pub(super) fn commit(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        let started = Instant::now();
+        let idle = self.cfg.event_time.idle_timeout.as_duration();
+        let now_ms = wall_clock_ms();
+        for (p, engine) in self.engines.iter_mut() {
+            // A partition paused for the registry is not idle: its input is waiting.
+            if self.last_input.get(p).is_some_and(|t| t.elapsed() >= idle) && !self.paused.contains_key(p) {
+                engine.advance_idle(now_ms, &mut self.outputs);
+            }
+        }
+        self.ship_outputs()?;
+
+        for engine in self.engines.values_mut() {
+            if self.cfg.scores.enabled {
+                engine.drain_scores(&mut self.scores);
+            }
+            let stats = engine.take_scoring_stats(&mut self.durations);
+            self.telemetry.inference(&stats, &self.durations);
+        }
+        self.telemetry.scores(self.scores.len());
+        for rec in self.scores.drain(..) {
+            self.buf.clear();
+            self.keybuf.clear();
+            self.codecs.scores.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
+            self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
+        }
+        for (p, engine) in self.engines.iter_mut() {
+            let from = self.windows.len();
+            engine.drain_changed_windows(&mut self.windows);
+            engine.drain_changelog(&self.windows[from..], &mut self.changelog)?;
+            for entry in self.changelog.drain(..) {
+                self.sink.send(OutRecord {
+                    topic: &self.cfg.topics.changelog,
+                    partition: Some(*p),
+                    key: Some(&entry.key),
+                    payload: entry.value.as_deref(),
+                    headers: None,
+                })?;
+            }
+        }
+        for rec in self.windows.drain(..) {
+            let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
+            let src = rec.source_partition.unwrap_or_default();
+            self.buf.clear();
+            serde_json::to_writer(&mut self.buf, &rec)?;
+            let key = partial_key(rec.window_start, channel, src);
+            self.sink.send(OutRecord {
+                topic: &self.cfg.topics.channel_partials,
+                partition: Some(partials_partition(rec.window_start, channel, self.partials_partitions)),
+                key: Some(key.as_bytes()),
+                payload: Some(&self.buf),
+                headers: None,
+            })?;
+        }
+        for agg in self.aggregators.values_mut() {
+            agg.drain_changed(&mut self.windows);
+        }
+        self.telemetry.window_updates(self.windows.len());
+        for rec in self.windows.drain(..) {
+            self.buf.clear();
+            self.keybuf.clear();
+            self.codecs.channels.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
+            self.codecs.channels.encode_key(&total_key(rec.window_start, &rec.channel), &mut self.keybuf).map_err(RunError::Encode)?;
+            self.sink.send(OutRecord {
+                topic: &self.cfg.topics.channels,
+                partition: None,
+                key: Some(&self.keybuf),
+                payload: Some(&self.buf),
+                headers: None,
+            })?;
+        }
+
+        let mut tpl = TopicPartitionList::new();
+        for (p, off) in &self.pending {
+            tpl.add_partition_offset(&self.cfg.topics.events, *p, Offset::Offset(*off)).map_err(RunError::Commit)?;
+        }
+        if self.sink.is_transactional() {
+            if self.sink.in_transaction() || !self.pending.is_empty() {
+                self.transactions += 1;
+                if self.fatal_at == Some(self.transactions) {
+                    tracing::warn!("fault injection: fatal producer error");
+                    self.sink.inject_fatal_error();
+                }
+                if self.abort_every.is_some_and(|n| self.transactions % n == 0) {
+                    self.sink.flush()?;
+                    return self.abort_and_rewind(consumer, "fault injection");
+                }
+                let group = consumer.group_metadata().ok_or_else(|| RunError::Consumer(KafkaError::NoMessageReceived))?;
+                match self.sink.commit_transaction(&tpl, &group) {
+                    Ok(()) => self.after_commit(started),
+                    Err(e) => return self.recover(consumer, e, Phase::Commit),
+                }
+            }
+        } else {
+            self.sink.flush()?;
+            if !self.pending.is_empty() {
+                consumer.commit(&tpl, CommitMode::Sync).map_err(RunError::Commit)?;
+                self.after_commit(started);
+            }
+        }
+        self.batch_events = 0;
+        self.last_commit = Instant::now();
+        if self.last_state_report.elapsed() >= Duration::from_secs(5) {
+            self.report_state(now_ms);
+        }
+        Ok(())
+    }
+
+    pub(super) fn after_commit(&mut self, started: Instant) {
+        for (p, off) in self.pending.drain() {
+            self.committed.insert(p, Some(off));
+        }
+        self.stats.commits += 1;
+        self.telemetry.committed(self.batch_events, started.elapsed());
+        self.last_progress = Instant::now();
+        self.isolation_progress();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_class_has_one_action_per_phase() {
+        use Phase::*;
+        use Recovery::*;
+        let table = [
+            (Some(TxnClass::Retry), [Redo, Redo, Replace]),
+            (Some(TxnClass::Abort), [Redo, Redo, Replace]),
+            (Some(TxnClass::Fenced), [Stop, Stop, Stop]),
+            (Some(TxnClass::Fatal), [Replace, Replace, Replace]),
+            (None, [Fail, Fail, Replace]),
+        ];
+        for (class, actions) in table {
+            for (phase, want) in [Produce, Commit, Abort].into_iter().zip(actions) {
+                assert_eq!(recovery(class, phase, false), want, "{class:?} during {phase:?}");
+                let sized = if want == Fail { Redo } else { want };
+                assert_eq!(recovery(class, phase, true), sized, "{class:?} during {phase:?}, too large");
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Encoding and sending of the per-event outputs and of dead letters inside the open transaction.
+
+use super::*;
+
+impl Processor {
+    /// Writes the original key, bytes and headers to the DLQ, with headers naming the error (the
+    /// reason cut to `poison::MAX_REASON_BYTES`). An original that would not fit the DLQ topic
+    /// keeps its first `limits.dlq_excerpt_bytes`, its size and SHA-256 (`kind = too_large`).
+    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, err: &InvalidEvent) -> Result<(), RunError> {
+        let reason = poison::truncate_reason(&err.to_string(), poison::MAX_REASON_BYTES).into_owned();
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let (key, payload) = (msg.key(), msg.payload().unwrap_or_default());
+        let original_headers: usize = msg.headers().map_or(0, |h| h.iter().map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 8).sum());
+        let whole = poison::fits(key, payload, original_headers, self.dlq_budget);
+        let excerpt = self.cfg.limits.dlq_excerpt_bytes;
+        let (size, sha) =
+            if whole { (String::new(), String::new()) } else { ((key.map_or(0, <[u8]>::len) + payload.len()).to_string(), poison::sha256_hex(key, payload)) };
+        let mut headers = OwnedHeaders::new();
+        if whole {
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    headers = headers.insert(Header { key: header.key, value: header.value });
+                }
+            }
+        }
+        let kind = if whole { err.kind() } else { "too_large" };
+        headers = headers
+            .insert(Header { key: "touchstream.error.kind", value: Some(kind) })
+            .insert(Header { key: "touchstream.error.reason", value: Some(reason.as_str()) })
+            .insert(Header { key: "touchstream.source.topic", value: Some(msg.topic()) })
+            .insert(Header { key: "touchstream.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "touchstream.source.offset", value: Some(offset.as_str()) });
+        if !whole {
+            headers = headers
+                .insert(Header { key: "touchstream.original.bytes", value: Some(size.as_str()) })
+                .insert(Header { key: "touchstream.original.sha256", value: Some(sha.as_str()) })
+                .insert(Header { key: "touchstream.original.kind", value: Some(err.kind()) });
+        }
+        fn cut(b: &[u8], whole: bool, excerpt: usize) -> &[u8] {
+            if whole {
+                b
+            } else {
+                &b[..b.len().min(excerpt)]
+            }
+        }
+        self.sink.send(OutRecord {
+            topic: &self.cfg.topics.dlq,
+            partition: None,
+            key: key.map(|k| cut(k, whole, excerpt)),
+            payload: msg.payload().map(|b| cut(b, whole, excerpt)),
+            headers: Some(headers),
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn ship_outputs(&mut self) -> Result<(), RunError> {
+        for out in self.outputs.drain(..) {
+            self.buf.clear();
+            self.keybuf.clear();
+            let topic = match &out {
+                Output::Conversion(c) => {
+                    self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
+                    self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                    self.telemetry.conversion();
+                    self.stats.conversions += 1;
+                    &self.cfg.topics.conversions
+                }
+                Output::Alert(a) => {
+                    self.codecs.alerts.encode_value(a, &mut self.buf).map_err(RunError::Encode)?;
+                    self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                    self.telemetry.alert(a.reason);
+                    self.stats.alerts += 1;
+                    &self.cfg.topics.alerts
+                }
+            };
+            self.sink.send(OutRecord { topic, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! The processing loop: poll -> decode -> engine -> produce, and every commit interval: emit
+//! changed channel windows and the state changelog, then commit. Exactly-once: the batch's
+//! outputs, changelog records and input offsets commit in one Kafka transaction; on abort the loop
+//! rewinds (state reloaded from the changelog, consumer back to the committed offsets).
+//! At-least-once: outputs are delivered before the offsets that produced them are committed.
+//! The loop owns all state; rebalance callbacks only leave signals for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
+use crate::avro::{AvroDecoder, DecodeError, OutputCodecs};
+use crate::changelog::{ChangelogEntry, RestoreError};
+use crate::config::{Config, Guarantee, InputFormat};
+use crate::engine::{EngineConfig, Output, PartitionEngine};
+use crate::event::{Channel, InvalidEvent, Validation};
+use crate::http::Health;
+use crate::inference::{ModelError, ModelSet};
+use crate::kafka::admin::{self, AdminError};
+use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
+use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
+use crate::kafka::{client_config, Role};
+use crate::output::{ChannelWindowRecord, ScoreRecord};
+use crate::registry::{Backoff, RegistryClient};
+use crate::telemetry::Telemetry;
+use crate::time::wall_clock_ms;
+
+mod checkpoint;
+mod deliver;
+pub mod poison;
+mod registry_pause;
+mod restore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("consumer: {0}")]
+    Consumer(KafkaError),
+    #[error("commit failed: {0}")]
+    Commit(KafkaError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot serialise an output record: {0}")]
+    Serialise(#[from] serde_json::Error),
+    #[error("restoring partition {partition} from the changelog: {message}")]
+    Restore { partition: i32, message: String },
+    #[error("the producer failed fatally 4 times in 10 minutes; last error: {0}")]
+    ProducerFailed(String),
+    #[error("fenced: another instance with transactional.id {0:?} took over; this one stops")]
+    Fenced(String),
+    #[error(transparent)]
+    Models(#[from] ModelError),
+    #[error("schema registry: {0}")]
+    Registry(String),
+    #[error("cannot encode an output record: {0}")]
+    Encode(String),
+}
+
+impl From<RestoreError> for RunError {
+    fn from(e: RestoreError) -> Self {
+        RunError::Restore { partition: -1, message: e.to_string() }
+    }
+}
+
+/// Counts for callers (the demo's summary, tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    pub events: u64,
+    pub invalid: u64,
+    pub duplicates: u64,
+    pub conversions: u64,
+    pub alerts: u64,
+    pub commits: u64,
+    pub aborts: u64,
+    pub restored_records: u64,
+}
+
+pub struct Runner {
+    consumer: BaseConsumer<SignallingContext>,
+    state: Processor,
+}
+
+impl Runner {
+    /// The largest record the DLQ topic accepts (`kafka::admin::record_limit`).
+    pub fn with_dlq_limit(mut self, bytes: usize) -> Self {
+        self.state.dlq_budget = bytes;
+        self
+    }
+
+    /// `flag` set means: reload the models at the next batch boundary (SIGHUP, the folder watcher).
+    pub fn with_reload(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.state.reload = flag;
+        self
+    }
+}
+
+/// Kafka timeout of the loop's blocking calls (commit, seek, committed offsets).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything the loop owns besides the consumer.
+struct Processor {
+    cfg: Config,
+    engine_cfg: EngineConfig,
+    sink: Sink,
+    telemetry: Telemetry,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+    engines: HashMap<i32, PartitionEngine>,
+    aggregators: HashMap<i32, ChannelAggregator>,
+    /// Next offset to commit per input partition.
+    pending: HashMap<i32, i64>,
+    /// Last committed offset per input partition (where a rewind goes back to); None: nothing
+    /// committed yet (start from the beginning).
+    committed: HashMap<i32, Option<i64>>,
+    restorer: BaseConsumer<QuietEof>,
+    changelog: Vec<ChangelogEntry>,
+    /// Fault injection for tests: abort every Nth transaction instead of committing it.
+    abort_every: Option<u64>,
+    /// Fault injection for tests: a fatal producer error before the Nth commit.
+    fatal_at: Option<u64>,
+    transactions: u64,
+    /// When the producer was last recreated after fatal errors.
+    recreated: Vec<Instant>,
+    last_input: HashMap<i32, Instant>,
+    partials_partitions: i32,
+    buf: Vec<u8>,
+    keybuf: Vec<u8>,
+    /// Input decoding: the format and, for avro/auto, the registry-backed decoder.
+    input_format: InputFormat,
+    avro: Option<AvroDecoder>,
+    schema_fetches: u64,
+    /// How the conversions, channels and alerts topics are written.
+    codecs: OutputCodecs,
+    /// Input partitions paused because the writer schema (id) they need could not be fetched;
+    /// each was sought back to the record that needs it.
+    paused: HashMap<i32, u32>,
+    registry_backoff: Backoff,
+    registry_retry_at: Instant,
+    outputs: Vec<Output>,
+    windows: Vec<ChannelWindowRecord>,
+    batch_events: usize,
+    last_commit: Instant,
+    last_state_report: Instant,
+    pub stats: RunStats,
+    models: Option<Arc<ModelSet>>,
+    reload: Arc<AtomicBool>,
+    scores: Vec<ScoreRecord>,
+    durations: Vec<(bool, f32)>,
+    /// Redoing a batch that was too large for the broker in smaller transactions.
+    isolation: Option<poison::Isolation>,
+    /// Last successful commit, or last moment without input waiting.
+    last_progress: Instant,
+    /// Largest DLQ record the broker accepts (the DLQ topic's and the producer's limits).
+    dlq_budget: usize,
+}
+
+impl Runner {
+    /// Connects, subscribes to the events topic and the internal partials topic.
+    pub fn new(cfg: Config, health: Arc<Health>, shutdown: Arc<AtomicBool>) -> Result<Runner, RunError> {
+        let registry = if cfg.formats.uses_registry() { Some(RegistryClient::new(&cfg.registry).map_err(RunError::Registry)?) } else { None };
+        let telemetry = Telemetry::new();
+        // Output schemas first: the member joins the group only once it can write every output.
+        let codecs = OutputCodecs::prepare(&cfg, registry.as_ref(), &shutdown, &health, &telemetry).map_err(RunError::Registry)?;
+        let avro = match cfg.formats.events {
+            InputFormat::Json => None,
+            InputFormat::Avro | InputFormat::Auto => registry.clone().map(|r| AvroDecoder::new(Box::new(r))),
+        };
+        let partials_partitions =
+            admin::partition_count(&cfg, &cfg.topics.channel_partials)?.ok_or_else(|| AdminError::Missing { topic: cfg.topics.channel_partials.clone() })?;
+        if admin::partition_count(&cfg, &cfg.topics.events)?.is_none() {
+            tracing::warn!(topic = %cfg.topics.events, "the events topic does not exist yet; waiting for it");
+        }
+        let consumer: BaseConsumer<SignallingContext> =
+            client_config(&cfg, Role::Consumer).create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
+        consumer.subscribe(&[cfg.topics.events.as_str(), cfg.topics.channel_partials.as_str()]).map_err(RunError::Consumer)?;
+        let producer_config = client_config(&cfg, Role::Producer);
+        let sink = match cfg.kafka.guarantee {
+            Guarantee::ExactlyOnce => Sink::transactional(&producer_config, CALL_TIMEOUT)?,
+            Guarantee::AtLeastOnce => Sink::new(&producer_config, CALL_TIMEOUT)?,
+        };
+        let mut restore_config = client_config(&cfg, Role::Admin);
+        restore_config
+            .set("group.id", format!("{}-restore", cfg.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "20")
+            .set("auto.offset.reset", "earliest");
+        let restorer: BaseConsumer<QuietEof> = restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+        let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        if let Some(n) = abort_every {
+            tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
+        }
+        let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        let models = ModelSet::load(&cfg.models)?;
+        if let Some(m) = &models {
+            telemetry.models_loaded(&m.version, false);
+        }
+        let state = Processor {
+            engine_cfg: EngineConfig::from_config(&cfg).with_models(models.clone()),
+            models,
+            reload: Arc::new(AtomicBool::new(false)),
+            scores: Vec::new(),
+            durations: Vec::new(),
+            input_format: cfg.formats.events,
+            avro,
+            schema_fetches: 0,
+            codecs,
+            paused: HashMap::new(),
+            registry_backoff: Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration()),
+            registry_retry_at: Instant::now(),
+            keybuf: Vec::with_capacity(256),
+            cfg,
+            sink,
+            telemetry,
+            health,
+            shutdown,
+            engines: HashMap::new(),
+            aggregators: HashMap::new(),
+            pending: HashMap::new(),
+            committed: HashMap::new(),
+            restorer,
+            changelog: Vec::new(),
+            abort_every,
+            fatal_at,
+            transactions: 0,
+            recreated: Vec::new(),
+            last_input: HashMap::new(),
+            partials_partitions,
+            buf: Vec::with_capacity(4096),
+            outputs: Vec::new(),
+            windows: Vec::new(),
+            batch_events: 0,
+            last_commit: Instant::now(),
+            last_state_report: Instant::now(),
+            stats: RunStats::default(),
+            isolation: None,
+            last_progress: Instant::now(),
+            dlq_budget: admin::DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        Ok(Runner { consumer, state })
+    }
+
+    /// Runs until the shutdown flag is set, then finishes the batch, flushes, commits and leaves
+    /// the group.
+    pub fn run(self) -> Result<RunStats, RunError> {
+        let Runner { consumer, mut state } = self;
+        let interval = state.cfg.processing.commit_interval.as_duration();
+        let poll_timeout = interval.min(Duration::from_millis(100));
+        let result = (|| {
+            while !state.shutdown.load(Ordering::Acquire) {
+                let polled = consumer.poll(poll_timeout);
+                let had_input = matches!(polled, Some(Ok(_)));
+                let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
+                    Some(Ok(msg)) => state.handle(&consumer, &msg),
+                    Some(Err(e)) => {
+                        state.telemetry.consumer_error(&e, "input");
+                        Ok(())
+                    }
+                    None => Ok(()),
+                });
+                let step = step.and_then(|_| state.retry_registry(&consumer));
+                let step = step.and_then(|_| {
+                    let max_batch = state.isolation.as_ref().map_or(state.cfg.processing.max_batch_events, |iso| iso.batch);
+                    if state.batch_events >= max_batch || state.last_commit.elapsed() >= interval {
+                        state.commit(&consumer)?;
+                        if state.reload.swap(false, Ordering::AcqRel) {
+                            state.reload_models();
+                        }
+                    }
+                    Ok(())
+                });
+                state.check_progress(had_input || state.batch_events > 0);
+                match step {
+                    Ok(()) => {}
+                    Err(RunError::Sink(e)) => state.recover(&consumer, e, checkpoint::Phase::Produce)?,
+                    Err(e) => return Err(e),
+                }
+            }
+            state.commit(&consumer)
+        })();
+        if result.is_err() {
+            state.health.set_failed();
+            if state.sink.in_transaction() {
+                let _ = state.sink.abort_transaction();
+            }
+        }
+        state.health.set_ready(false);
+        consumer.unsubscribe();
+        result.map(|_| state.stats)
+    }
+}
+
+impl Processor {
+    fn handle(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
+        let p = msg.partition();
+        if msg.topic() == self.cfg.topics.channel_partials {
+            let agg = self.aggregators.entry(p).or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
+            match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
+                Ok(rec) if agg.apply(&rec) => {}
+                Ok(_) => self.telemetry.bad_partial(p, msg.offset(), "not a partial"),
+                Err(e) => self.telemetry.bad_partial(p, msg.offset(), &e.to_string()),
+            }
+            return Ok(());
+        }
+        if self.paused.contains_key(&p) {
+            // Fetched before the pause took effect: it is read again after the resume.
+            return Ok(());
+        }
+        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
+        let payload = msg.payload().unwrap_or_default();
+        if self.is_isolated(p, msg.offset()) {
+            self.batch_events += 1;
+            self.pending.insert(p, msg.offset() + 1);
+            let err = InvalidEvent::OutputTooLarge;
+            self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
+            self.stats.invalid += 1;
+            return self.dead_letter(msg, &err);
+        }
+        let decoded = match poison::oversize_record(msg.key(), payload, self.cfg.limits.max_record_bytes) {
+            Some(err) => Err(DecodeError::Invalid(err)),
+            None => crate::avro::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
+        };
+        let max_field = self.cfg.limits.max_field_bytes;
+        let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field) {
+            Some(err) => Err(DecodeError::Invalid(err)),
+            None => Ok(ev),
+        });
+        if let Some(d) = &self.avro {
+            if d.fetches != self.schema_fetches {
+                self.telemetry.schema_fetched(d.fetches - self.schema_fetches);
+                self.schema_fetches = d.fetches;
+            }
+        }
+        if let Err(DecodeError::Unavailable { id, error }) = &decoded {
+            return self.pause_for_registry(consumer, msg, *id, error);
+        }
+        self.batch_events += 1;
+        self.pending.insert(p, msg.offset() + 1);
+        self.last_input.insert(p, Instant::now());
+        match decoded {
+            Err(DecodeError::Unavailable { .. }) => unreachable!("handled above"),
+            Ok(ev) => {
+                let engine = self.engines.entry(p).or_insert_with(|| PartitionEngine::new(p, self.engine_cfg.clone()));
+                let processed = engine.process(&ev, &mut self.outputs);
+                if processed.duplicate {
+                    self.telemetry.duplicate();
+                    self.stats.duplicates += 1;
+                    if self.cfg.journey.dead_letter_duplicates {
+                        self.dead_letter(msg, &InvalidEvent::Duplicate(poison::truncate_reason(&ev.event_id, 128).into_owned()))?;
+                    }
+                    return Ok(());
+                }
+                self.telemetry.event(ev.event_type, processed.late);
+                self.stats.events += 1;
+                self.ship_outputs()?;
+            }
+            Err(DecodeError::Invalid(err)) => {
+                self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
+                self.stats.invalid += 1;
+                self.dead_letter(msg, &err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the models again (SIGHUP or a change in the models folder) and swaps them in at a
+    /// batch boundary. A model that fails to load or validate is rejected; the old ones keep serving.
+    fn reload_models(&mut self) {
+        if !self.cfg.models.enabled {
+            return;
+        }
+        let set = match ModelSet::load(&self.cfg.models) {
+            Ok(set) => set,
+            Err(e) => return self.telemetry.models_rejected(&e.to_string()),
+        };
+        let mut resets = 0;
+        for engine in self.engines.values_mut() {
+            match engine.set_models(set.clone()) {
+                Ok(n) => resets += n as u64,
+                Err(e) => return self.telemetry.models_rejected(&e),
+            }
+        }
+        if resets > 0 {
+            self.telemetry.hidden_resets(resets);
+        }
+        if let Some(m) = &set {
+            self.telemetry.models_loaded(&m.version, true);
+        }
+        self.engine_cfg = self.engine_cfg.clone().with_models(set.clone());
+        self.models = set;
+    }
+
+    fn report_state(&mut self, now_ms: i64) {
+        self.last_state_report = Instant::now();
+        let customers = self.engines.values().map(|e| e.customers()).sum();
+        let bytes = self.engines.values().map(|e| e.approx_bytes()).sum();
+        let lag = self.engines.values().map(|e| e.watermark()).filter(|w| *w > i64::MIN / 4).min().map(|w| now_ms - w);
+        let drops = self.engines.values().map(|e| e.windows().dropped_late).sum();
+        self.telemetry.state(customers, bytes, self.engines.len(), lag, drops);
+    }
+}

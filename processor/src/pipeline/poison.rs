@@ -1,0 +1,168 @@
+//! No poison pill: no input record can stop the stream.
+//!
+//! 1. Bounded input: a record over `limits.max_record_bytes`, or an event with a string field over
+//!    `limits.max_field_bytes`, goes to the DLQ (`too_large`) instead of into state or outputs.
+//! 2. Dead letters always fit: error reasons never echo unbounded input, and a DLQ record that
+//!    would not fit the broker's limit keeps the first `limits.dlq_excerpt_bytes` of the original
+//!    with its size and SHA-256.
+//! 3. Isolation: if a transaction still fails because a record it wrote was too large, the batch
+//!    is redone in smaller transactions (1/8 of the failed one each time) until a single input
+//!    record's transaction fails; that record is dead-lettered and skipped, everything else is
+//!    processed exactly once as usual.
+//! 4. A replica that cannot progress says so: `/readyz` and `touchstream_stalled`.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+use crate::event::Event;
+
+/// Bytes a record batch adds around one record (headers of the batch and the record).
+const RECORD_OVERHEAD: usize = 512;
+/// Longest error reason written to a DLQ header or a log line.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate_reason(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub(24);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes cut]", &text[..end], text.len() - end).into()
+}
+
+/// The first string field of `ev` longer than `max` bytes, as an error.
+pub fn oversize_field(ev: &Event<'_>, max: usize) -> Option<InvalidEvent> {
+    let fields: [(&str, Option<&str>); 6] = [
+        ("event_id", Some(&ev.event_id)),
+        ("customer_id", Some(&ev.customer_id)),
+        ("campaign", ev.campaign.as_deref()),
+        ("session_id", ev.session_id.as_deref()),
+        ("currency", ev.currency.as_deref()),
+        ("product_id", ev.product_id.as_deref()),
+    ];
+    fields.into_iter().find_map(|(name, value)| {
+        let len = value.map_or(0, str::len);
+        (len > max).then(|| InvalidEvent::TooLarge { what: format!("field `{name}`"), bytes: len, limit: max, key: "limits.max_field_bytes" })
+    })
+}
+
+/// A record over `limits.max_record_bytes`, as an error.
+pub fn oversize_record(key: Option<&[u8]>, payload: &[u8], max: usize) -> Option<InvalidEvent> {
+    let bytes = key.map_or(0, <[u8]>::len) + payload.len();
+    (bytes > max).then(|| InvalidEvent::TooLarge { what: "the record".into(), bytes, limit: max, key: "limits.max_record_bytes" })
+}
+
+/// Hex SHA-256 of the key and value of a record, for DLQ records that keep an excerpt only.
+pub fn sha256_hex(key: Option<&[u8]>, payload: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(key.unwrap_or_default());
+    ctx.update(payload);
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a DLQ record of this original (key, value, headers) plus our headers fits `budget`.
+pub fn fits(key: Option<&[u8]>, payload: &[u8], headers_bytes: usize, budget: usize) -> bool {
+    key.map_or(0, <[u8]>::len) + payload.len() + headers_bytes + 1024 + RECORD_OVERHEAD <= budget
+}
+
+/// Redoing a batch whose transaction was too large, in smaller transactions.
+#[derive(Debug)]
+pub(super) struct Isolation {
+    /// The failed range: next offsets per input partition; isolation ends once all are committed.
+    until: HashMap<i32, i64>,
+    /// Input records per transaction while isolating.
+    pub(super) batch: usize,
+    /// Records whose own transaction was too large: dead-lettered instead of processed.
+    skip: HashSet<(i32, i64)>,
+}
+
+impl Processor {
+    /// A transaction failed because a record was too large: narrow down to the input record.
+    /// Called before the abort, while `pending` and `batch_events` still describe the batch.
+    pub(super) fn isolate_oversize(&mut self) {
+        let pending = self.pending.clone();
+        let events = self.batch_events;
+        if pending.is_empty() {
+            tracing::error!("a transaction without input failed for a record's size; nothing to isolate");
+            return;
+        }
+        match &mut self.isolation {
+            Some(iso) if events <= 1 && pending.len() == 1 => {
+                let (&p, &next) = pending.iter().next().expect("one partition");
+                iso.skip.insert((p, next - 1));
+                self.telemetry.poison_isolated(p, next - 1);
+            }
+            Some(iso) => {
+                iso.until = pending;
+                iso.batch = (events / 8).max(1);
+            }
+            None => self.isolation = Some(Isolation { until: pending, batch: (events / 8).max(1), skip: HashSet::new() }),
+        }
+        if let Some(iso) = &self.isolation {
+            tracing::warn!(events, batch = iso.batch, "a record of the transaction was too large for the broker; redoing the batch in smaller transactions");
+        }
+    }
+
+    /// Whether `msg` is a record isolated as too large.
+    pub(super) fn is_isolated(&self, partition: i32, offset: i64) -> bool {
+        self.isolation.as_ref().is_some_and(|iso| iso.skip.contains(&(partition, offset)))
+    }
+
+    /// After a commit: isolation ends once the failed range is committed (or no longer ours).
+    pub(super) fn isolation_progress(&mut self) {
+        let done = self.isolation.as_ref().is_some_and(|iso| {
+            iso.until.iter().all(|(p, next)| match self.committed.get(p) {
+                Some(Some(c)) => c >= next,
+                Some(None) => false,
+                None => true,
+            })
+        });
+        if done {
+            self.isolation = None;
+            tracing::info!("isolation finished; batches back to normal size");
+        }
+    }
+
+    /// Marks the replica stalled when input waits and nothing was committed for the timeout.
+    pub(super) fn check_progress(&mut self, input_waiting: bool) {
+        if !input_waiting {
+            self.last_progress = Instant::now();
+        }
+        let stalled = self.last_progress.elapsed() >= self.cfg.processing.stall_timeout.as_duration();
+        if stalled != self.health.is_stalled() {
+            self.health.set_stalled(stalled);
+            self.telemetry.stalled(stalled, self.last_progress.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary_with_a_marker() {
+        assert_eq!(truncate_reason("short", 512), "short");
+        let long = "é".repeat(1000);
+        let cut = truncate_reason(&long, 100);
+        assert!(cut.len() <= 100 && cut.ends_with("bytes cut]"), "{cut}");
+    }
+
+    #[test]
+    fn oversize_fields_and_records_are_named() {
+        let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };
+        let campaign = "c".repeat(600);
+        let json = format!(r#"{{"event_id":"e1","customer_id":"u1","ts":1,"event_type":"click","channel":"email","campaign":"{campaign}"}}"#);
+        let ev = crate::event::decode(Some(b"u1"), json.as_bytes(), &check).unwrap();
+        let err = oversize_field(&ev, 512).expect("campaign is too long");
+        assert_eq!(err.kind(), "too_large");
+        assert!(err.to_string().contains("campaign") && err.to_string().contains("limits.max_field_bytes"), "{err}");
+        assert!(oversize_field(&ev, 600).is_none());
+        assert!(oversize_record(Some(b"u1"), json.as_bytes(), 100).is_some());
+        assert!(oversize_record(Some(b"u1"), json.as_bytes(), 10_000).is_none());
+        assert_eq!(sha256_hex(None, b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
