@@ -186,7 +186,11 @@ fn avro_and_json_input_resolved_against_our_schema_and_avro_outputs() {
     send_raw(&p, &topics.events, 0, Some(b"zed"), event("z1", "zed", t + 2 * DAY, "page_view", "").as_bytes(), None);
     flush(&p);
 
-    let mut settings = avro_settings(&registry_url());
+    // The processor reaches the registry over https, trusting the test CA only (the test's own
+    // client registers over plain http: the same registry).
+    let https = std::env::var("TOUCHSTREAM_TEST_REGISTRY_HTTPS").expect("TOUCHSTREAM_TEST_REGISTRY_HTTPS (scripts/test.sh)");
+    let mut settings = avro_settings(&https);
+    settings.push(("registry.ca_file", std::env::var("TOUCHSTREAM_TEST_REGISTRY_CA").expect("TOUCHSTREAM_TEST_REGISTRY_CA")));
     settings.push(("formats.events", "auto".into()));
     settings.push(("formats.keys", "avro".into()));
     let proc = start(&topics, &settings);

@@ -242,6 +242,20 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     assert_eq!(metric("touchstream_alerts_total{reason=\"inactivity_timeout\"}"), 3.0);
     assert_eq!(metric("touchstream_events_total{event_type=\"purchase\"}"), expected_conversions as f64);
     assert_eq!(metric("touchstream_invalid_events_total{kind=\"key_mismatch\"}"), 1.0);
+    assert_eq!(metric("touchstream_registry_available"), 1.0, "no registry is needed: available");
+    assert_eq!(metric("touchstream_stalled"), 0.0);
+    // Lag and process gauges come with the state report (librdkafka statistics every 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let lag_line = loop {
+        let (_, m) = http_get(&http, "/metrics");
+        let found: Vec<String> = m.lines().filter(|l| l.starts_with("touchstream_consumer_lag{")).map(str::to_string).collect();
+        if found.len() == 3 && m.contains("touchstream_process_open_fds") && m.contains("touchstream_process_resident_bytes") {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lag for the 3 input partitions in\n{m}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(lag_line.iter().all(|l| l.ends_with(" 0")), "caught up: {lag_line:?}");
 
     let (status, log) = proc.stop();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");

@@ -64,3 +64,35 @@ fn restart_continues_from_committed_offsets() {
     assert!(status.success(), "{log}");
     assert_eq!(committed(&topics), vec![200, 200]);
 }
+
+/// With the default settings (librdkafka's 45 s session timeout) a replica killed with SIGKILL and
+/// restarted under the same transactional id takes its partitions back at once (static group
+/// membership): outputs flow again long before the old session would have expired.
+#[test]
+fn a_killed_replica_resumes_at_once_when_restarted() {
+    let topics = Topics::new("resume");
+    create_topic(&topics.events, 2);
+    let t = (now_ms() - 10 * DAY).div_euclid(HOUR) * HOUR;
+    send_journeys(&topics, 0, 50, t);
+    let settings = [("event_time.idle_timeout", "1h")];
+    let first = Processor::start(&topics, &settings);
+    let got = read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 50);
+    assert_eq!(got.len(), 50, "first run: {}", first.log());
+    kill9(&first);
+    drop(first);
+
+    send_journeys(&topics, 50, 100, t);
+    let restarted = std::time::Instant::now();
+    let second = Processor::start(&topics, &settings);
+    let got = read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= 100);
+    let resumed = restarted.elapsed();
+    println!("RESUME: outputs of new input visible {:.1} s after restarting a SIGKILLed replica (default session timeout 45 s)", resumed.as_secs_f64());
+    assert_eq!(got.len(), 100, "{}", second.log());
+    // Without static membership the group would wait for the dead member's session (45 s).
+    assert!(resumed < Duration::from_secs(40), "resumed after {resumed:?}: the partitions waited for the old session\n{}", second.log());
+    let all = read_all(&topics.conversions, Duration::from_secs(3));
+    let ids: HashSet<String> = all.iter().map(|r| r.json()["conversion_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!((ids.len(), all.len()), (100, 100), "nothing lost, nothing twice");
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+}

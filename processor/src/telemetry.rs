@@ -35,6 +35,8 @@ pub struct Telemetry {
     deep_fallbacks: Counter,
     hidden_resets: Counter,
     registry_available: Gauge,
+    /// Input partitions whose lag was last reported (to zero the ones this member lost).
+    lag_partitions: std::sync::Mutex<Vec<i32>>,
     registry_paused: Gauge,
     registry_errors: Counter,
     schema_fetches: Counter,
@@ -76,6 +78,9 @@ impl Telemetry {
         describe_gauge!("touchstream_registry_paused_partitions", "Input partitions paused until the schema registry is back");
         describe_counter!("touchstream_registry_errors_total", "Failed schema-registry requests (retried)");
         describe_counter!("touchstream_registry_schema_fetches_total", "Writer schemas fetched from the registry (cache misses)");
+        describe_gauge!("touchstream_consumer_lag", "Records of the input topic not yet consumed, per owned partition");
+        describe_gauge!("touchstream_process_resident_bytes", "Resident memory of the process");
+        describe_gauge!("touchstream_process_open_fds", "Open file descriptors of the process");
         describe_counter!("touchstream_duplicates_total", "Repeated events dropped (event_id already in the customer's state)");
         describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
@@ -111,6 +116,7 @@ impl Telemetry {
             registry_paused: gauge!("touchstream_registry_paused_partitions"),
             registry_errors: counter!("touchstream_registry_errors_total"),
             schema_fetches: counter!("touchstream_registry_schema_fetches_total"),
+            lag_partitions: std::sync::Mutex::new(Vec::new()),
         };
         // 1 until a registry that is needed fails (a JSON-only deployment never needs one).
         telemetry.registry_available.set(1.0);
@@ -248,6 +254,32 @@ impl Telemetry {
         self.registry_available.set(1.0);
         self.registry_paused.set(0.0);
         tracing::info!(resumed_partitions = resumed, "schema registry available again; consumption resumed");
+    }
+
+    /// Records of the input topic not yet consumed, per owned partition (librdkafka statistics).
+    pub fn consumer_lag(&self, lag: impl Iterator<Item = (i32, i64)>) {
+        let mut reported = self.lag_partitions.lock().expect("lag lock");
+        let now: Vec<(i32, i64)> = lag.collect();
+        for p in reported.iter().filter(|p| !now.iter().any(|(q, _)| q == *p)) {
+            gauge!("touchstream_consumer_lag", "partition" => p.to_string()).set(0.0);
+        }
+        for (p, l) in &now {
+            gauge!("touchstream_consumer_lag", "partition" => p.to_string()).set(*l as f64);
+        }
+        *reported = now.into_iter().map(|(p, _)| p).collect();
+    }
+
+    /// The process's resident memory and open file descriptors (Linux /proc; absent elsewhere).
+    pub fn process(&self) {
+        if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        {
+            gauge!("touchstream_process_resident_bytes").set(kb * 1024.0);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            gauge!("touchstream_process_open_fds").set(dir.count() as f64);
+        }
     }
 
     /// A repeated event dropped.

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -51,6 +51,28 @@ impl ConsumerContext for SignallingContext {
             Rebalance::Revoke(_) => {}
         }
     }
+}
+
+/// Records of `topic` not yet consumed, per assigned partition: the high watermark librdkafka last
+/// saw in a fetch response (cached, no request) minus the consumer's position. Partitions without
+/// both yet are left out.
+pub fn lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Vec<(i32, i64)> {
+    use rdkafka::Offset;
+    let Ok(positions) = consumer.position() else { return Vec::new() };
+    let Ok(name) = std::ffi::CString::new(topic) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in positions.elements_for_topic(topic) {
+        let Offset::Offset(position) = e.offset() else { continue };
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client pointer lives as long as `consumer`; librdkafka only reads `name` and
+        // writes the two offsets.
+        let err =
+            unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), name.as_ptr(), e.partition(), &mut low, &mut high) };
+        if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+            out.push((e.partition(), (high - position).max(0)));
+        }
+    }
+    out
 }
 
 /// Context of the changelog reader: reaching the end of a partition is the point, not an error.

@@ -236,7 +236,7 @@ impl Processor {
         self.batch_events = 0;
         self.last_commit = Instant::now();
         if self.last_state_report.elapsed() >= Duration::from_secs(5) {
-            self.report_state(now_ms);
+            self.report_state(now_ms, crate::kafka::consumer::lag(consumer, &self.cfg.topics.events));
         }
         Ok(())
     }

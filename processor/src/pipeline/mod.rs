@@ -258,7 +258,9 @@ impl Runner {
         let result = (|| {
             while !state.shutdown.load(Ordering::Acquire) {
                 let polled = consumer.poll(poll_timeout);
-                let had_input = matches!(polled, Some(Ok(_)));
+                // A record, or an error in its place (e.g. a batch that cannot be decompressed):
+                // either way input is waiting; the stall rule reports one that never moves.
+                let had_input = polled.is_some();
                 let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
                     Some(Ok(msg)) => state.handle(&consumer, &msg),
                     Some(Err(e)) => {
@@ -399,7 +401,9 @@ impl Processor {
         self.models = set;
     }
 
-    fn report_state(&mut self, now_ms: i64) {
+    fn report_state(&mut self, now_ms: i64, lag: Vec<(i32, i64)>) {
+        self.telemetry.consumer_lag(lag.into_iter());
+        self.telemetry.process();
         self.last_state_report = Instant::now();
         let customers = self.engines.values().map(|e| e.customers()).sum();
         let bytes = self.engines.values().map(|e| e.approx_bytes()).sum();
