@@ -1,5 +1,5 @@
 //! Secured clusters on a real broker: `scripts/kafka.sh` starts the test broker with SSL,
-//! SASL_SSL (SCRAM-SHA-256 and -512) and mutual-TLS listeners and a CA made at start. The
+//! SASL_SSL (SCRAM-SHA-256 and -512, PLAIN) and mutual-TLS listeners and a CA made at start. The
 //! processor runs end to end, exactly-once, over each; a wrong password, an untrusted broker
 //! certificate and a missing client certificate each fail the start with a message naming the cause.
 
@@ -23,11 +23,11 @@ fn listener(name: &str) -> (String, Vec<(String, String)>) {
     let opt = |k: &str, v: String| (format!("TOUCHSTREAM__KAFKA__OPTIONS__{k}"), v);
     match name {
         "ssl" => (var("TOUCHSTREAM_TEST_BROKERS_SSL"), vec![opt("SECURITY.PROTOCOL", "SSL".into()), opt("SSL.CA.LOCATION", tls("ca.pem"))]),
-        "scram-256" | "scram-512" => {
-            let (user, password, mechanism) = if name == "scram-256" {
-                (var("TOUCHSTREAM_TEST_SCRAM_USER"), var("TOUCHSTREAM_TEST_SCRAM_PASSWORD"), "SCRAM-SHA-256")
-            } else {
-                (var("TOUCHSTREAM_TEST_SCRAM512_USER"), var("TOUCHSTREAM_TEST_SCRAM512_PASSWORD"), "SCRAM-SHA-512")
+        "scram-256" | "scram-512" | "plain" => {
+            let (user, password, mechanism) = match name {
+                "scram-256" => (var("TOUCHSTREAM_TEST_SCRAM_USER"), var("TOUCHSTREAM_TEST_SCRAM_PASSWORD"), "SCRAM-SHA-256"),
+                "scram-512" => (var("TOUCHSTREAM_TEST_SCRAM512_USER"), var("TOUCHSTREAM_TEST_SCRAM512_PASSWORD"), "SCRAM-SHA-512"),
+                _ => (var("TOUCHSTREAM_TEST_PLAIN_USER"), var("TOUCHSTREAM_TEST_PLAIN_PASSWORD"), "PLAIN"),
             };
             (
                 var("TOUCHSTREAM_TEST_BROKERS_SASL_SSL"),
@@ -55,7 +55,7 @@ fn listener(name: &str) -> (String, Vec<(String, String)>) {
 
 #[test]
 fn runs_exactly_once_over_every_secured_listener() {
-    let names = ["ssl", "scram-256", "scram-512", "mtls"];
+    let names = ["ssl", "scram-256", "scram-512", "plain", "mtls"];
     let t = now_ms() - 5 * DAY;
     let runs: Vec<(&str, Topics, Processor)> = names
         .iter()

@@ -134,14 +134,14 @@ async fn run(cfg: Config) -> Result<()> {
     start_http(&cfg, health.clone()).await?;
     on_shutdown_signal(shutdown.clone());
     kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
-    let dlq_limit = kafka::admin::record_limit(&cfg, &cfg.topics.dlq).await;
+    let limits = kafka::admin::record_limits(&cfg).await;
     tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
     let reload = Arc::new(AtomicBool::new(false));
     on_reload_signal(reload.clone());
     if cfg.models.enabled && cfg.models.watch && !cfg.models.dir.trim().is_empty() {
         touchstream::inference::watch(&cfg.models, reload.clone(), shutdown.clone());
     }
-    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.with_reload(reload).with_dlq_limit(dlq_limit).run()).await??;
+    let stats = tokio::task::spawn_blocking(move || Runner::new(cfg, health, shutdown)?.with_reload(reload).with_record_limits(limits).run()).await??;
     tracing::info!(?stats, "stopped cleanly");
     Ok(())
 }

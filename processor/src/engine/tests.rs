@@ -139,6 +139,30 @@ fn emptied_cart_does_not_alert_and_idle_advance_fires_timers() {
 }
 
 #[test]
+fn an_idle_partition_writes_nothing_until_a_timer_fires() {
+    let mut f = Feed::new();
+    f.send("g", T0, "click", r#","channel":"email""#);
+    f.send("g", T0 + MIN, "cart_add", r#","product_id":"p","value":10"#);
+    let mut log = Vec::new();
+    f.engine.drain_changelog(&[], &mut log).unwrap();
+    assert!(!log.is_empty(), "the first drain writes the customer and the meta");
+    // The idle watermark follows the wall clock: nothing changes, nothing is written.
+    let mut out = Vec::new();
+    for minute in 2..20 {
+        f.engine.advance_idle(T0 + minute * MIN + MIN, &mut out);
+        log.clear();
+        f.engine.drain_changelog(&[], &mut log).unwrap();
+        assert!(log.is_empty() && out.is_empty(), "minute {minute}: {log:?} {out:?}");
+    }
+    // Until the cart's timer fires: the alert, the customer and the meta go out together.
+    f.engine.advance_idle(T0 + 40 * MIN, &mut out);
+    log.clear();
+    f.engine.drain_changelog(&[], &mut log).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(log.iter().any(|e| e.key == crate::changelog::META_KEY) && log.len() >= 2, "{log:?}");
+}
+
+#[test]
 fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
     use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
     let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 300, ..GeneratorConfig::default() });

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use std::collections::HashMap;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::RDKafkaErrorCode;
@@ -31,10 +33,10 @@ pub enum AdminError {
 /// The broker's and librdkafka's default largest record (`message.max.bytes`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
-/// The largest record `topic` accepts from this processor: the topic's `max.message.bytes`
-/// (read from the broker) and the producer's `message.max.bytes`, whichever is smaller. Falls
-/// back to the producer's limit when the broker does not say.
-pub async fn record_limit(cfg: &Config, topic: &str) -> usize {
+/// The largest record each output topic accepts from this processor: the topic's
+/// `max.message.bytes` (read from the broker) and the producer's `message.max.bytes`, whichever is
+/// smaller. A topic the broker says nothing about gets the producer's limit.
+pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
     let producer = cfg
         .kafka
         .producer
@@ -42,20 +44,24 @@ pub async fn record_limit(cfg: &Config, topic: &str) -> usize {
         .or_else(|| cfg.kafka.options.get("message.max.bytes"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    let Ok(admin) = client_config(cfg, Role::Admin).create::<AdminClient<DefaultClientContext>>() else { return producer };
+    let topics: Vec<String> = output_topics(cfg, 1).into_iter().map(|t| t.name).collect();
+    let mut limits: HashMap<String, usize> = topics.iter().map(|t| (t.clone(), producer)).collect();
+    let Ok(admin) = client_config(cfg, Role::Admin).create::<AdminClient<DefaultClientContext>>() else { return limits };
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let spec = ResourceSpecifier::Topic(topic);
-    let found = match admin.describe_configs([&spec], &opts).await {
-        Ok(results) => results
-            .into_iter()
-            .flatten()
-            .find_map(|r| r.entries.iter().find(|e| e.name == "max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok())),
-        Err(e) => {
-            tracing::warn!(%topic, error = %e, "cannot read the topic's max.message.bytes; assuming the producer's limit");
-            None
+    let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    match admin.describe_configs(specs.iter(), &opts).await {
+        Ok(results) => {
+            for r in results.into_iter().flatten() {
+                let OwnedResourceSpecifier::Topic(topic) = &r.specifier else { continue };
+                let found = r.entries.iter().find(|e| e.name == "max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok());
+                if let Some(t) = found {
+                    limits.insert(topic.clone(), t.min(producer));
+                }
+            }
         }
-    };
-    found.map_or(producer, |t| t.min(producer))
+        Err(e) => tracing::warn!(error = %e, "cannot read the output topics' max.message.bytes; assuming the producer's limit"),
+    }
+    limits
 }
 
 /// A topic Touchstream writes and how it is configured.

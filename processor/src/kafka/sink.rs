@@ -4,13 +4,14 @@
 //! the runner's own thread, never on the async runtime. Transaction errors are classified:
 //! retry, abort (then rewind), or fatal (fenced by a newer instance, or a broken producer).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
 use rdkafka::TopicPartitionList;
 use rdkafka::{ClientConfig, ClientContext};
@@ -112,6 +113,9 @@ fn retry(op: &'static str, mut call: impl FnMut() -> Result<(), KafkaError>) -> 
     }
 }
 
+/// Bytes a record batch adds around one record (batch and record headers).
+const RECORD_OVERHEAD: usize = 128;
+
 /// A record to write.
 pub struct OutRecord<'a> {
     pub topic: &'a str,
@@ -127,13 +131,15 @@ pub struct Sink {
     flush_timeout: Duration,
     transactional: bool,
     in_transaction: bool,
+    /// Largest record per topic the broker accepts; larger ones are refused before sending.
+    limits: HashMap<String, usize>,
 }
 
 impl Sink {
     /// A plain (idempotent) producer for at-least-once delivery.
     pub fn new(config: &ClientConfig, flush_timeout: Duration) -> Result<Sink, SinkError> {
         let producer = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
-        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false })
+        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false, limits: HashMap::new() })
     }
 
     /// A transactional producer: `config` must carry `transactional.id`. Initialising fences any
@@ -141,7 +147,7 @@ impl Sink {
     pub fn transactional(config: &ClientConfig, timeout: Duration) -> Result<Sink, SinkError> {
         let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
         retry("init", || producer.init_transactions(timeout))?;
-        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false })
+        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, limits: HashMap::new() })
     }
 
     /// Test-only fault injection: raises a fatal error inside librdkafka, as a broken producer would.
@@ -156,6 +162,11 @@ impl Sink {
                 reason.as_ptr(),
             );
         }
+    }
+
+    /// The largest record per topic (`kafka::admin::record_limits`).
+    pub fn set_limits(&mut self, limits: HashMap<String, usize>) {
+        self.limits = limits;
     }
 
     pub fn is_transactional(&self) -> bool {
@@ -228,6 +239,15 @@ impl Sink {
     /// Queues a record (inside the open transaction, beginning one if needed); waits for room
     /// when librdkafka's queue is full.
     pub fn send(&mut self, rec: OutRecord<'_>) -> Result<(), SinkError> {
+        if let Some(limit) = self.limits.get(rec.topic) {
+            let headers: usize = rec.headers.as_ref().map_or(0, |h| h.iter().map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 8).sum());
+            let size = rec.key.map_or(0, <[u8]>::len) + rec.payload.map_or(0, <[u8]>::len) + headers + RECORD_OVERHEAD;
+            if size > *limit {
+                self.producer.context().too_large.store(true, Ordering::Release);
+                let source = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+                return Err(SinkError::TooLarge { topic: rec.topic.to_string(), source });
+            }
+        }
         self.ensure_transaction()?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(rec.topic);
         if let Some(p) = rec.payload {

@@ -104,6 +104,7 @@ impl Processor {
         self.recreated.push(now);
         tracing::error!(error = %cause, "fatal producer error: recreating the producer and reloading state from the changelog");
         self.sink = Sink::transactional(&client_config(&self.cfg, Role::Producer), CALL_TIMEOUT)?;
+        self.sink.set_limits(self.record_limits.clone());
         self.rewind(consumer)
     }
 

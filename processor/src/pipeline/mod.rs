@@ -89,9 +89,12 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// The largest record the DLQ topic accepts (`kafka::admin::record_limit`).
-    pub fn with_dlq_limit(mut self, bytes: usize) -> Self {
-        self.state.dlq_budget = bytes;
+    /// The largest record each output topic accepts (`kafka::admin::record_limits`): records
+    /// over it are refused before they are sent, and DLQ records are sized to fit.
+    pub fn with_record_limits(mut self, limits: HashMap<String, usize>) -> Self {
+        self.state.dlq_budget = limits.get(&self.state.cfg.topics.dlq).copied().unwrap_or(admin::DEFAULT_MAX_MESSAGE_BYTES);
+        self.state.sink.set_limits(limits.clone());
+        self.state.record_limits = limits;
         self
     }
 
@@ -160,6 +163,10 @@ struct Processor {
     last_progress: Instant,
     /// Largest DLQ record the broker accepts (the DLQ topic's and the producer's limits).
     dlq_budget: usize,
+    /// Largest record per output topic (given to every producer this loop creates).
+    record_limits: HashMap<String, usize>,
+    /// The input record whose own outputs were refused for their size, while it was handled.
+    oversize_source: Option<(i32, i64)>,
 }
 
 impl Runner {
@@ -245,6 +252,8 @@ impl Runner {
             isolation: None,
             last_progress: Instant::now(),
             dlq_budget: admin::DEFAULT_MAX_MESSAGE_BYTES,
+            record_limits: HashMap::new(),
+            oversize_source: None,
         };
         Ok(Runner { consumer, state })
     }
@@ -363,7 +372,13 @@ impl Processor {
                 }
                 self.telemetry.event(ev.event_type, processed.late);
                 self.stats.events += 1;
-                self.ship_outputs()?;
+                if let Err(e) = self.ship_outputs() {
+                    if matches!(e, RunError::Sink(SinkError::TooLarge { .. })) {
+                        // This record's own output is too large: it is the one to isolate.
+                        self.oversize_source = Some((p, msg.offset()));
+                    }
+                    return Err(e);
+                }
             }
             Err(DecodeError::Invalid(err)) => {
                 self.telemetry.invalid(&err, msg.topic(), p, msg.offset());

@@ -5,10 +5,13 @@
 //! 2. Dead letters always fit: error reasons never echo unbounded input, and a DLQ record that
 //!    would not fit the broker's limit keeps the first `limits.dlq_excerpt_bytes` of the original
 //!    with its size and SHA-256.
-//! 3. Isolation: if a transaction still fails because a record it wrote was too large, the batch
-//!    is redone in smaller transactions (1/8 of the failed one each time) until a single input
-//!    record's transaction fails; that record is dead-lettered and skipped, everything else is
-//!    processed exactly once as usual.
+//! 3. Isolation: every output topic's limit is read at start and a record over it is refused
+//!    before it is sent. When that record is an output of the input record being handled, that
+//!    input record is known: the batch is redone once, without it (it goes to the DLQ). When the
+//!    failure cannot be traced to one record (a state record at commit, or the broker refused a
+//!    record) the batch is redone in smaller transactions (1/8 of the failed one each time) until a
+//!    single input record's transaction fails; that record is dead-lettered and skipped. Everything
+//!    else is processed exactly once as usual.
 //! 4. A replica that cannot progress says so: `/readyz` and `touchstream_stalled`.
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +88,13 @@ impl Processor {
     pub(super) fn isolate_oversize(&mut self) {
         let pending = self.pending.clone();
         let events = self.batch_events;
+        if let Some((p, offset)) = self.oversize_source.take() {
+            // Known at once (its own output was refused): redo the batch without it, at full size.
+            let iso = self.isolation.get_or_insert_with(|| Isolation { until: pending.clone(), batch: usize::MAX, skip: HashSet::new() });
+            iso.skip.insert((p, offset));
+            self.telemetry.poison_isolated(p, offset);
+            return;
+        }
         if pending.is_empty() {
             tracing::error!("a transaction without input failed for a record's size; nothing to isolate");
             return;
