@@ -18,9 +18,9 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use common::*;
 use serde_json::json;
-use touchstream::avro::{frame, unframe, JOURNEY_EVENT_SCHEMA};
+use touchstream::codec::registry::RegistryClient;
+use touchstream::codec::{frame, unframe, JOURNEY_EVENT_SCHEMA};
 use touchstream::config::Config;
-use touchstream::registry::RegistryClient;
 
 fn registry_url() -> String {
     std::env::var("TOUCHSTREAM_TEST_REGISTRY")

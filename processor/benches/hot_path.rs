@@ -7,11 +7,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dashmap::DashMap;
+use touchstream::codec::registry::{RegistryError, SchemaSource};
 use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, PartitionEngine};
 use touchstream::event::{decode, Event, Validation};
 use touchstream::journey::CustomerState;
-use touchstream::registry::{RegistryError, SchemaSource};
 
 const N: usize = 100_000;
 
@@ -32,19 +32,19 @@ const CHECK: Validation = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 
 struct OneSchema;
 impl SchemaSource for OneSchema {
     fn schema_by_id(&self, _id: u32) -> Result<(String, String), RegistryError> {
-        Ok((touchstream::avro::JOURNEY_EVENT_SCHEMA.to_string(), "AVRO".to_string()))
+        Ok((touchstream::codec::JOURNEY_EVENT_SCHEMA.to_string(), "AVRO".to_string()))
     }
 }
 
 /// The same events in the Confluent wire format (schema id 1 = schemas/journey_event.avsc).
 fn avro_stream(raw: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-    let schema = apache_avro::Schema::parse_str(touchstream::avro::JOURNEY_EVENT_SCHEMA).unwrap();
+    let schema = apache_avro::Schema::parse_str(touchstream::codec::JOURNEY_EVENT_SCHEMA).unwrap();
     raw.iter()
         .map(|(k, j)| {
             let json: serde_json::Value = serde_json::from_slice(j).unwrap();
             let value = apache_avro::types::Value::from(json).resolve(&schema).unwrap();
             let mut out = Vec::new();
-            touchstream::avro::frame(1, &apache_avro::to_avro_datum(&schema, value).unwrap(), &mut out);
+            touchstream::codec::frame(1, &apache_avro::to_avro_datum(&schema, value).unwrap(), &mut out);
             (k.clone(), out)
         })
         .collect()
@@ -69,7 +69,7 @@ fn benches(c: &mut Criterion) {
     // Registry Avro with the schema cache warm: frame, decode with the writer schema, resolve
     // against ours, validate.
     let avro = avro_stream(&raw);
-    let mut decoder = touchstream::avro::AvroDecoder::new(Box::new(OneSchema));
+    let mut decoder = touchstream::codec::AvroDecoder::new(Box::new(OneSchema));
     for (k, a) in &avro {
         decoder.decode(Some(k.as_bytes()), a, &CHECK).unwrap();
     }

@@ -6,8 +6,8 @@
 
 pub mod alerts;
 pub mod attribution;
-pub mod avro;
 pub mod changelog;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod engine;
@@ -18,6 +18,5 @@ pub mod journey;
 pub mod kafka;
 pub mod output;
 pub mod pipeline;
-pub mod registry;
 pub mod telemetry;
 pub mod time;

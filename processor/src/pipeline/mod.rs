@@ -16,8 +16,9 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
-use crate::avro::{AvroDecoder, DecodeError, OutputCodecs};
 use crate::changelog::{ChangelogEntry, RestoreError};
+use crate::codec::registry::{Backoff, RegistryClient};
+use crate::codec::{AvroDecoder, DecodeError, OutputCodecs};
 use crate::config::{Config, Guarantee, InputFormat};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
 use crate::event::{Channel, InvalidEvent, Validation};
@@ -28,7 +29,6 @@ use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
 use crate::output::{ChannelWindowRecord, ScoreRecord};
-use crate::registry::{Backoff, RegistryClient};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
@@ -338,7 +338,7 @@ impl Processor {
         }
         let decoded = match poison::oversize_record(msg.key(), payload, self.cfg.limits.max_record_bytes) {
             Some(err) => Err(DecodeError::Invalid(err)),
-            None => crate::avro::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
+            None => crate::codec::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
         };
         let max_field = self.cfg.limits.max_field_bytes;
         let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field) {

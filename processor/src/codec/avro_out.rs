@@ -1,0 +1,175 @@
+//! Registry Avro output: each output topic's schema registered (or looked up) at start; records
+//! serialised through serde into an Avro value, resolved against that schema and framed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use serde::Serialize;
+
+use super::registry::RegistryError;
+use super::*;
+
+/// An Avro output subject: its schema and the id the registry gave it.
+#[derive(Debug, Clone)]
+pub struct AvroTarget {
+    pub subject: String,
+    pub id: u32,
+    pub schema: Arc<Schema>,
+}
+
+/// How one output topic is written.
+#[derive(Debug, Clone)]
+pub enum OutputCodec {
+    /// JSON values, UTF-8 keys.
+    Json,
+    /// Confluent-framed Avro values; keys Avro strings when `key` is set, else UTF-8.
+    Avro { value: AvroTarget, key: Option<AvroTarget> },
+}
+
+impl OutputCodec {
+    /// Appends the encoded value of `record` to `buf`.
+    pub fn encode_value<T: Serialize>(&self, record: &T, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            OutputCodec::Json => serde_json::to_writer(buf, record).map_err(|e| e.to_string()),
+            OutputCodec::Avro { value, .. } => encode(record, value, buf),
+        }
+    }
+
+    /// Appends the encoded key to `buf`.
+    pub fn encode_key(&self, key: &str, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            OutputCodec::Avro { key: Some(target), .. } => encode(&key, target, buf),
+            _ => {
+                buf.extend_from_slice(key.as_bytes());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serde -> Avro value -> resolved against the target schema -> framed Avro binary.
+pub fn encode<T: Serialize + ?Sized>(record: &T, target: &AvroTarget, buf: &mut Vec<u8>) -> Result<(), String> {
+    let value = apache_avro::to_value(record).map_err(|e| format!("{}: {e}", target.subject))?;
+    let value = value.resolve(&target.schema).map_err(|e| format!("record does not fit the schema of {}: {e}", target.subject))?;
+    let body = apache_avro::to_avro_datum(&target.schema, value).map_err(|e| format!("{}: {e}", target.subject))?;
+    frame(target.id, &body, buf);
+    Ok(())
+}
+
+/// The codecs of the output topics that can be Avro.
+#[derive(Debug, Clone)]
+pub struct OutputCodecs {
+    pub conversions: OutputCodec,
+    pub channels: OutputCodec,
+    pub alerts: OutputCodec,
+    pub scores: OutputCodec,
+}
+
+impl OutputCodecs {
+    pub fn json() -> OutputCodecs {
+        OutputCodecs { conversions: OutputCodec::Json, channels: OutputCodec::Json, alerts: OutputCodec::Json, scores: OutputCodec::Json }
+    }
+
+    /// Registers (or, without `registry.auto_register`, looks up) the schema of every Avro output
+    /// topic under `<topic>-value` (and `<topic>-key` for Avro keys). Waits with backoff while the
+    /// registry is unavailable (until `stop` is set); an incompatible or refused schema is an error
+    /// that says which subject and why.
+    pub fn prepare(
+        cfg: &crate::config::Config,
+        client: Option<&crate::codec::registry::RegistryClient>,
+        stop: &std::sync::atomic::AtomicBool,
+        health: &crate::http::Health,
+        telemetry: &crate::telemetry::Telemetry,
+    ) -> Result<OutputCodecs, String> {
+        use crate::config::{KeyFormat, OutputFormat};
+        let mut backoff = crate::codec::registry::Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration());
+        let mut codec = |format: OutputFormat, topic: &str, file: &str, text: &str| -> Result<OutputCodec, String> {
+            if format == OutputFormat::Json {
+                return Ok(OutputCodec::Json);
+            }
+            let client = client.ok_or("config key `registry.url`: an avro output needs the schema registry")?;
+            let value = register(client, cfg.registry.auto_register, &format!("{topic}-value"), file, text, stop, health, telemetry, &mut backoff)?;
+            let key = match cfg.formats.keys {
+                KeyFormat::String => None,
+                KeyFormat::Avro => Some(register(
+                    client,
+                    cfg.registry.auto_register,
+                    &format!("{topic}-key"),
+                    "the string key schema",
+                    STRING_KEY_SCHEMA,
+                    stop,
+                    health,
+                    telemetry,
+                    &mut backoff,
+                )?),
+            };
+            Ok(OutputCodec::Avro { value, key })
+        };
+        let f = &cfg.formats;
+        let t = &cfg.topics;
+        Ok(OutputCodecs {
+            conversions: codec(f.conversions, &t.conversions, "schemas/attribution_conversion.avsc", CONVERSION_SCHEMA)?,
+            channels: codec(f.channels, &t.channels, "schemas/attribution_channel_window.avsc", CHANNEL_WINDOW_SCHEMA)?,
+            alerts: codec(f.alerts, &t.alerts, "schemas/cart_abandonment_alert.avsc", ALERT_SCHEMA)?,
+            scores: if cfg.models.enabled && cfg.scores.enabled {
+                codec(f.scores, &t.scores, "schemas/customer_score.avsc", SCORE_SCHEMA)?
+            } else {
+                OutputCodec::Json
+            },
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn register(
+    client: &crate::codec::registry::RegistryClient,
+    auto_register: bool,
+    subject: &str,
+    file: &str,
+    text: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    health: &crate::http::Health,
+    telemetry: &crate::telemetry::Telemetry,
+    backoff: &mut crate::codec::registry::Backoff,
+) -> Result<AvroTarget, String> {
+    use std::sync::atomic::Ordering;
+    let schema = Arc::new(Schema::parse_str(text).map_err(|e| format!("{file} does not parse: {e}"))?);
+    loop {
+        let result = if auto_register { client.register(subject, text) } else { client.lookup(subject, text) };
+        match result {
+            Ok(id) => {
+                health.set_registry_down(false);
+                telemetry.registry_up();
+                backoff.reset();
+                tracing::info!(%subject, id, registered = auto_register, "output schema ready");
+                return Ok(AvroTarget { subject: subject.to_string(), id, schema });
+            }
+            Err(RegistryError::Unavailable(e)) => {
+                health.set_registry_down(true);
+                let delay = backoff.next_delay();
+                telemetry.registry_unavailable(&e, 0, delay);
+                let until = Instant::now() + delay;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Acquire) {
+                        return Err(format!("stopped while waiting for the schema registry to register {subject}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50).min(delay));
+                }
+            }
+            Err(RegistryError::Rejected { status: 409, message }) => {
+                return Err(format!(
+                    "the schema registry rejected {file} as a new version of subject `{subject}`: it is incompatible with \
+                     the versions already registered there ({message}). The schemas in schemas/ must evolve compatibly \
+                     (README, \"Schema evolution\"); fix the schema, or the subject's compatibility setting"
+                ))
+            }
+            Err(RegistryError::Rejected { status, message }) => {
+                return Err(format!("the schema registry refused {file} for subject `{subject}` (HTTP {status}): {message}"))
+            }
+            Err(RegistryError::NotFound(m)) => {
+                return Err(format!("{file} is not registered under subject `{subject}` and registry.auto_register is false: {m}"))
+            }
+        }
+    }
+}
