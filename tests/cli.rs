@@ -62,3 +62,29 @@ fn check_config_prints_toml_that_loads_back_with_secrets_masked() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(ok && again.contains("SCRAM-SHA-512"), "{again}");
 }
+
+/// Serves one HTTP response on a free port; returns the address.
+fn one_response(status_line: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "{status_line}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn probe_exits_zero_only_on_200() {
+    let (ok, out) = touchstream(&["probe", "--addr", &one_response("HTTP/1.1 200 OK"), "--path", "/readyz"], &[]);
+    assert!(ok, "{out}");
+    let (ok, _) = touchstream(&["probe", "--addr", &one_response("HTTP/1.1 503 Service Unavailable")], &[]);
+    assert!(!ok, "503 is unhealthy");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (ok, out) = touchstream(&["probe", "--addr", &closed], &[]);
+    assert!(!ok && out.contains("probe"), "nothing listening: {out}");
+}

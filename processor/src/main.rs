@@ -27,6 +27,34 @@ enum Command {
     Demo(DemoArgs),
     /// Load and check a configuration, then print it.
     CheckConfig(ConfigArgs),
+    /// Ask a running replica's HTTP endpoint for its health (for container HEALTHCHECKs):
+    /// exit 0 on 200, 1 otherwise.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// host:port of the replica's `http.listen`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    addr: String,
+    /// `/healthz` (the process runs) or `/readyz` (it owns its partitions and progresses).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+}
+
+/// GET `path` from `addr` with a 3 s budget; true on HTTP 200.
+fn probe(args: &ProbeArgs) -> Result<bool> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = args.addr.to_socket_addrs()?.next().with_context(|| format!("no address for {}", args.addr))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", args.path, args.addr)?;
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head)?;
+    Ok(head[..n].starts_with(b"HTTP/1.1 200"))
 }
 
 #[derive(Args, Clone)]
@@ -79,7 +107,9 @@ impl ConfigArgs {
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: redirected logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -155,6 +185,14 @@ fn main() -> Result<()> {
             init_logging(&cfg);
             rt.block_on(run(cfg))
         }
+        Command::Probe(args) => match probe(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("probe {}{}: {e}", args.addr, args.path);
+                std::process::exit(1)
+            }
+        },
         Command::CheckConfig(args) => {
             let cfg = args.load()?;
             print!("{}", cfg.to_toml_masked());
