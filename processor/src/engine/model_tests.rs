@@ -241,3 +241,41 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     let a = alerts(&out);
     assert_eq!((a[0].reason, a[0].alert_ts), ("model", last + schedule[k_last]));
 }
+
+/// The binary customer state (with the step model's hidden state and re-check values) restores to
+/// the same state and is much smaller than the JSON of earlier versions, which still restores.
+#[test]
+fn customer_state_is_binary_and_json_still_restores() {
+    let doc: Value = serde_json::from_str(include_str!("../../../models/fixtures/stream_parity.json")).unwrap();
+    let mut engine = engine_with_models();
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let mut out = Vec::new();
+    for ev in doc["events"].as_array().unwrap() {
+        let text = serde_json::to_string(ev).unwrap();
+        let key = ev["customer_id"].as_str().unwrap();
+        engine.process(&decode(Some(key.as_bytes()), text.as_bytes(), &check).unwrap(), &mut out);
+    }
+    let mut log = Vec::new();
+    engine.drain_changelog(&[], &mut log).unwrap();
+    let (mut binary, mut json, mut customers) = (0, 0, 0);
+    for e in &log {
+        let Some(crate::changelog::ChangelogKey::Customer(id)) = crate::changelog::parse_key(&e.key) else { continue };
+        let value = e.value.as_ref().unwrap();
+        assert_eq!(value[0], crate::changelog::CUSTOMER_V1);
+        let state = engine.customer(id).unwrap();
+        assert!(state.model.is_some(), "{id} has model state");
+        let back: CustomerState = crate::changelog::decode_customer(value).unwrap();
+        assert_eq!(&back, state, "{id} round trips");
+        let old = serde_json::to_vec(state).unwrap();
+        let mut from_json: CustomerState = crate::changelog::decode_customer(&old).unwrap();
+        // serde_json reads floats to the nearest 1e-15 or so; the binary encoding is exact.
+        assert!((from_json.counters.revenue - state.counters.revenue).abs() < 1e-9);
+        from_json.counters.revenue = state.counters.revenue;
+        assert_eq!(&from_json, state, "{id} from the JSON of earlier versions");
+        binary += value.len();
+        json += old.len();
+        customers += 1;
+    }
+    println!("changelog customer records: {customers}, binary {binary} B, JSON {json} B ({:.2}x)", binary as f64 / json as f64);
+    assert!(customers >= 5 && binary * 2 < json, "binary {binary} B vs JSON {json} B");
+}

@@ -19,7 +19,9 @@ impl PartitionEngine {
             if let Some(c) = self.customers.get_mut(&key) {
                 c.queued = false;
                 c.changed_idx = 0;
-                out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(serde_json::to_vec(c)?) });
+                let mut value = Vec::with_capacity(256);
+                changelog::encode_customer(c, &mut value)?;
+                out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(value) });
             }
         }
         for key in self.forgotten.drain(..) {
@@ -65,7 +67,8 @@ impl PartitionEngine {
         match changelog::parse_key(key) {
             Some(ChangelogKey::Customer(id)) => match value {
                 Some(v) => {
-                    let state: CustomerState = serde_json::from_slice(v).map_err(corrupt)?;
+                    let state: CustomerState =
+                        changelog::decode_customer(v).map_err(|message| RestoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message })?;
                     self.customers.insert(id.into(), state);
                 }
                 None => {

@@ -46,18 +46,37 @@ impl SeenIds {
     }
 }
 
-/// Stored as one base64 string of little-endian hashes (12 bytes of text per id instead of ~20).
+/// Stored as raw little-endian hashes (8 bytes per id) in the binary changelog, and as one base64
+/// string of them in JSON.
 impl Serialize for SeenIds {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes: Vec<u8> = self.ids.iter().flat_map(|h| h.to_le_bytes()).collect();
-        s.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+        } else {
+            s.serialize_bytes(&bytes)
+        }
+    }
+}
+
+struct HashBytes;
+
+impl<'de> serde::de::Visitor<'de> for HashBytes {
+    type Value = Vec<u8>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("event id hashes")
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        base64::engine::general_purpose::STANDARD_NO_PAD.decode(v.as_bytes()).map_err(E::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for SeenIds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
+        let bytes = if d.is_human_readable() { d.deserialize_str(HashBytes)? } else { d.deserialize_bytes(HashBytes)? };
         if bytes.len() % 8 != 0 {
             return Err(serde::de::Error::custom("seen event ids: not a whole number of 8-byte hashes"));
         }

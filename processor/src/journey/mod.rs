@@ -124,10 +124,10 @@ pub struct CustomerState {
     #[serde(default)]
     pub prev_session: u64,
     /// The step model's state (absent without models, or before the first scored event).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub model: Option<Box<ModelState>>,
     /// Hashes of the latest event ids, to drop repeated events.
-    #[serde(default, skip_serializing_if = "dedupe::SeenIds::is_empty")]
+    #[serde(default)]
     pub seen: dedupe::SeenIds,
     /// Queued for the changelog since the last drain (not part of the state itself).
     #[serde(skip)]
