@@ -7,6 +7,7 @@
 # TOUCHSTREAM_TEST_{SCRAM,SCRAM512,PLAIN}_{USER,PASSWORD}, see scripts/kafka.sh; the registry
 # over https in TOUCHSTREAM_TEST_REGISTRY_HTTPS with its CA in TOUCHSTREAM_TEST_REGISTRY_CA, see
 # scripts/registry.sh), and always stop both afterwards.
+# promtool (Debian's prometheus package) is installed when missing, for tests/deploy.rs.
 # Before any of that, formatting and lints gate the run: `cargo fmt --check` and
 # `cargo clippy -D warnings` on every target (TOUCHSTREAM_SKIP_LINT=1 skips them when debugging).
 # TOUCHSTREAM_TEST_CMD overrides the test command (for debugging), e.g.
@@ -26,6 +27,14 @@ if [[ -z ${TOUCHSTREAM_SKIP_LINT:-} ]]; then
   section "Lint: cargo fmt --check, cargo clippy -D warnings"
   cargo fmt --all --check
   cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+if ! command -v promtool >/dev/null; then
+  section "Installing promtool (Debian package prometheus) for the alert-rule tests"
+  SUDO=$([[ $(id -u) == 0 ]] && echo "" || echo sudo)
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  promtool --version | head -1
 fi
 
 section "Starting Kafka and the schema registry"

@@ -85,6 +85,9 @@ impl Telemetry {
         describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
         gauge!("touchstream_stalled").set(0.0);
+        // Counters that move only on rare events exist from the start (dashboards, alert rules).
+        counter!("touchstream_duplicates_total").absolute(0);
+        counter!("touchstream_poison_records_total").absolute(0);
         describe_counter!("touchstream_consumer_errors_total", "Errors the consumer reported instead of records, by librdkafka error code");
         let telemetry = Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),

@@ -1,0 +1,99 @@
+//! The monitoring kit in `deploy/`: Prometheus alert rules checked and unit-tested with promtool
+//! (installed by `scripts/test.sh`), and every metric the rules and the Grafana dashboard query
+//! exported by a running processor.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(path)
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out =
+        Command::new("promtool").args(args).output().unwrap_or_else(|e| panic!("promtool: {e} (Debian package `prometheus`; scripts/test.sh installs it)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let rules = deploy("prometheus/alerts.yml");
+    let text = promtool(&["check", "rules", rules.to_str().unwrap()]);
+    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    promtool(&["check", "config", deploy("prometheus/prometheus.yml").to_str().unwrap()]);
+    let text = promtool(&["test", "rules", deploy("prometheus/alerts_test.yml").to_str().unwrap()]);
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+/// Metric names a PromQL text refers to (histogram series suffixes removed).
+fn metric_names(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("touchstream_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let name = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        names.insert(name.to_string());
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn every_metric_of_the_rules_and_the_dashboard_is_exported() {
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana/touchstream.json")).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    let mut wanted = metric_names(&rules);
+    wanted.extend(exprs.iter().flat_map(|e| metric_names(e)));
+    // Names in prose (annotations) are metrics too; none may be misspelt.
+    assert!(wanted.len() >= 15, "{wanted:?}");
+
+    let topics = Topics::new("deploy");
+    create_topic(&topics.events, 2);
+    let t = now_ms() - 5 * DAY;
+    let p = producer();
+    for n in 0..5 {
+        let c = format!("c{n}");
+        send_keyed(&p, &topics.events, c.as_bytes(), event(&format!("{c}-1"), &c, t + n, "click", r#","channel":"email""#).as_bytes());
+        send_keyed(&p, &topics.events, c.as_bytes(), event(&format!("{c}-2"), &c, t + n + 60_000, "purchase", r#","value":3.0"#).as_bytes());
+    }
+    send_keyed(&p, &topics.events, b"c0", event("c0-2", "c0", t + 60_000, "purchase", r#","value":3.0"#).as_bytes());
+    send_keyed(&p, &topics.events, b"c1", b"not json");
+    flush(&p);
+    let http = free_addr();
+    let proc = Processor::start(&topics, &[("http.enabled", "true"), ("http.listen", &http), ("event_time.idle_timeout", "1h")]);
+    // Lag and process gauges come with the state report (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exported = loop {
+        let (code, body) = if std::net::TcpStream::connect(&http).is_ok() { http_get(&http, "/metrics") } else { (0, String::new()) };
+        if code == 200 && body.contains("touchstream_consumer_lag{") && body.contains("touchstream_conversions_total 5") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "metrics never complete:\n{body}\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let have = metric_names(&exported);
+    let missing: Vec<&String> = wanted.iter().filter(|m| !have.contains(*m)).collect();
+    assert!(missing.is_empty(), "queried by deploy/ but not exported: {missing:?}");
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+}
