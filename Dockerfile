@@ -3,11 +3,13 @@ FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p touchstream
+RUN cargo build --release --locked -p touchstream -p touchstream-sim
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/touchstream /usr/local/bin/touchstream
+# The journey simulator (load generator of docker-compose.yml).
+COPY --from=build /src/target/release/touchstream-sim /usr/local/bin/touchstream-sim
 COPY config /etc/touchstream
 # Not root: a fixed unprivileged user (no files to write; state lives in Kafka).
 RUN useradd --system --uid 10001 --no-create-home touchstream

@@ -97,3 +97,31 @@ fn every_metric_of_the_rules_and_the_dashboard_is_exported() {
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn the_compose_file_gives_the_replicas_settings_check_config_accepts() {
+    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml")).unwrap();
+    // `TOUCHSTREAM__X: value` lines: the shared ones, then each replica's transactional id.
+    let settings: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            k.starts_with("TOUCHSTREAM__").then(|| (k.to_string(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect();
+    let ids: Vec<&String> = settings.iter().filter(|(k, _)| k == "TOUCHSTREAM__KAFKA__TRANSACTIONAL_ID").map(|(_, v)| v).collect();
+    assert!(ids.len() >= 2 && ids.iter().collect::<HashSet<_>>().len() == ids.len(), "distinct transactional ids: {ids:?}");
+    let shared: Vec<&(String, String)> = settings.iter().filter(|(k, _)| k != "TOUCHSTREAM__KAFKA__TRANSACTIONAL_ID").collect();
+    assert!(shared.len() >= 3, "{shared:?}");
+    for id in ids {
+        let out = Command::new(env!("CARGO_BIN_EXE_touchstream"))
+            .arg("check-config")
+            .envs(shared.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TOUCHSTREAM__KAFKA__TRANSACTIONAL_ID", id)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{id}: {text}");
+        assert!(text.contains(&format!("transactional_id = \"{id}\"")) && text.contains("brokers = \"kafka:19092\""), "{text}");
+    }
+}
