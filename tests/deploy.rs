@@ -125,3 +125,30 @@ fn the_compose_file_gives_the_replicas_settings_check_config_accepts() {
         assert!(text.contains(&format!("transactional_id = \"{id}\"")) && text.contains("brokers = \"kafka:19092\""), "{text}");
     }
 }
+
+#[test]
+fn the_kubernetes_manifests_validate_and_their_config_is_accepted() {
+    let manifests = deploy("kubernetes/touchstream.yaml");
+    // The schema checker is installed beside the interop test's Python client (scripts/test.sh).
+    let python = std::env::var("TOUCHSTREAM_TEST_PYTHON").unwrap_or_else(|_| {
+        let out = Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/interop-venv.sh")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    let checker = PathBuf::from(&python).with_file_name("kubernetes-validate");
+    let out = Command::new(&checker).args(["--strict", manifests.to_str().unwrap()]).output().unwrap_or_else(|e| panic!("{checker:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for kind in ["configmap", "service", "statefulset", "poddisruptionbudget"] {
+        assert!(text.contains(&format!("passed for resource {kind}/touchstream")), "{kind}: {text}");
+    }
+    // The ConfigMap's touchstream.toml is a configuration the processor accepts.
+    let yaml = std::fs::read_to_string(&manifests).unwrap();
+    let block = yaml.split("touchstream.toml: |\n").nth(1).unwrap().split("\n---").next().unwrap();
+    let toml: String = block.lines().map(|l| l.strip_prefix("    ").unwrap_or(l.trim())).collect::<Vec<_>>().join("\n");
+    let file = std::env::temp_dir().join(format!("{}.toml", unique("k8s-config")));
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_touchstream")).args(["check-config", "--config", file.to_str().unwrap()]).output().unwrap();
+    std::fs::remove_file(&file).ok();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("brokers = \"kafka:9092\""), "{text}");
+}
