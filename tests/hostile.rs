@@ -140,6 +140,49 @@ fn oversize_records_go_to_the_dlq_and_every_partition_goes_on() {
     assert!(status.success(), "{log}");
 }
 
+/// A customer whose state record outgrows the changelog topic's `max.message.bytes`: the failure
+/// comes at commit and cannot be traced to one input record, so the batch is redone one record per
+/// transaction; each record whose own transaction fails goes to the DLQ. No batch aborts twice.
+#[test]
+fn a_state_record_too_large_for_the_changelog_is_isolated_record_by_record() {
+    let topics = Topics::new("poison-state");
+    create_topic(&topics.events, 2);
+    create_topic_with(&topics.changelog, 2, &[("cleanup.policy", "compact"), ("max.message.bytes", "1500")]);
+    let t = now_ms() - 10 * DAY;
+    let p = big_producer("none");
+    for i in 0..10 {
+        ordinary(&p, &topics.events, i % 2, &format!("ok{i}"), t + i as i64);
+    }
+    for n in 0..30 {
+        let rec = event(&format!("m7-c{n}"), "m7", t + 100 + n, "click", r#","channel":"display","campaign":"a-campaign-name-of-forty-characters-xx""#);
+        send_raw(&p, &topics.events, 0, Some(b"m7"), rec.as_bytes(), None);
+    }
+    for i in 10..20 {
+        ordinary(&p, &topics.events, i % 2, &format!("ok{i}"), t + 1000 + i as i64);
+    }
+    flush(&p);
+    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "1h")]);
+    assert!(wait_caught_up(&topics, Duration::from_secs(240)), "caught up:\n{}", proc.log());
+    let conversions = read_all(&topics.conversions, Duration::from_secs(2));
+    let dlq = read_all(&topics.dlq, Duration::from_secs(1));
+    let log = proc.log();
+    let ids: HashSet<String> = conversions.iter().map(|r| r.json()["conversion_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!((ids.len(), conversions.len()), (20, 20), "every ordinary conversion once:\n{log}");
+    assert!(!dlq.is_empty(), "the clicks that outgrow the changelog are dead-lettered:\n{log}");
+    let offsets: HashSet<String> = dlq.iter().map(|r| r.header("touchstream.source.offset").unwrap()).collect();
+    assert_eq!(offsets.len(), dlq.len(), "each once");
+    for r in &dlq {
+        assert_eq!(r.key_str(), "m7");
+        assert_eq!(r.header("touchstream.error.kind").as_deref(), Some("too_large"));
+    }
+    // One abort for the failed batch, then one per record whose own transaction failed (each may
+    // be followed by librdkafka's epoch bump after a purge: at most one more abort each).
+    let aborts = log.matches("aborting the transaction and redoing the batch").count();
+    assert!(aborts <= 2 * (1 + dlq.len()), "{aborts} aborts for {} isolated records:\n{log}", dlq.len());
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+}
+
 #[test]
 fn repeated_events_count_once_across_a_kill() {
     let topics = Topics::new("dupes");

@@ -158,13 +158,14 @@ async fn start_http(cfg: &Config, health: Arc<Health>) -> Result<()> {
     Ok(())
 }
 
-async fn run(cfg: Config) -> Result<()> {
+async fn run(mut cfg: Config) -> Result<()> {
     let health = Arc::new(Health::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     start_http(&cfg, health.clone()).await?;
     on_shutdown_signal(shutdown.clone());
     kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
     let limits = kafka::admin::record_limits(&cfg).await;
+    kafka::admin::fit_batches(&mut cfg, &limits);
     tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
     let reload = Arc::new(AtomicBool::new(false));
     on_reload_signal(reload.clone());

@@ -85,6 +85,8 @@ impl Telemetry {
         describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
         gauge!("touchstream_stalled").set(0.0);
+        describe_gauge!("touchstream_stuck_partitions", "Input partitions that have not moved for processing.stall_timeout with records waiting");
+        gauge!("touchstream_stuck_partitions").set(0.0);
         // Counters that move only on rare events exist from the start (dashboards, alert rules).
         counter!("touchstream_duplicates_total").absolute(0);
         counter!("touchstream_poison_records_total").absolute(0);
@@ -283,6 +285,11 @@ impl Telemetry {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             gauge!("touchstream_process_open_fds").set(dir.count() as f64);
         }
+    }
+
+    /// Input partitions that have not moved for the stall timeout with records waiting.
+    pub fn stuck_partitions(&self, n: usize) {
+        gauge!("touchstream_stuck_partitions").set(n as f64);
     }
 
     /// A repeated event dropped.

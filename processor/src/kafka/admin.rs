@@ -64,6 +64,19 @@ pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
     limits
 }
 
+/// A topic's `max.message.bytes` bounds a whole record batch, not one record: when an output topic
+/// takes less than librdkafka's default batch (1 MB), the producer's `batch.size` is set below it
+/// (unless configured), so that batches of small records are never refused.
+pub fn fit_batches(cfg: &mut Config, limits: &HashMap<String, usize>) {
+    const DEFAULT_BATCH: usize = 1_000_000;
+    let Some(smallest) = limits.values().copied().min() else { return };
+    if smallest < DEFAULT_BATCH && !cfg.kafka.producer.contains_key("batch.size") && !cfg.kafka.options.contains_key("batch.size") {
+        let batch = smallest.saturating_sub(1024).max(1024);
+        tracing::info!(batch_size = batch, smallest_topic_limit = smallest, "an output topic takes small batches: producer batch.size lowered");
+        cfg.kafka.producer.insert("batch.size".into(), batch.to_string());
+    }
+}
+
 /// A topic Touchstream writes and how it is configured.
 pub struct TopicSpec {
     pub name: String,

@@ -53,10 +53,10 @@ impl ConsumerContext for SignallingContext {
     }
 }
 
-/// Records of `topic` not yet consumed, per assigned partition: the high watermark librdkafka last
-/// saw in a fetch response (cached, no request) minus the consumer's position. Partitions without
-/// both yet are left out.
-pub fn lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Vec<(i32, i64)> {
+/// (partition, position, records not yet consumed) of `topic` per assigned partition: the high
+/// watermark librdkafka last saw in a fetch response (cached, no request) minus the consumer's
+/// position. Partitions without both yet are left out.
+pub fn lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Vec<(i32, i64, i64)> {
     use rdkafka::Offset;
     let Ok(positions) = consumer.position() else { return Vec::new() };
     let Ok(name) = std::ffi::CString::new(topic) else { return Vec::new() };
@@ -69,7 +69,7 @@ pub fn lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Vec<(
         let err =
             unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), name.as_ptr(), e.partition(), &mut low, &mut high) };
         if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
-            out.push((e.partition(), (high - position).max(0)));
+            out.push((e.partition(), position, (high - position).max(0)));
         }
     }
     out

@@ -167,6 +167,8 @@ struct Processor {
     record_limits: HashMap<String, usize>,
     /// The input record whose own outputs were refused for their size, while it was handled.
     oversize_source: Option<(i32, i64)>,
+    /// Input partitions that do not move while records wait.
+    watch: poison::PositionWatch,
 }
 
 impl Runner {
@@ -254,6 +256,7 @@ impl Runner {
             dlq_budget: admin::DEFAULT_MAX_MESSAGE_BYTES,
             record_limits: HashMap::new(),
             oversize_source: None,
+            watch: poison::PositionWatch::default(),
         };
         Ok(Runner { consumer, state })
     }
@@ -416,8 +419,9 @@ impl Processor {
         self.models = set;
     }
 
-    fn report_state(&mut self, now_ms: i64, lag: Vec<(i32, i64)>) {
-        self.telemetry.consumer_lag(lag.into_iter());
+    fn report_state(&mut self, now_ms: i64, lag: Vec<(i32, i64, i64)>) {
+        self.telemetry.consumer_lag(lag.iter().map(|(p, _, l)| (*p, *l)));
+        self.watch_positions(&lag);
         self.telemetry.process();
         self.last_state_report = Instant::now();
         let customers = self.engines.values().map(|e| e.customers()).sum();

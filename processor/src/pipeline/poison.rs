@@ -9,9 +9,9 @@
 //!    before it is sent. When that record is an output of the input record being handled, that
 //!    input record is known: the batch is redone once, without it (it goes to the DLQ). When the
 //!    failure cannot be traced to one record (a state record at commit, or the broker refused a
-//!    record) the batch is redone in smaller transactions (1/8 of the failed one each time) until a
-//!    single input record's transaction fails; that record is dead-lettered and skipped. Everything
-//!    else is processed exactly once as usual.
+//!    record) the failed range is redone one input record per transaction; the record whose own
+//!    transaction fails is dead-lettered and skipped. No batch aborts twice; everything else is
+//!    processed exactly once as usual.
 //! 4. A replica that cannot progress says so: `/readyz` and `touchstream_stalled`.
 
 use std::collections::{HashMap, HashSet};
@@ -82,6 +82,44 @@ pub(super) struct Isolation {
     skip: HashSet<(i32, i64)>,
 }
 
+/// Positions of the input partitions over time, to find one that does not move while records wait.
+#[derive(Debug, Default)]
+pub(super) struct PositionWatch {
+    /// Per partition: its position and since when it has not moved (with records waiting).
+    positions: HashMap<i32, (i64, Instant)>,
+    /// Partitions stuck for the timeout.
+    pub(super) stuck: HashSet<i32>,
+}
+
+impl PositionWatch {
+    /// Takes (partition, position, records waiting) of the owned partitions at `now`; returns the
+    /// partitions newly stuck (partition, offset, waiting, for how long) and those moving again.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn observe(
+        &mut self,
+        positions: &[(i32, i64, i64)],
+        paused: impl Fn(i32) -> bool,
+        now: Instant,
+        timeout: Duration,
+    ) -> (Vec<(i32, i64, i64, Duration)>, Vec<(i32, i64)>) {
+        let (mut stuck, mut moving) = (Vec::new(), Vec::new());
+        for &(p, position, waiting) in positions {
+            let entry = self.positions.entry(p).or_insert((position, now));
+            if waiting == 0 || paused(p) || entry.0 != position {
+                *entry = (position, now);
+                if self.stuck.remove(&p) {
+                    moving.push((p, position));
+                }
+            } else if now.duration_since(entry.1) >= timeout && self.stuck.insert(p) {
+                stuck.push((p, position, waiting, now.duration_since(entry.1)));
+            }
+        }
+        self.positions.retain(|p, _| positions.iter().any(|(q, _, _)| q == p));
+        self.stuck.retain(|p| positions.iter().any(|(q, _, _)| q == p));
+        (stuck, moving)
+    }
+}
+
 impl Processor {
     /// A transaction failed because a record was too large: narrow down to the input record.
     /// Called before the abort, while `pending` and `batch_events` still describe the batch.
@@ -100,20 +138,20 @@ impl Processor {
             return;
         }
         match &mut self.isolation {
+            // A transaction of one input record failed: that record is the one.
             Some(iso) if events <= 1 && pending.len() == 1 => {
                 let (&p, &next) = pending.iter().next().expect("one partition");
                 iso.skip.insert((p, next - 1));
                 self.telemetry.poison_isolated(p, next - 1);
             }
+            // Redo the failed range one input record per transaction: each batch aborts at most once.
             Some(iso) => {
                 iso.until = pending;
-                iso.batch = (events / 8).max(1);
+                iso.batch = 1;
             }
-            None => self.isolation = Some(Isolation { until: pending, batch: (events / 8).max(1), skip: HashSet::new() }),
+            None => self.isolation = Some(Isolation { until: pending, batch: 1, skip: HashSet::new() }),
         }
-        if let Some(iso) = &self.isolation {
-            tracing::warn!(events, batch = iso.batch, "a record of the transaction was too large for the broker; redoing the batch in smaller transactions");
-        }
+        tracing::warn!(events, "a record of the transaction was too large for the broker; redoing the batch one input record per transaction");
     }
 
     /// Whether `msg` is a record isolated as too large.
@@ -136,12 +174,29 @@ impl Processor {
         }
     }
 
+    /// Finds input partitions whose position has not moved for the stall timeout while records
+    /// wait (e.g. a batch the consumer cannot decompress or parse): each is logged once with its
+    /// offset and counted, and the replica reports itself stalled while any is stuck, even when
+    /// its other partitions progress.
+    pub(super) fn watch_positions(&mut self, positions: &[(i32, i64, i64)]) {
+        let timeout = self.cfg.processing.stall_timeout.as_duration();
+        let paused = &self.paused;
+        let (stuck, moving) = self.watch.observe(positions, |p| paused.contains_key(&p), Instant::now(), timeout);
+        for (p, offset, waiting, since) in stuck {
+            tracing::error!(partition = p, offset, waiting, seconds = since.as_secs(), "input partition does not move: records wait at this offset and none is delivered (see touchstream_consumer_errors_total); /readyz reports not ready");
+        }
+        for (p, offset) in moving {
+            tracing::info!(partition = p, offset, "input partition moves again");
+        }
+        self.telemetry.stuck_partitions(self.watch.stuck.len());
+    }
+
     /// Marks the replica stalled when input waits and nothing was committed for the timeout.
     pub(super) fn check_progress(&mut self, input_waiting: bool) {
         if !input_waiting {
             self.last_progress = Instant::now();
         }
-        let stalled = self.last_progress.elapsed() >= self.cfg.processing.stall_timeout.as_duration();
+        let stalled = self.last_progress.elapsed() >= self.cfg.processing.stall_timeout.as_duration() || !self.watch.stuck.is_empty();
         if stalled != self.health.is_stalled() {
             self.health.set_stalled(stalled);
             self.telemetry.stalled(stalled, self.last_progress.elapsed());
@@ -152,6 +207,25 @@ impl Processor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_that_does_not_move_with_records_waiting_is_stuck_once() {
+        let mut w = PositionWatch::default();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let at = |m: u32| t0 + minute * m;
+        let none = |_| false;
+        // 0 moves, 1 sits at 40 with 7 waiting, 2 sits at 9 with nothing waiting.
+        assert_eq!(w.observe(&[(0, 10, 5), (1, 40, 7), (2, 9, 0)], none, at(0), 2 * minute), (vec![], vec![]));
+        assert_eq!(w.observe(&[(0, 20, 5), (1, 40, 7), (2, 9, 0)], none, at(1), 2 * minute), (vec![], vec![]));
+        let (stuck, moving) = w.observe(&[(0, 30, 5), (1, 40, 7), (2, 9, 0)], none, at(2), 2 * minute);
+        assert_eq!((stuck, moving), (vec![(1, 40, 7, 2 * minute)], vec![]));
+        assert_eq!(w.observe(&[(0, 40, 5), (1, 40, 7), (2, 9, 0)], none, at(3), 2 * minute), (vec![], vec![]), "reported once");
+        assert!(w.stuck.contains(&1));
+        // A paused partition (waiting for the registry) is not stuck; one that moves is released.
+        assert_eq!(w.observe(&[(0, 50, 5), (1, 41, 6), (2, 9, 0)], |p| p == 0, at(9), 2 * minute), (vec![], vec![(1, 41)]));
+        assert!(w.stuck.is_empty());
+    }
 
     #[test]
     fn reasons_are_cut_on_a_character_boundary_with_a_marker() {
