@@ -7,9 +7,13 @@ PATH is a .jsonl file or a directory of .jsonl files (truth_*.jsonl of a simulat
 ignored). Labels come from the log itself. Writes, under --out:
   journey_step/       GRU step model: P(purchase in 7 d), P(cart abandoned), expected 90-day revenue,
                       and P(cart abandoned) after 10 min .. 10 h of inactivity (abandon_checks.py)
-  attribution/        the shipped attribution model (--attribution-select: attention by default,
-                      or the lower validation log-loss)
-  attribution_cnn/    the other one (attribution_attention/ when the CNN ships)
+  attribution/        the attribution model: by default (--attribution-method hazard) the additive-hazard
+                      survival model fitted by EM (hazard_mta.py: per-touch effects that decay with the
+                      touch's age, a customer-level baseline, no purchase-path exclusion); with
+                      --attribution-method classifier the P(conversion) classifier of earlier versions
+                      (--attribution-select: attention by default, or the lower validation log-loss)
+  attribution_cnn/    classifier method: the other classifier (attribution_attention/ when the CNN ships);
+                      hazard method with --with-classifiers: attribution_attention/ and attribution_cnn/
 each with model.onnx, metadata.json and fixtures.json.
 """
 from __future__ import annotations
@@ -585,10 +589,11 @@ def attr_feature_doc(path_ms, context):
         "mask": "1.0 for the previous-purchase token and the k touchpoints, 0.0 for padding at the end",
         "journey": "the customer's touchpoints (impression, click, email_open, email_click with a channel) after the "
                    "previous purchase (touchpoints at or before it are spent), at or before the conversion ts, within "
-                   "30 days; oldest first. Touchpoints in the last "
-                   f"{path_ms // 60000} minutes before the conversion are the purchase path (navigational brand clicks, "
-                   "coupon clicks): they are not given to the model and get no deep credit. Of the rest the newest L "
-                   "are kept.",
+                   "30 days; oldest first. " + (
+                       f"Touchpoints in the last {path_ms // 60000} minutes before the conversion are the purchase path "
+                       "(navigational brand clicks, coupon clicks): they are not given to the model and get no deep "
+                       "credit. Of the rest the newest L are kept." if path_ms else
+                       "No purchase-path exclusion: every touchpoint is given to the model (the newest L are kept)."),
         "deep_credit": "credit_i = max(0, P(full) - P(journey with touchpoint i masked)) normalised to sum 1 over the "
                        "touchpoints; if all are 0 (or no touchpoint is older than the purchase path) fall back to time "
                        "decay (7-day half-life) over the whole journey",
@@ -603,7 +608,8 @@ def attr_feature_doc(path_ms, context):
     }
 
 
-def export_attr(model, out_dir, cols, y, is_val, metrics, history, data_desc, path_ms, context, name, other_metrics):
+def export_attr(model, out_dir, cols, y, is_val, metrics, history, data_desc, path_ms, context, name, other_metrics,
+                extra=None):
     os.makedirs(out_dir, exist_ok=True)
     L = D.ATTR_L
     path = os.path.join(out_dir, "model.onnx")
@@ -638,23 +644,93 @@ def export_attr(model, out_dir, cols, y, is_val, metrics, history, data_desc, pa
         "description": "4 converting and 4 non-converting validation journeys, each batch 1 (run together as batch 8 "
                        "for the max_abs_diff). Tolerance: 1e-4 absolute.",
         "max_abs_diff": diff, "fixtures": fixtures})
+    extra = extra or {}
+    p_note = extra.pop("p_conversion_note", "P(the journey ends in a purchase) against journeys cut at random times "
+                                            "with no purchase in the next 7 days")
+    att_note = extra.pop("attention_note", None)
+    enc_extra = extra.pop("feature_encoding", {})
     write_json(os.path.join(out_dir, "metadata.json"), {
         "name": name, "version": VERSION, "architecture": model.kind, "framework": f"pytorch {torch.__version__}",
         "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)", "ops": ops, "size_bytes": os.path.getsize(path)},
         "inputs": [{"name": n, "dtype": "int64" if n in ("channel", "event_type", "campaign_bucket") else "float32",
                     "shape": ["batch", L]} for n in ATTR_INPUTS],
         "outputs": [
-            {"name": "p_conversion", "dtype": "float32", "shape": ["batch", 1],
-             "note": "P(the journey ends in a purchase) against journeys cut at random times with no purchase in the next 7 days"},
+            {"name": "p_conversion", "dtype": "float32", "shape": ["batch", 1], "note": p_note},
             {"name": "attention", "dtype": "float32", "shape": ["batch", L],
-             "note": ("additive attention weights" if model.kind == "attention" else "softmax of a per-position saliency score")
-                     + " normalised over the mask (0 on padding); diagnostic, the deep credit uses removal effects"},
+             "note": att_note or (("additive attention weights" if model.kind == "attention" else "softmax of a per-position saliency score")
+                                  + " normalised over the mask (0 on padding); diagnostic, the deep credit uses removal effects")},
         ],
-        "feature_encoding": attr_feature_doc(path_ms, context),
+        "feature_encoding": {**attr_feature_doc(path_ms, context), **enc_extra},
         "training": {**data_desc, "metrics_validation": metrics, "history": history, "compared_with": other_metrics},
         "parity": {"fixtures_max_abs_diff": diff, "tract_version": tv, "tract_max_abs_diff_vs_onnxruntime": tract_diff},
+        **extra,
     })
     return ops, diff
+
+
+# =============================================================================================
+# Additive-hazard attribution (hazard_mta.py)
+
+
+def train_hazard(lg: D.Log, args, data_desc):
+    import hazard_mta as H
+    t0 = time.time()
+    data = H.build(lg, controls_per_day=args.hazard_controls_per_day, seed=args.seed,
+                   date_at_visit=args.hazard_dating == "visit")
+    log(f"hazard data: {len(data['e']['cust'])} conversions, {len(data['c']['cust'])} control points, "
+        f"{data['e']['X'].nnz + data['c']['X'].nnz} design entries ({data['build_seconds']:.0f} s)")
+    res = H.fit(data, iters=args.hazard_iters, use_multipliers=not args.hazard_no_multipliers,
+                frailty=not args.hazard_no_frailty, covariates=args.hazard_covariates, log=log)
+    fit_s = time.time() - t0
+    S = res.pop("S")
+    model = H.torch_module(S, res["mu"])
+    model.eval()
+    path_ms = args.hazard_path_minutes * 60_000
+    # journeys of the log (as the classifiers see them) for the fixtures and a validation AUC
+    cols, y, custs = build_attr_dataset(lg, args.seed, path_ms, context=False)
+    is_val = split_customers(len(lg.customer_ids), args.seed)[custs]
+    with torch.no_grad():
+        pv = model(*to_tensors(cols, np.flatnonzero(is_val)))[0].squeeze(-1).numpy()
+    m = {"val_auc": auc(y[is_val], pv), "val_logloss": logloss(y[is_val], pv), "em": res,
+         "note": "AUC / log-loss of P(conversion) on the classifiers' validation journeys, for information only: "
+                 "the model is fitted for its effects, not to classify journeys (its P ignores the customer's baseline)"}
+    effects_doc = {}
+    for g in np.flatnonzero(S.sum(1) > 0):
+        ch, et = D.CHANNELS[g // H.NE], D.EVENT_TYPES[g % H.NE]
+        effects_doc[f"{ch}/{et}"] = {f"{h:g}h": float(v) for h, v in zip(H.KNOT_HOURS, S[g])}
+    log("hazard effects (conversions per day at age " + ", ".join(f"{h:g}h" for h in H.KNOT_HOURS) + "):")
+    for k, v in effects_doc.items():
+        log(f"  {k:28s} " + " ".join(f"{x:.5f}" for x in v.values()))
+    adesc = {**data_desc, "method": "additive hazard with customer frailty, EM (models/hazard_mta.py)",
+             "conversions": res["events"], "control_points": res["controls"],
+             "controls_per_day": args.hazard_controls_per_day, "dating": args.hazard_dating,
+             "frailty": not args.hazard_no_frailty, "covariates": args.hazard_covariates,
+             "multipliers": not args.hazard_no_multipliers,
+             "fit_seconds": round(fit_s, 1)}
+    extra = {
+        "p_conversion_note": "1 - exp(-(mu + sum_i e_i) * 1 day): P(a purchase decision within a day) at the journey's "
+                             "modelled hazard without the customer's own propensity (mu = the mean baseline)",
+        "attention_note": "each touchpoint's share of the modelled incremental hazard, e_i / sum e (0 on padding); the "
+                          "deep credit (removal effects) is proportional to exp(e_i) - 1, i.e. to e_i to first order",
+        "feature_encoding": {
+            "deep_credit": "credit_i = max(0, P(full) - P(journey with touchpoint i masked)) normalised to sum 1 over the "
+                           "touchpoints (= (exp(e_i) - 1) / sum_j (exp(e_j) - 1) for this model); if all are 0 fall back "
+                           "to time decay (7-day half-life) over the whole journey",
+            "model": "additive hazard: e_i = sum_k table[channel_i * 12 + event_type_i, k] * hat_k(age_i), hat_k the "
+                     "piecewise-linear hat functions at the knots below (in the age encoding); campaign_bucket and "
+                     "position are not used",
+            "knots_hours": H.KNOT_HOURS,
+            "knots_age": [float(x) for x in H.KNOTS_U],
+            "effects_per_day": effects_doc,
+            "baseline_per_day": res["mu"],
+        },
+    }
+    name = "attribution"
+    ops, diff = export_attr(model, os.path.join(args.out, name), cols, y, is_val, m, [], adesc, path_ms, False, name,
+                            {}, extra=extra)
+    log(f"{name} (additive hazard) exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
+    return {name: {"architecture": "additive_hazard", "metrics": m, "ops": ops, "parity": diff,
+                   "seconds": round(time.time() - t0, 1)}}
 
 
 # =============================================================================================
@@ -675,8 +751,27 @@ def main(argv=None):
     ap.add_argument("--attr-lr", type=float, default=2e-3)
     ap.add_argument("--purchase-path-minutes", type=int, default=30,
                     help="touchpoints this close before a conversion are its purchase path, not inputs (0 = off)")
+    ap.add_argument("--attribution-method", choices=["hazard", "classifier"], default="hazard",
+                    help="hazard (default): additive-hazard survival model with customer frailty fitted by EM over the "
+                         "whole observation time (hazard_mta.py), shipped as attribution/; classifier: the P(conversion) "
+                         "classifiers (attention, CNN) of earlier versions")
+    ap.add_argument("--with-classifiers", action="store_true",
+                    help="with --attribution-method hazard: also train the classifiers, written as attribution_attention/ "
+                         "and attribution_cnn/ (for comparison)")
+    ap.add_argument("--hazard-controls-per-day", type=float, default=2.0, help="case-base control points per customer-day")
+    ap.add_argument("--hazard-iters", type=int, default=300, help="EM iterations (stops earlier when converged)")
+    ap.add_argument("--hazard-dating", choices=["visit", "purchase"], default="visit",
+                    help="date each conversion at the start of its buying visit (default) or at the purchase (ablation)")
+    ap.add_argument("--hazard-no-frailty", action="store_true",
+                    help="ablation: no gamma frailty (the baseline is the covariate model's mean only)")
+    ap.add_argument("--hazard-covariates", choices=["own", "none", "all"], default="own",
+                    help="customer-level covariates of the baseline: own = the rate of visits the customer made on "
+                         "their own (default); none; all = own + the touch rate of every channel (ablation)")
+    ap.add_argument("--hazard-no-multipliers", action="store_true", help="ablation: no cart / time-of-day / post-purchase multipliers")
+    ap.add_argument("--hazard-path-minutes", type=int, default=0,
+                    help="ablation: a purchase-path exclusion for the hazard model too (0 = none, the default)")
     ap.add_argument("--attribution-select", choices=["attention", "cnn", "logloss"], default="attention",
-                    help="which attribution model ships as attribution/ (logloss = lower validation log-loss)")
+                    help="classifiers: which one ships as attribution/ (logloss = lower validation log-loss)")
     ap.add_argument("--no-context", action="store_true", help="no previous-purchase token in the attribution input")
     ap.add_argument("--skip-step", action="store_true", help="only the attribution models")
     ap.add_argument("--skip-attr", action="store_true", help="only the step model")
@@ -708,7 +803,9 @@ def main(argv=None):
         add_checks(os.path.join(args.out, "journey_step"), lg, sd, seed=args.seed)
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
         log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
-    if not args.skip_attr:
+    if not args.skip_attr and args.attribution_method == "hazard":
+        summary.update(train_hazard(lg, args, data_desc))
+    if not args.skip_attr and (args.attribution_method == "classifier" or args.with_classifiers):
         t0 = time.time()
         path_ms = args.purchase_path_minutes * 60_000
         cols, y, custs = build_attr_dataset(lg, args.seed, path_ms, context=not args.no_context)
@@ -730,7 +827,9 @@ def main(argv=None):
                               "why": "the two are within 0.001 validation log-loss; on the truth of a separate selection run "
                                      "(simulator seed 777) the attention model's deep credit has the lower channel-share "
                                      "error (models/README.md), so attention ships by default"}
-        for kind, name in ((winner, "attribution"), (loser, f"attribution_{loser}")):
+        names = ((winner, "attribution"), (loser, f"attribution_{loser}")) if args.attribution_method == "classifier" \
+            else (("attention", "attribution_attention"), ("cnn", "attribution_cnn"))
+        for kind, name in names:
             model, m, hist = res[kind]
             other = {"architecture": (loser if kind == winner else winner),
                      **res[loser if kind == winner else winner][1]}
@@ -739,7 +838,7 @@ def main(argv=None):
             summary[name] = {"architecture": kind, "metrics": m, "ops": ops, "parity": diff}
             log(f"{name} ({kind}) exported (ops {ops}, parity {diff:.2e})")
         stale = os.path.join(args.out, f"attribution_{winner}")
-        if os.path.isdir(stale):
+        if args.attribution_method == "classifier" and os.path.isdir(stale):
             log(f"note: {stale} is from an earlier run where {winner} lost; remove it")
         summary["attribution_seconds"] = round(time.time() - t0, 1)
     summary["total_seconds"] = round(time.time() - t_all, 1)

@@ -192,7 +192,8 @@ mod tests {
         let set = ModelSet::load(&cfg).unwrap().expect("enabled by default");
         assert_eq!(set.step.hidden, 64);
         assert_eq!(set.attribution.len, 64);
-        assert_eq!(set.attribution.purchase_path_ms, 30 * 60_000);
+        // the additive-hazard model reads the whole journey: no purchase-path window
+        assert_eq!(set.attribution.purchase_path_ms, 0);
         assert!(!set.version.is_empty());
         // the CNN variant runs under the same contract
         AttributionModel::load(&ModelFiles::builtin("attribution_cnn", true).unwrap()).unwrap();
