@@ -134,8 +134,10 @@ fn oversize_records_go_to_the_dlq_and_every_partition_goes_on() {
     }
     assert!(log.contains("larger than the broker accepts"), "the isolated record is logged:\n{log}");
     // The conversion too large for its topic is refused before it is sent, while its purchase is
-    // handled: the batch is redone once, without that purchase. One abort in all.
-    assert_eq!(log.matches("aborting the transaction and redoing the batch").count(), 1, "one abort for the poisoned record:\n{log}");
+    // handled: the batch is redone once, without that purchase. One abort, plus at most the epoch
+    // bump librdkafka needs when the abort purged records it had already numbered.
+    let aborts = log.matches("aborting the transaction and redoing the batch").count();
+    assert!((1..=2).contains(&aborts), "{aborts} aborts for the poisoned record:\n{log}");
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 }
