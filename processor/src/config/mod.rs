@@ -43,6 +43,8 @@ pub struct LimitsConfig {
     pub max_field_bytes: usize,
     /// Bytes of the original kept in a DLQ record that cannot hold all of it.
     pub dlq_excerpt_bytes: usize,
+    /// Distinct products in one open cart; a `cart_add` of one more goes to the DLQ (`too_large`).
+    pub max_cart_lines: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -501,6 +503,9 @@ impl Config {
         positive("processing.stall_timeout", self.processing.stall_timeout)?;
         if self.limits.max_field_bytes == 0 || self.limits.max_field_bytes > self.limits.max_record_bytes {
             return Err(key_err("limits.max_field_bytes", "must be > 0 and at most limits.max_record_bytes"));
+        }
+        if self.limits.max_cart_lines == 0 {
+            return Err(key_err("limits.max_cart_lines", "must be > 0"));
         }
         if !(64..=65_536).contains(&self.limits.dlq_excerpt_bytes) {
             return Err(key_err("limits.dlq_excerpt_bytes", "must be between 64 and 65536"));

@@ -343,8 +343,9 @@ impl Processor {
             Some(err) => Err(DecodeError::Invalid(err)),
             None => crate::codec::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
         };
-        let max_field = self.cfg.limits.max_field_bytes;
-        let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field) {
+        let (max_field, max_lines) = (self.cfg.limits.max_field_bytes, self.cfg.limits.max_cart_lines);
+        let engine = self.engines.get(&p);
+        let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field).or_else(|| poison::oversize_cart(engine, &ev, max_lines)) {
             Some(err) => Err(DecodeError::Invalid(err)),
             None => Ok(ev),
         });

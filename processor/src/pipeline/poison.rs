@@ -52,6 +52,21 @@ pub fn oversize_field(ev: &Event<'_>, max: usize) -> Option<InvalidEvent> {
     })
 }
 
+/// A `cart_add` of a new product to a cart that already holds `max` distinct products, as an error.
+pub fn oversize_cart(engine: Option<&crate::engine::PartitionEngine>, ev: &Event<'_>, max: usize) -> Option<InvalidEvent> {
+    if ev.event_type != crate::event::EventType::CartAdd {
+        return None;
+    }
+    let cart = engine?.customer(&ev.customer_id)?.cart.as_ref()?;
+    let product = ev.product_id.as_deref().unwrap_or("unknown");
+    (cart.lines.len() >= max && !cart.lines.iter().any(|l| &*l.product_id == product)).then(|| InvalidEvent::TooLarge {
+        what: "the open cart".into(),
+        bytes: cart.lines.len() + 1,
+        limit: max,
+        key: "limits.max_cart_lines (distinct products, not bytes)",
+    })
+}
+
 /// A record over `limits.max_record_bytes`, as an error.
 pub fn oversize_record(key: Option<&[u8]>, payload: &[u8], max: usize) -> Option<InvalidEvent> {
     let bytes = key.map_or(0, <[u8]>::len) + payload.len();
@@ -225,6 +240,30 @@ mod tests {
         // A paused partition (waiting for the registry) is not stuck; one that moves is released.
         assert_eq!(w.observe(&[(0, 50, 5), (1, 41, 6), (2, 9, 0)], |p| p == 0, at(9), 2 * minute), (vec![], vec![(1, 41)]));
         assert!(w.stuck.is_empty());
+    }
+
+    #[test]
+    fn a_cart_takes_at_most_its_limit_of_distinct_products() {
+        use crate::engine::{EngineConfig, PartitionEngine};
+        let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };
+        let mut engine = PartitionEngine::new(0, EngineConfig::default());
+        let add =
+            |n: u32, product: &str| format!(r#"{{"event_id":"e{n}","customer_id":"u","ts":{n},"event_type":"cart_add","product_id":"{product}","value":1}}"#);
+        let mut out = Vec::new();
+        for (n, product) in ["a", "b", "c"].iter().enumerate() {
+            let json = add(n as u32, product);
+            let ev = crate::event::decode(Some(b"u"), json.as_bytes(), &check).unwrap();
+            assert!(oversize_cart(Some(&engine), &ev, 3).is_none());
+            engine.process(&ev, &mut out);
+        }
+        let (more, again) = (add(9, "d"), add(10, "a"));
+        let more = crate::event::decode(Some(b"u"), more.as_bytes(), &check).unwrap();
+        let again = crate::event::decode(Some(b"u"), again.as_bytes(), &check).unwrap();
+        let err = oversize_cart(Some(&engine), &more, 3).expect("a fourth product");
+        assert_eq!(err.kind(), "too_large");
+        assert!(err.to_string().contains("limits.max_cart_lines"), "{err}");
+        assert!(oversize_cart(Some(&engine), &again, 3).is_none(), "more of a product already in the cart");
+        assert!(oversize_cart(None, &more, 3).is_none());
     }
 
     #[test]
