@@ -34,7 +34,7 @@ if ! command -v promtool >/dev/null; then
   SUDO=$([[ $(id -u) == 0 ]] && echo "" || echo sudo)
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  promtool --version | head -1
+  promtool --version >/dev/null && echo "promtool installed"
 fi
 
 section "Starting Kafka and the schema registry"
