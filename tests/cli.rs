@@ -70,8 +70,14 @@ fn one_response(status_line: &'static str) -> String {
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            // Read the whole request head before answering and closing.
+            let (mut buf, mut len) = ([0u8; 1024], 0);
+            while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf[len..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+            }
             let _ = write!(s, "{status_line}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });

@@ -51,7 +51,8 @@ fn probe(args: &ProbeArgs) -> Result<bool> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", args.path, args.addr)?;
+    // One write: a server may answer and close as soon as the request head is complete.
+    s.write_all(format!("GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", args.path, args.addr).as_bytes())?;
     let mut head = [0u8; 32];
     let n = s.read(&mut head)?;
     Ok(head[..n].starts_with(b"HTTP/1.1 200"))

@@ -4,10 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use toml::Value;
 
 use crate::time::Span;
+
+mod secrets;
+use secrets::masked_properties;
+pub use secrets::{is_secret_property, Secret, MASK};
 
 /// The embedded defaults: every key the processor reads.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -223,44 +227,6 @@ pub struct RegistryConfig {
     pub retry_max: Span,
     /// Register the output schemas at start (else they must already be registered).
     pub auto_register: bool,
-}
-
-/// A string that is never printed (`check-config`, logs).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-/// What a secret is printed as.
-pub const MASK: &str = "***";
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", if self.0.is_empty() { "" } else { MASK })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { MASK })
-    }
-}
-
-/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
-/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...). Paths to files (`*.location`) are not.
-pub fn is_secret_property(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    !n.ends_with(".location") && (n.contains("password") || n.contains("secret") || n.contains("key") || n.contains("jaas") || n == "sasl.oauthbearer.config")
-}
-
-fn masked_properties<S: Serializer>(props: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(props.iter().map(|(k, v)| (k, if is_secret_property(k) { MASK } else { v.as_str() })))
-}
-
-impl Config {
-    /// The configuration as TOML that `--config` reads back, every secret masked.
-    pub fn to_toml_masked(&self) -> String {
-        toml::to_string(self).expect("the configuration serialises to TOML")
-    }
 }
 
 /// Wire format of each topic.
