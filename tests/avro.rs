@@ -407,8 +407,7 @@ fn the_start_waits_for_an_unavailable_registry_and_says_so() {
     let p = producer();
     send_raw(&p, &topics.events, 0, Some(b"eve"), event("e1", "eve", t, "purchase", r#","value":5.0"#).as_bytes(), None);
     flush(&p);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(proc.log().contains("schema registry unavailable"), "{}", proc.log());
+    assert!(wait_for_log(&proc, "schema registry unavailable", Duration::from_secs(30)), "{}", proc.log());
     up.store(true, Ordering::Release);
     wait_logged(Some(&proc), "ready", Duration::from_secs(60), || get(&http, "/readyz").0 == 200);
     let conversions = read_until(&topics.conversions, Duration::from_secs(60), |r| !r.is_empty());

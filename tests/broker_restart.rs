@@ -15,8 +15,8 @@ fn broker_restart_mid_stream() {
     create_topic(&topics.events, 4);
     produce_stream(&topics.events, 6_000, 21, 0.0);
     let mut proc = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
-    // let it get going, then restart the broker underneath it
-    std::thread::sleep(Duration::from_secs(8));
+    // let it get going (a first commit), then restart the broker underneath it
+    wait_until("a first commit", Duration::from_secs(60), Some(&proc), || committed_total(&topics) > 0);
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let status = Command::new("bash").arg("scripts/kafka.sh").arg("restart-broker").current_dir(root).status().expect("restart the broker");
     assert!(status.success(), "broker restarted");

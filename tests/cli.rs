@@ -13,9 +13,9 @@ fn bad_config_fails_at_start_naming_the_key() {
     assert!(!ok);
     assert!(out.contains("lookbak"), "{out}");
 
-    let (ok, out) = touchstream(&["run"], &[("TOUCHSTREAM__ALERTS__INACTIVITY_TIMEOUT", "half an hour")]);
+    let (ok, out) = touchstream(&["run"], &[("TOUCHSTREAM__ALERTS__TARGET_DELAY", "half an hour")]);
     assert!(!ok);
-    assert!(out.contains("alerts.inactivity_timeout"), "{out}");
+    assert!(out.contains("alerts.target_delay"), "{out}");
 
     let (ok, out) = touchstream(&["run", "--set", "topics.partitions=0"], &[]);
     assert!(!ok);

@@ -95,10 +95,12 @@ fn a_resumed_zombie_is_fenced() {
         std::thread::spawn(move || produce_stream(&t, 10_000, 13, 20.0))
     };
     let zombie = Processor::start_as(&topics, "same", EOS_SETTINGS, &[]);
-    std::thread::sleep(Duration::from_secs(6));
+    wait_until("the first replica's first commit", Duration::from_secs(60), Some(&zombie), || committed_total(&topics) > 0);
     signal(&zombie, "STOP");
     let successor = Processor::start_as(&topics, "same", EOS_SETTINGS, &[]);
-    std::thread::sleep(Duration::from_secs(10)); // the zombie's session expires; the successor takes over
+    // the zombie's session expires and the successor takes over: commits move while the zombie is stopped
+    let before = committed_total(&topics);
+    wait_until("the successor's commits", Duration::from_secs(90), Some(&successor), || committed_total(&topics) > before);
     signal(&zombie, "CONT");
     let mut zombie = zombie;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -129,10 +131,13 @@ fn scaling_one_three_one() {
         std::thread::spawn(move || produce_stream(&t, 12_000, 14, 24.0))
     };
     let a = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
-    std::thread::sleep(Duration::from_secs(6));
+    wait_until("a's first commit", Duration::from_secs(60), Some(&a), || committed_total(&topics) > 0);
     let b = Processor::start_as(&topics, "b", EOS_SETTINGS, &[]);
     let c = Processor::start_as(&topics, "c", EOS_SETTINGS, &[]);
-    std::thread::sleep(Duration::from_secs(10));
+    // both joined, own partitions, and the group moved on after the rebalance
+    wait_until("b and c own partitions", Duration::from_secs(90), Some(&b), || owns_partitions(&b) && owns_partitions(&c));
+    let before = committed_total(&topics);
+    wait_until("commits after the scale-out", Duration::from_secs(90), Some(&b), || committed_total(&topics) > before);
     for p in [b, c] {
         let (status, log) = p.stop();
         assert!(status.success(), "{log}");

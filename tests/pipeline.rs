@@ -96,7 +96,10 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
 
     let http = free_addr();
     // the rules contract (models off); tests/models.rs covers the models on the broker
-    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http), ("models.enabled", "false")]);
+    let proc = Processor::start(
+        &topics,
+        &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http), ("models.enabled", "false"), ("alerts.target_delay", "30m")],
+    );
 
     // ---- conversions: every credit column equals the hand-computed value
     let expected_conversions = 10;

@@ -148,6 +148,10 @@ async fn start_http(cfg: &Config, health: Arc<Health>) -> Result<()> {
             metrics_exporter_prometheus::Matcher::Full("touchstream_inference_seconds".into()),
             &[0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05],
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("touchstream_score_probability".into()),
+            &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
     if cfg.http.enabled {
@@ -198,7 +202,10 @@ fn main() -> Result<()> {
         Command::CheckConfig(args) => {
             let cfg = args.load()?;
             print!("{}", cfg.to_toml_masked());
-            if let Some(m) = touchstream::inference::ModelSet::load(&cfg.models).context("config section `models`")? {
+            let models = touchstream::inference::ModelSet::load(&cfg.models).context("config section `models`")?;
+            let engine_cfg = touchstream::engine::EngineConfig::from_config(&cfg);
+            touchstream::alerts::Policy::check(&engine_cfg, models.as_deref()).context("config section `alerts`")?;
+            if let Some(m) = models {
                 eprintln!("models ok: {} (step {}, attribution {})", m.version, m.step.meta.name, m.attribution.meta.name);
             }
             eprintln!("config ok");

@@ -74,6 +74,10 @@ pub struct ConversionRecord {
     /// How `deep` was computed: `removal_effect`, `shapley`, or `time_decay_fallback` (the model
     /// saw no lift, or no touchpoint lies before the purchase path); null without models.
     pub deep_method: Option<&'static str>,
+    /// The share of the conversion that deep credit leaves to the customer's own baseline (what
+    /// the journey without any touchpoint explains): the touchpoints' `deep` sum to 1 minus this.
+    /// Null without models, on a fallback, or for a model without a baseline share.
+    pub deep_baseline: Option<f64>,
     /// The attribution model's P(conversion) of the journey.
     pub conversion_probability: Option<f64>,
     /// The step model's expected value of the customer's next 90 days, after this purchase.
@@ -108,13 +112,18 @@ pub struct AlertRecord {
     pub currency: Option<String>,
     pub items: Vec<CartItem>,
     pub last_activity_ts: Millis,
-    /// `model` (P(abandon) crossed the threshold at the inactivity check) or `inactivity_timeout`.
+    /// `model` (P(abandon) cleared the alert policy's threshold at an inactivity check),
+    /// `safety_net` (with models: the model did not alert by `alerts.safety_net`) or
+    /// `inactivity_timeout` (without models: idle for `alerts.target_delay`).
     pub reason: &'static str,
     pub abandonment_probability: Option<f64>,
     /// P(purchase within 7 days) from the step model.
     pub conversion_probability: Option<f64>,
     pub top_touchpoints: Vec<TopTouchpoint>,
     pub recommended_action: String,
+    /// Cart value x P(abandon) x `alerts.recovery_rate`: what a message may win back (null
+    /// without a probability).
+    pub expected_recoverable_value: Option<f64>,
     pub model_version: Option<String>,
 }
 
@@ -240,7 +249,9 @@ mod schema_tests {
         let alert = schema(include_str!("../../schemas/cart_abandonment_alert.avsc"));
         let channels = schema(include_str!("../../schemas/attribution_channel_window.avsc"));
         let scores = schema(include_str!("../../schemas/customer_score.avsc"));
-        let cfg = EngineConfig::default().with_models(models.then(crate::inference::test_models));
+        // a threshold every check clears: the model alerts at its first check
+        let cfg = EngineConfig { target_delay: 30 * 60_000, abandon_threshold: Some(0.0), ..EngineConfig::default() }
+            .with_models(models.then(crate::inference::test_models));
         let mut engine = PartitionEngine::new(0, cfg);
         let mut out = Vec::new();
         let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram};
 
-use crate::event::{EventType, InvalidEvent};
+use crate::event::{Channel, EventType, InvalidEvent};
+use crate::output::{AlertRecord, ConversionRecord, ScoreRecord};
+
+/// The `method` label of the credit counter: the five rules, then deep credit.
+pub const CREDIT_METHODS: [&str; 6] = ["time_decay", "last_touch", "first_touch", "linear", "position_based", "deep"];
 
 pub struct Telemetry {
     events: Vec<Counter>,
@@ -14,6 +18,12 @@ pub struct Telemetry {
     late: Counter,
     conversions: Counter,
     alerts: Counter,
+    alerts_safety_net: Counter,
+    /// Channel x method (`CREDIT_METHODS`).
+    credited: Vec<Counter>,
+    alert_probability: Histogram,
+    score_purchase: Histogram,
+    score_abandon: Histogram,
     window_updates: Counter,
     late_window_drops: Gauge,
     batch_seconds: Histogram,
@@ -55,6 +65,14 @@ impl Telemetry {
         describe_counter!("touchstream_late_events_total", "Events that arrived behind their partition's watermark");
         describe_counter!("touchstream_conversions_total", "Conversion records written");
         describe_counter!("touchstream_alerts_total", "Cart-abandonment alerts written");
+        describe_counter!(
+            "touchstream_credited_conversions_millis_total",
+            "Conversions credited to each channel by each method, in thousandths of a conversion (channel shares = a channel's rate / the sum)"
+        );
+        describe_histogram!(
+            "touchstream_score_probability",
+            "Model probabilities: purchase and abandon on written scores (abandon with an open cart), alert_abandon on alerts"
+        );
         describe_counter!("touchstream_channel_window_updates_total", "Channel window totals written");
         describe_gauge!("touchstream_late_window_contributions", "Contributions dropped because their window had closed");
         describe_histogram!("touchstream_commit_seconds", "Time to flush outputs and commit offsets");
@@ -98,6 +116,16 @@ impl Telemetry {
             conversions: counter!("touchstream_conversions_total"),
             alerts: counter!("touchstream_alerts_total", "reason" => "inactivity_timeout"),
             alerts_model: counter!("touchstream_alerts_total", "reason" => "model"),
+            alerts_safety_net: counter!("touchstream_alerts_total", "reason" => "safety_net"),
+            credited: Channel::ALL
+                .iter()
+                .flat_map(|c| {
+                    CREDIT_METHODS.iter().map(move |m| counter!("touchstream_credited_conversions_millis_total", "channel" => c.as_str(), "method" => *m))
+                })
+                .collect(),
+            alert_probability: histogram!("touchstream_score_probability", "score" => "alert_abandon"),
+            score_purchase: histogram!("touchstream_score_probability", "score" => "purchase"),
+            score_abandon: histogram!("touchstream_score_probability", "score" => "abandon"),
             scores: counter!("touchstream_scores_total"),
             inference_step: histogram!("touchstream_inference_seconds", "model" => "step"),
             inference_deep: histogram!("touchstream_inference_seconds", "model" => "attribution"),
@@ -142,22 +170,43 @@ impl Telemetry {
         tracing::warn!(kind = err.kind(), %topic, partition, offset, reason = %err, "invalid event sent to the DLQ");
     }
 
+    /// A conversion written; its credit per channel and method goes to
+    /// `touchstream_credited_conversions_millis_total` (thousandths of a conversion), from which a
+    /// dashboard reads channel shares per method.
     #[inline]
-    pub fn conversion(&self) {
+    pub fn conversion(&self, c: &ConversionRecord) {
         self.conversions.increment(1);
-    }
-
-    #[inline]
-    pub fn alert(&self, reason: &str) {
-        if reason == "model" {
-            self.alerts_model.increment(1);
-        } else {
-            self.alerts.increment(1);
+        for t in &c.touchpoints {
+            let row = t.channel.index() * CREDIT_METHODS.len();
+            let rules = [t.time_decay, t.last_touch, t.first_touch, t.linear, t.position_based];
+            for (m, credit) in rules.into_iter().chain(t.deep).enumerate() {
+                self.credited[row + m].increment((credit * 1000.0).round().max(0.0) as u64);
+            }
         }
     }
 
-    pub fn scores(&self, n: usize) {
-        self.scores.increment(n as u64);
+    /// An alert written, by reason; its P(abandon) goes to the score histogram.
+    #[inline]
+    pub fn alert(&self, a: &AlertRecord) {
+        if let Some(p) = a.abandonment_probability {
+            self.alert_probability.record(p);
+        }
+        match a.reason {
+            "model" => self.alerts_model.increment(1),
+            "safety_net" => self.alerts_safety_net.increment(1),
+            _ => self.alerts.increment(1),
+        }
+    }
+
+    /// Score records about to be written, and their distribution.
+    pub fn scores(&self, records: &[ScoreRecord]) {
+        self.scores.increment(records.len() as u64);
+        for r in records {
+            self.score_purchase.record(r.purchase_probability);
+            if r.cart_open {
+                self.score_abandon.record(r.abandonment_probability);
+            }
+        }
     }
 
     /// Model work since the last report.
@@ -217,12 +266,12 @@ impl Telemetry {
 
     pub fn assigned(&self, partitions: &[(String, i32)]) {
         self.rebalances.increment(1);
-        tracing::info!(?partitions, "partitions assigned");
+        tracing::info!(count = partitions.len(), partitions = %partition_list(partitions), "partitions assigned");
     }
 
     pub fn revoked(&self, partitions: &[(String, i32)]) {
         self.rebalances.increment(1);
-        tracing::info!(?partitions, "partitions revoked; their state is dropped");
+        tracing::info!(count = partitions.len(), partitions = %partition_list(partitions), "partitions revoked; their state is dropped");
     }
 
     pub fn aborted(&self, why: &str) {
@@ -324,4 +373,24 @@ impl Telemetry {
     pub fn bad_partial(&self, partition: i32, offset: i64, message: &str) {
         tracing::error!(partition, offset, %message, "unreadable record on the internal partials topic; skipped");
     }
+}
+
+/// `topic:0,1,2` per topic (one field in JSON logs a log query can split), instead of a Debug list.
+fn partition_list(partitions: &[(String, i32)]) -> String {
+    let mut out = String::new();
+    let mut topic: Option<&str> = None;
+    for (t, p) in partitions {
+        if topic != Some(t.as_str()) {
+            if topic.is_some() {
+                out.push(' ');
+            }
+            out.push_str(t);
+            out.push(':');
+            topic = Some(t);
+        } else {
+            out.push(',');
+        }
+        out.push_str(&p.to_string());
+    }
+    out
 }

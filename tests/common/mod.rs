@@ -479,3 +479,35 @@ impl Lcg {
         self.next() % n
     }
 }
+
+/// Polls `cond` until it holds; panics naming `what`, with the processor's log, after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, proc: Option<&Processor>, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", proc.map(|p| p.log()).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether the processor logs `needle` within `timeout`.
+pub fn wait_for_log(proc: &Processor, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if proc.log().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Input records the group has committed past, over every partition of the events topic.
+pub fn committed_total(topics: &Topics) -> i64 {
+    let parts: Vec<i32> = end_offsets(&topics.events).iter().map(|(p, _)| *p).collect();
+    committed_offsets(&topics.group, &topics.events, &parts).iter().map(|(_, o)| (*o).max(0)).sum()
+}
+
+/// Whether a replica's log shows it was assigned at least one partition.
+pub fn owns_partitions(proc: &Processor) -> bool {
+    proc.log().lines().any(|l| l.contains("partitions assigned") && !l.contains("count=0"))
+}

@@ -50,12 +50,14 @@ pub(crate) fn convert(
     credits::assign(&scratch.ts, cfg.half_life, &mut scratch.credits);
     let mut deep_method = None;
     let mut conversion_probability = None;
+    let mut deep_baseline = None;
     let with_models = scoring.is_some();
     if let Some(s) = scoring {
         let fallback: Vec<f64> = scratch.credits.iter().map(|c| c.0[0]).collect();
         let d = s.deep_credit(customer, &scratch.idx, conv_ts, &fallback, scoring::seed_of(&ev.event_id), &mut scratch.deep);
         deep_method = Some(d.method);
         conversion_probability = d.p_conversion;
+        deep_baseline = d.baseline;
     }
     let mut touchpoints = Vec::with_capacity(scratch.idx.len().max(1));
     for (n, (&i, c)) in scratch.idx.iter().zip(&scratch.credits).enumerate() {
@@ -90,6 +92,7 @@ pub(crate) fn convert(
         currency,
         touchpoints,
         deep_method,
+        deep_baseline,
         conversion_probability,
         expected_future_value: None,
         model_version: None,

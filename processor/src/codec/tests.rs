@@ -217,6 +217,7 @@ fn outputs_round_trip_through_their_schemas() {
         currency: Some("EUR".into()),
         touchpoints: vec![CreditedTouchpoint::direct(9000, Some(1.0))],
         deep_method: Some("time_decay_fallback"),
+        deep_baseline: None,
         conversion_probability: Some(0.25),
         expected_future_value: Some(12.5),
         model_version: Some("v1".into()),

@@ -139,13 +139,22 @@ pub struct AttributionConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    pub inactivity_timeout: Span,
-    /// With models: the inactivity after which P(abandon) is read.
+    /// How soon after a cart's last activity alerts should come: with models, the step model's
+    /// alert policy for this target (the largest `alert_policies` target at or below it in its
+    /// metadata); without models, the rule alerts every cart idle this long.
+    pub target_delay: Span,
+    /// With models: carts the model has not alerted by this inactivity alert with reason
+    /// `safety_net` ("0s": off).
+    pub safety_net: Span,
+    /// With a step model without a re-check head: the inactivity after which P(abandon) is read.
     pub model_check: Span,
-    /// With models: alert at a check when P(abandon) >= this.
-    pub abandon_threshold: f64,
-    /// With a re-check schedule: the threshold of its last check instead.
-    pub last_check_threshold: f64,
+    /// Instead of the model's policies: this threshold at every check of its re-check head up to
+    /// `target_delay` (or at `model_check` for a model without a head, where it is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandon_threshold: Option<f64>,
+    /// `expected_recoverable_value` of an alert = cart value x P(abandon) x this (the share of
+    /// abandoned carts a message wins back; measure it with a holdout group).
+    pub recovery_rate: f64,
     /// `recommended_action` tiers, first match wins.
     pub actions: Vec<ActionTier>,
 }
@@ -404,19 +413,26 @@ impl Config {
             return Err(key_err("journey.max_touchpoints", "must be between 1 and 1024"));
         }
         positive("journey.customer_ttl", self.journey.customer_ttl)?;
-        if self.journey.customer_ttl < self.alerts.inactivity_timeout {
-            return Err(key_err("journey.customer_ttl", "must be at least alerts.inactivity_timeout, or carts would be forgotten before they alert"));
+        if self.journey.customer_ttl < self.alerts.target_delay.max(self.alerts.safety_net) {
+            return Err(key_err(
+                "journey.customer_ttl",
+                "must be at least alerts.target_delay and alerts.safety_net, or carts would be forgotten before they alert",
+            ));
         }
         positive("attribution.time_decay_half_life", self.attribution.time_decay_half_life)?;
         positive("attribution.window", self.attribution.window)?;
         non_negative("attribution.window_retention", self.attribution.window_retention)?;
-        positive("alerts.inactivity_timeout", self.alerts.inactivity_timeout)?;
+        positive("alerts.target_delay", self.alerts.target_delay)?;
+        non_negative("alerts.safety_net", self.alerts.safety_net)?;
+        if self.alerts.safety_net.ms() > 0 && self.alerts.safety_net < self.alerts.target_delay {
+            return Err(key_err("alerts.safety_net", "must be at least alerts.target_delay (or 0s: off)"));
+        }
         positive("alerts.model_check", self.alerts.model_check)?;
-        if !(0.0..=1.0).contains(&self.alerts.abandon_threshold) {
+        if self.alerts.abandon_threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
             return Err(key_err("alerts.abandon_threshold", "must be between 0 and 1"));
         }
-        if !(0.0..=1.0).contains(&self.alerts.last_check_threshold) {
-            return Err(key_err("alerts.last_check_threshold", "must be between 0 and 1"));
+        if !(0.0..=1.0).contains(&self.alerts.recovery_rate) {
+            return Err(key_err("alerts.recovery_rate", "must be between 0 and 1"));
         }
         if self.alerts.actions.is_empty() {
             return Err(key_err("alerts.actions", "needs at least one tier"));
@@ -549,8 +565,11 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str, from_env: bool) -> Res
     }
     let table = node.as_table_mut().ok_or_else(|| key_err(&dotted, "is not a table"))?;
     let last = if passthrough && from_env { last.replace('_', ".") } else { last };
+    // optional keys without a default that are not strings
+    const OPTIONAL_NUMBERS: [&str; 1] = ["alerts.abandon_threshold"];
     let value = match table.get(&last) {
         _ if passthrough => Value::String(raw.to_string()),
+        None if OPTIONAL_NUMBERS.contains(&dotted.as_str()) => raw.trim().parse::<f64>().map(Value::Float).unwrap_or_else(|_| Value::String(raw.to_string())),
         Some(Value::String(_)) | None => Value::String(raw.to_string()),
         Some(_) => format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_string())),
     };

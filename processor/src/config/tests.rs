@@ -14,7 +14,8 @@ fn defaults_are_complete_and_valid() {
     assert_eq!(c.topics.events, "touchstream.events");
     assert_eq!(c.journey.max_touchpoints, 64);
     assert_eq!(c.attribution.time_decay_half_life.ms(), 7 * 86_400_000);
-    assert_eq!(c.alerts.inactivity_timeout.ms(), 30 * 60_000);
+    assert_eq!(c.alerts.target_delay.ms(), 2 * 3_600_000);
+    assert_eq!(c.alerts.safety_net.ms(), 24 * 3_600_000);
 }
 
 #[test]
@@ -73,8 +74,13 @@ fn errors_name_the_key() {
     assert!(e.contains("formats.events"), "{e}");
     let e = load(None, &[], &[("formats.alerts", "avro"), ("registry.url", "registry:8081")]).unwrap_err().to_string();
     assert!(e.contains("registry.url"), "{e}");
-    let e = load(None, &[("TOUCHSTREAM__ALERTS__LAST_CHECK_THRESHOLD", "1.5")], &[]).unwrap_err().to_string();
-    assert!(e.contains("alerts.last_check_threshold"), "{e}");
+    let e = load(None, &[("TOUCHSTREAM__ALERTS__ABANDON_THRESHOLD", "1.5")], &[]).unwrap_err().to_string();
+    assert!(e.contains("alerts.abandon_threshold"), "{e}");
+    let e = load(None, &[], &[("alerts.safety_net", "1h")]).unwrap_err().to_string();
+    assert!(e.contains("alerts.safety_net"), "{e}");
+    // the key of earlier versions is refused by name
+    let e = load(None, &[], &[("alerts.inactivity_timeout", "30m")]).unwrap_err().to_string();
+    assert!(e.contains("inactivity_timeout"), "{e}");
 }
 
 #[test]

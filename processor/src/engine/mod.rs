@@ -45,10 +45,12 @@ pub struct EngineConfig {
     pub half_life: Millis,
     pub window: Millis,
     pub window_retention: Millis,
-    pub inactivity_timeout: Millis,
+    pub target_delay: Millis,
+    /// 0: off.
+    pub safety_net: Millis,
     pub model_check: Millis,
-    pub abandon_threshold: f64,
-    pub last_check_threshold: f64,
+    pub abandon_threshold: Option<f64>,
+    pub recovery_rate: f64,
     pub actions: Arc<[ActionTier]>,
     pub allowed_lateness: Millis,
     pub scores_min_change: f64,
@@ -66,10 +68,11 @@ impl EngineConfig {
             half_life: c.attribution.time_decay_half_life.ms(),
             window: c.attribution.window.ms(),
             window_retention: c.attribution.window_retention.ms(),
-            inactivity_timeout: c.alerts.inactivity_timeout.ms(),
+            target_delay: c.alerts.target_delay.ms(),
+            safety_net: c.alerts.safety_net.ms(),
             model_check: c.alerts.model_check.ms(),
             abandon_threshold: c.alerts.abandon_threshold,
-            last_check_threshold: c.alerts.last_check_threshold,
+            recovery_rate: c.alerts.recovery_rate,
             actions: c.alerts.actions.clone().into(),
             allowed_lateness: c.event_time.allowed_lateness.ms(),
             scores_min_change: c.scores.min_change,
@@ -120,6 +123,8 @@ pub struct PartitionEngine {
     next_sweep: Millis,
     scratch: Scratch,
     scoring: Option<Scoring>,
+    /// When carts alert, for the models in `scoring`.
+    policy: alerts::Policy,
     /// Customers changed since the last changelog drain.
     changed: Vec<Box<str>>,
     /// Customers forgotten since the last changelog drain.
@@ -130,6 +135,15 @@ pub struct PartitionEngine {
     pub late_events: u64,
     /// Customers forgotten after the TTL.
     pub expired_customers: u64,
+}
+
+/// The alert policy for `scoring`'s models; a policy that does not resolve (checked at start and
+/// before a reload, so not expected here) leaves the rule alone.
+fn policy_for(cfg: &EngineConfig, scoring: Option<&Scoring>, partition: i32) -> alerts::Policy {
+    alerts::Policy::resolve(cfg, scoring.map(|s| &*s.set)).unwrap_or_else(|e| {
+        tracing::error!(error = %e, partition, "no alert policy for these models; only the rule alerts");
+        alerts::Policy { checks: Vec::new(), rule: Some((cfg.safety_net.max(cfg.target_delay), "safety_net")) }
+    })
 }
 
 impl PartitionEngine {
@@ -143,7 +157,9 @@ impl PartitionEngine {
         });
         let mut windows = ChannelWindows::new(cfg.window, cfg.window_retention);
         windows.deep = scoring.is_some();
+        let policy = policy_for(&cfg, scoring.as_ref(), partition);
         PartitionEngine {
+            policy,
             partition,
             windows,
             watermark: Watermark::new(cfg.allowed_lateness),
@@ -223,6 +239,7 @@ impl PartitionEngine {
         }
         self.cfg.models = models;
         self.windows.deep = next.is_some();
+        self.policy = policy_for(&self.cfg, next.as_ref(), self.partition);
         self.scoring = next;
         Ok(reset)
     }
@@ -259,8 +276,8 @@ impl PartitionEngine {
 
     /// When the customer's open cart may next need attention: the model's next inactivity check
     /// or the timeout rule.
-    fn next_due(&self, cart: &Cart) -> Millis {
-        alerts::next_due(&self.cfg, self.scoring.as_ref(), cart)
+    fn next_due(&self, cart: &Cart) -> Option<Millis> {
+        alerts::next_due(&self.policy, cart)
     }
 
     /// Processes one valid event of this partition.
@@ -299,8 +316,9 @@ impl PartitionEngine {
                 self.windows.add_touchpoint(ev.ts, ev.channel.unwrap_or(Channel::Other), wm);
             }
             EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart if customer.apply_cart(ev) => {
-                let due = alerts::next_due(cfg, self.scoring.as_ref(), customer.cart.as_ref().expect("just opened"));
-                self.timers.push(Reverse((due, key.into())));
+                if let Some(due) = alerts::next_due(&self.policy, customer.cart.as_ref().expect("just opened")) {
+                    self.timers.push(Reverse((due, key.into())));
+                }
             }
             EventType::Purchase => {
                 conversion = Some(conversion::convert(ev, customer, cfg, &mut self.scratch, self.scoring.as_mut()));
@@ -349,31 +367,32 @@ impl PartitionEngine {
             if cart.alerted {
                 return None;
             }
-            let deadline = cart.deadline(self.cfg.inactivity_timeout);
-            match alerts::next_check(&self.cfg, self.scoring.as_ref(), cart) {
-                Some((at, k)) if at <= now && at <= deadline => self.model_check(key, at, k, out),
-                _ if deadline <= now => {
-                    self.alert(key, deadline, "inactivity_timeout", out);
-                    return None;
-                }
-                _ => return Some(self.next_due(cart)),
+            let rule = alerts::deadline(&self.policy, cart);
+            match alerts::next_check(&self.policy, cart) {
+                Some((at, k)) if at <= now && rule.map_or(true, |(deadline, _)| at <= deadline) => self.model_check(key, at, k, out),
+                _ => match rule {
+                    Some((deadline, reason)) if deadline <= now => {
+                        self.alert(key, deadline, reason, out);
+                        return None;
+                    }
+                    _ => return self.next_due(cart),
+                },
             }
         }
     }
 
-    /// The model's inactivity check `k` of the customer's open cart: alert when P(abandon) for
-    /// this inactivity (the re-check head's column `k`, or `p_abandon`) reaches the threshold.
+    /// The policy's inactivity check `k` of the customer's open cart: alert when P(abandon) for
+    /// this inactivity (the re-check head's column, or `p_abandon`) reaches the check's threshold.
     fn model_check(&mut self, key: &str, check_at: Millis, k: usize, out: &mut Vec<Output>) {
         self.flush_for(key);
+        let check = self.policy.checks[k];
         let Some(customer) = self.customers.get_mut(key) else { return };
-        let p = customer.model.as_ref().map(|m| f64::from(alerts::abandon_probability(m, k)));
+        let p = customer.model.as_ref().map(|m| f64::from(alerts::abandon_probability(m, check.column)));
         let Some(cart) = customer.cart.as_mut() else { return };
         cart.model_checked = cart.last_activity_ts;
         cart.checks_done = u8::try_from(k + 1).unwrap_or(u8::MAX);
         self.mark_changed(key);
-        let checks = self.scoring.as_ref().map_or(0, |s| s.set.step.checks_ms.len());
-        let threshold = if checks > 1 && k + 1 == checks { self.cfg.last_check_threshold } else { self.cfg.abandon_threshold };
-        if p.is_some_and(|p| p >= threshold) {
+        if p.is_some_and(|p| p >= check.threshold) {
             self.alert(key, check_at, "model", out);
         }
     }
@@ -382,7 +401,7 @@ impl PartitionEngine {
         self.flush_for(key);
         self.mark_changed(key);
         let customer = self.customers.get_mut(key).expect("present");
-        out.push(Output::Alert(alerts::build_alert(key, customer, alert_ts, reason, &self.cfg, &mut self.scratch, self.scoring.as_mut())));
+        out.push(Output::Alert(alerts::build_alert(key, customer, (alert_ts, reason), &self.cfg, &self.policy, &mut self.scratch, self.scoring.as_mut())));
     }
 
     /// No input for the idle period: move the watermark to wall clock minus the allowed lateness.

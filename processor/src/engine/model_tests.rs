@@ -109,7 +109,7 @@ fn outputs_do_not_depend_on_inference_batching() {
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
     let run = |flush_each: bool| {
         // thresholds low enough that the model alerts too, beside the rule
-        let cfg = EngineConfig { abandon_threshold: 0.8, last_check_threshold: 0.8, ..EngineConfig::default() };
+        let cfg = EngineConfig { abandon_threshold: Some(0.8), ..EngineConfig::default() };
         let mut engine = PartitionEngine::new(0, cfg.with_models(Some(test_models())));
         let mut out = Vec::new();
         for ev in &events {
@@ -131,7 +131,7 @@ fn outputs_do_not_depend_on_inference_batching() {
     assert_eq!(one_scores, batched_scores);
     assert_eq!(one, batched);
     let alerts = |reason: &str| one.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == reason)).count();
-    assert!(alerts("model") > 0 && alerts("inactivity_timeout") > 0, "model {} timeout {}", alerts("model"), alerts("inactivity_timeout"));
+    assert!(alerts("model") > 0 && alerts("safety_net") > 0, "model {} safety net {}", alerts("model"), alerts("safety_net"));
 }
 
 /// A hidden state of another layout (restored from an older model) is reset, counted, and the
@@ -169,8 +169,8 @@ fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
 
 /// With the re-check head, an idle cart is checked at each inactivity of the model's schedule (by
 /// the watermark, or by the customer's own next event), in order, and alerts at the first check
-/// whose probability reaches the threshold, carrying that probability; without an alert the rule
-/// fires at the timeout with the last probability read.
+/// whose probability reaches the threshold, carrying that probability; without an alert the safety
+/// net fires with the last probability read.
 #[test]
 fn idle_carts_are_rechecked_on_the_models_schedule() {
     let schedule = test_models().step.checks_ms.clone();
@@ -184,11 +184,11 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
         (t0 + 90_000, r#""event_type":"cart_add","product_id":"p1","quantity":1,"value":80.0,"currency":"EUR""#),
     ];
     let last = t0 + 90_000;
-    let engine_with = |threshold: f64, last_threshold: f64| {
+    let engine_with = |threshold: f64| {
         let cfg = EngineConfig {
-            inactivity_timeout: schedule.last().unwrap() + 3_600_000,
-            abandon_threshold: threshold,
-            last_check_threshold: last_threshold,
+            target_delay: *schedule.last().unwrap(),
+            safety_net: schedule.last().unwrap() + 3_600_000,
+            abandon_threshold: Some(threshold),
             ..EngineConfig::default()
         };
         let mut engine = PartitionEngine::new(0, cfg.with_models(Some(test_models())));
@@ -203,7 +203,7 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     let alerts = |out: &[Output]| -> Vec<AlertRecord> { out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a.clone()) } else { None }).collect() };
 
     // never reached: every check runs, then the rule alerts with the last check's probability
-    let (mut engine, mut out) = engine_with(1.1, 1.1);
+    let (mut engine, mut out) = engine_with(1.1);
     let p = engine.customer("a").unwrap().model.as_ref().unwrap().checks.clone();
     assert_eq!(p.len(), schedule.len());
     assert!(p.iter().all(|p| (0.0..=1.0).contains(p)));
@@ -213,7 +213,7 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     engine.advance_idle(i64::MAX / 4, &mut out);
     let a = alerts(&out);
     assert_eq!(a.len(), 1);
-    assert_eq!((a[0].reason, a[0].alert_ts), ("inactivity_timeout", last + engine.cfg.inactivity_timeout));
+    assert_eq!((a[0].reason, a[0].alert_ts), ("safety_net", last + engine.cfg.safety_net));
     assert_eq!(a[0].abandonment_probability, Some(f64::from(*p.last().unwrap())));
 
     // a threshold only the most confident early check reaches: the alert comes at that check
@@ -221,7 +221,7 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     let top = p[..k_last].iter().cloned().fold(f32::MIN, f32::max);
     let j = p.iter().position(|x| *x == top).unwrap();
     for by_event in [false, true] {
-        let (mut engine, mut out) = engine_with(f64::from(top), 1.1);
+        let (mut engine, mut out) = engine_with(f64::from(top));
         if by_event {
             // the customer's own next event, long after, shows the inactivity
             let json = format!(r#"{{"event_id":"late","customer_id":"a","ts":{},"event_type":"page_view"}}"#, last + schedule[k_last] + 1);
@@ -233,13 +233,37 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
         assert_eq!(a.len(), 1, "by event: {by_event}");
         assert_eq!((a[0].reason, a[0].alert_ts), ("model", last + schedule[j]), "check {j} of {p:?}");
         assert_eq!(a[0].abandonment_probability, Some(f64::from(top)));
+        let value = a[0].expected_recoverable_value.unwrap();
+        assert!((value - 80.0 * f64::from(top) * engine.cfg.recovery_rate).abs() < 1e-9, "{value}");
     }
+}
 
-    // the last check has its own threshold
-    let (mut engine, mut out) = engine_with(1.1, f64::from(p[k_last]));
-    engine.advance_idle(i64::MAX / 4, &mut out);
-    let a = alerts(&out);
-    assert_eq!((a[0].reason, a[0].alert_ts), ("model", last + schedule[k_last]));
+/// The model's policies: the one for the largest target at or below `alerts.target_delay` is used,
+/// its checks only, each with its threshold; a target below every policy is refused naming the key;
+/// without models the rule is the timer at the target delay.
+#[test]
+fn the_alert_policy_follows_the_target_delay() {
+    use crate::alerts::Policy;
+    let models = test_models();
+    let step = &models.step;
+    assert!(!step.policies.is_empty(), "the built-in step model carries alert policies");
+    for p in &step.policies {
+        let cfg = EngineConfig { target_delay: p.target_ms + 60_000, ..EngineConfig::default() };
+        let policy = Policy::resolve(&cfg, Some(&models)).unwrap();
+        let got: Vec<(i64, f64)> = policy.checks.iter().map(|c| (c.after, c.threshold)).collect();
+        let want: Vec<(i64, f64)> = p.checks.iter().map(|&(col, t)| (step.checks_ms[col], t)).collect();
+        assert_eq!(got, want);
+        assert_eq!(policy.rule, Some((cfg.safety_net, "safety_net")));
+    }
+    let smallest = step.policies.iter().map(|p| p.target_ms).min().unwrap();
+    let cfg = EngineConfig { target_delay: smallest - 1, ..EngineConfig::default() };
+    let e = Policy::check(&cfg, Some(&models)).unwrap_err().to_string();
+    assert!(e.contains("alerts.target_delay"), "{e}");
+    let cfg = EngineConfig { target_delay: smallest - 1, abandon_threshold: Some(0.9), ..EngineConfig::default() };
+    assert!(Policy::resolve(&cfg, Some(&models)).unwrap().checks.iter().all(|c| c.after < smallest && c.threshold == 0.9));
+    let cfg = EngineConfig { safety_net: 0, ..EngineConfig::default() };
+    assert_eq!(Policy::resolve(&cfg, Some(&models)).unwrap().rule, None);
+    assert_eq!(Policy::resolve(&cfg, None).unwrap(), Policy { checks: Vec::new(), rule: Some((cfg.target_delay, "inactivity_timeout")) });
 }
 
 /// The binary customer state (with the step model's hidden state and re-check values) restores to

@@ -69,6 +69,8 @@ pub struct Scoring {
 pub struct JourneyDeep {
     pub method: &'static str,
     pub p_conversion: Option<f64>,
+    /// The conversion's share left to the customer's baseline (models with `baseline_share`).
+    pub baseline: Option<f64>,
 }
 
 impl Scoring {
@@ -228,7 +230,7 @@ impl Scoring {
         if self.touches.is_empty() {
             self.stats.deep_fallbacks += 1;
             fall_back(out);
-            return JourneyDeep { method: "time_decay_fallback", p_conversion: None };
+            return JourneyDeep { method: "time_decay_fallback", p_conversion: None, baseline: None };
         }
         let t = Instant::now();
         let result = self.attr.deep_credit(model, self.set.deep_mode, until, previous, &self.touches, seed);
@@ -246,19 +248,19 @@ impl Scoring {
                     crate::inference::attribution::DeepMode::Removal => "removal_effect",
                     crate::inference::attribution::DeepMode::Shapley { .. } => "shapley",
                 };
-                JourneyDeep { method, p_conversion: Some(d.p_conversion) }
+                JourneyDeep { method, p_conversion: Some(d.p_conversion), baseline: model.baseline_share.then_some(d.baseline) }
             }
             Ok(d) => {
                 self.stats.deep_fallbacks += 1;
                 fall_back(out);
-                JourneyDeep { method: "time_decay_fallback", p_conversion: Some(d.p_conversion) }
+                JourneyDeep { method: "time_decay_fallback", p_conversion: Some(d.p_conversion), baseline: None }
             }
             Err(e) => {
                 self.stats.errors += 1;
                 self.stats.deep_fallbacks += 1;
                 tracing::warn!(error = %format!("{e:#}"), "attribution model failed; time decay used for deep credit");
                 fall_back(out);
-                JourneyDeep { method: "time_decay_fallback", p_conversion: None }
+                JourneyDeep { method: "time_decay_fallback", p_conversion: None, baseline: None }
             }
         }
     }

@@ -105,8 +105,8 @@ impl PartitionEngine {
         let mut timers = std::mem::take(&mut self.timers);
         for (key, c) in &self.customers {
             if let Some(cart) = &c.cart {
-                if !cart.alerted {
-                    timers.push(Reverse((self.next_due(cart), key.clone())));
+                if let Some(due) = self.next_due(cart).filter(|_| !cart.alerted) {
+                    timers.push(Reverse((due, key.clone())));
                 }
             }
         }

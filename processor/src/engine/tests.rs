@@ -16,7 +16,8 @@ struct Feed {
 
 impl Feed {
     fn new() -> Self {
-        Feed { engine: PartitionEngine::new(0, EngineConfig::default()), out: Vec::new(), n: 0 }
+        // without models: the rule is a timer at the target delay, 30 minutes here
+        Feed { engine: PartitionEngine::new(0, EngineConfig { target_delay: 30 * MIN, ..EngineConfig::default() }), out: Vec::new(), n: 0 }
     }
     fn send(&mut self, customer: &str, ts: Millis, event_type: &str, extra: &str) {
         self.n += 1;

@@ -34,6 +34,9 @@ pub struct AttributionModel {
     /// Touchpoints this close before the conversion are the purchase path: not scored, not credited.
     pub purchase_path_ms: Millis,
     pub previous_purchase_token: bool,
+    /// Credits are scaled by the journey's incremental share `1 - P(none) / P(all)`; the rest is
+    /// the customer's baseline (metadata `baseline_share`).
+    pub baseline_share: bool,
     /// log1p(720): ages are log1p(hours) / this.
     age_scale: f64,
 }
@@ -98,6 +101,7 @@ impl AttributionModel {
         let plans = Plans::build(&meta, loaded, &contract::BUCKETS)?;
         let model = AttributionModel {
             plans,
+            baseline_share: meta.baseline_share,
             meta,
             len,
             purchase_path_ms: (purchase_path_minutes * 60_000.0) as Millis,
@@ -170,11 +174,15 @@ impl std::fmt::Debug for AttributionRunner {
 /// Deep credit of one journey.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeepCredit {
-    /// Per touchpoint given to [`AttributionRunner::deep_credit`], non-negative, summing to 1;
-    /// empty when the model saw no lift (the caller falls back to time decay).
+    /// Per touchpoint given to [`AttributionRunner::deep_credit`], non-negative, summing to 1
+    /// (to `1 - baseline` with a baseline share); empty when the model saw no lift and has no
+    /// baseline share (the caller falls back to time decay).
     pub credits: Vec<f64>,
     /// P(conversion) of the full journey.
     pub p_conversion: f64,
+    /// The share of the conversion left to the customer's own baseline: `P(none) / P(all)`,
+    /// clamped to [0, 1]; 0 for a model without `baseline_share`.
+    pub baseline: f64,
 }
 
 impl AttributionRunner {
@@ -309,6 +317,9 @@ impl AttributionRunner {
                 for i in 0..k {
                     self.push_masked(offset, k, |j| j != i);
                 }
+                if model.baseline_share {
+                    self.push_masked(offset, k, |_| false); // row k + 1: no touchpoint
+                }
                 self.run()?;
                 let full = f64::from(self.scores[0]);
                 for i in 0..k {
@@ -380,14 +391,29 @@ impl AttributionRunner {
             }
         }
         let p_conversion = f64::from(self.scores[0]);
+        let p_none = match mode {
+            DeepMode::Removal => self.scores.get(1 + k).copied(),
+            // row 1 is the empty coalition in both Shapley layouts
+            DeepMode::Shapley { .. } => self.scores.get(1).copied(),
+        };
+        let baseline = match (model.baseline_share, p_none) {
+            (true, Some(none)) if p_conversion > 0.0 => (f64::from(none) / p_conversion).clamp(0.0, 1.0),
+            (true, _) => 1.0,
+            (false, _) => 0.0,
+        };
         let mut credits: Vec<f64> = self.phi.iter().map(|c| c.max(0.0)).collect();
         let total: f64 = credits.iter().sum();
         if total > 0.0 && total.is_finite() {
-            credits.iter_mut().for_each(|c| *c /= total);
+            let scale = (1.0 - baseline) / total;
+            credits.iter_mut().for_each(|c| *c *= scale);
+        } else if model.baseline_share && total == 0.0 {
+            // the model sees no lift from any touchpoint: the baseline takes it all
+            credits.iter_mut().for_each(|c| *c = 0.0);
+            return Ok(DeepCredit { credits, p_conversion, baseline: 1.0 });
         } else {
             credits.clear();
         }
-        Ok(DeepCredit { credits, p_conversion })
+        Ok(DeepCredit { credits, p_conversion, baseline })
     }
 }
 
@@ -401,5 +427,41 @@ mod tests {
         assert_eq!(campaign_bucket(Some("")), 0);
         // FNV-1a 32 of "a" is 0xE40C292C
         assert_eq!(campaign_bucket(Some("a")), 1 + (0xE40C_292Cu32 % 63) as i64);
+    }
+
+    /// With `baseline_share`, removal credits are scaled to the journey's incremental share: they
+    /// sum to 1 - P(none) / P(all), the rest is the baseline; without it they sum to 1. The same
+    /// journey gives the same proportions either way.
+    #[test]
+    fn a_baseline_share_leaves_what_no_touch_explains_uncredited() {
+        let load = |share: bool| {
+            let mut files = super::super::ModelFiles::builtin("attribution", false).unwrap();
+            let mut meta: serde_json::Value = serde_json::from_slice(&files.metadata).unwrap();
+            meta["baseline_share"] = serde_json::Value::Bool(share);
+            files.metadata = serde_json::to_vec(&meta).unwrap();
+            AttributionModel::load(&files).unwrap()
+        };
+        let day = 86_400_000;
+        let conv = 40 * day;
+        let touches: Vec<ModelTouch> =
+            [(Channel::Display, EventType::Impression, 9 * day), (Channel::Email, EventType::EmailOpen, 3 * day), (Channel::PaidSearch, EventType::Click, day)]
+                .iter()
+                .map(|&(channel, event_type, before)| ModelTouch { channel, event_type, campaign_bucket: 0, ts: conv - before })
+                .collect();
+        let plain = load(false);
+        let shared = load(true);
+        let a = AttributionRunner::new(&plain).unwrap().deep_credit(&plain, DeepMode::Removal, conv, None, &touches, 1).unwrap();
+        let b = AttributionRunner::new(&shared).unwrap().deep_credit(&shared, DeepMode::Removal, conv, None, &touches, 1).unwrap();
+        assert_eq!(a.baseline, 0.0);
+        assert!((a.credits.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{a:?}");
+        assert!(b.baseline > 0.0 && b.baseline < 1.0, "{b:?}");
+        assert!((b.credits.iter().sum::<f64>() + b.baseline - 1.0).abs() < 1e-9, "{b:?}");
+        for (x, y) in a.credits.iter().zip(&b.credits) {
+            assert!((x * (1.0 - b.baseline) - y).abs() < 1e-9, "{a:?} vs {b:?}");
+        }
+        // Shapley values: the empty coalition is the baseline too
+        let mut runner = AttributionRunner::new(&shared).unwrap();
+        let s = runner.deep_credit(&shared, DeepMode::Shapley { samples: 8, exact_max: 8 }, conv, None, &touches, 1).unwrap();
+        assert!((s.baseline - b.baseline).abs() < 1e-6, "{s:?} vs {b:?}");
     }
 }

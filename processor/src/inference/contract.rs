@@ -21,6 +21,27 @@ pub struct Metadata {
     pub hidden_size: Option<usize>,
     #[serde(default)]
     pub feature_encoding: Value,
+    /// Attribution models: deep credit leaves the share of the conversion that the journey with no
+    /// touchpoint already explains, `1 - P(none) / P(all)`, to the customer's own baseline (an
+    /// additive-hazard model says so; a classifier need not).
+    #[serde(default)]
+    pub baseline_share: bool,
+    /// Step models: the abandonment alert policies, one per target delay (chosen at training time
+    /// on a selection run; see `alerts::Policy`).
+    #[serde(default)]
+    pub alert_policies: Vec<AlertPolicySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertPolicySpec {
+    pub target_delay_minutes: f64,
+    pub checks: Vec<PolicyCheckSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyCheckSpec {
+    pub minutes: f64,
+    pub threshold: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

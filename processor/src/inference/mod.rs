@@ -31,6 +31,8 @@ pub enum ModelError {
     Tract { model: String, message: String },
     #[error("model {model}: parity fixture {index} failed: {message}")]
     Parity { model: String, index: usize, message: String },
+    #[error("model {model}: {message}")]
+    AlertPolicy { model: String, message: String },
 }
 
 /// The files of one model.

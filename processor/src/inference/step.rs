@@ -25,11 +25,45 @@ pub struct StepModel {
     /// With a re-check head (`p_abandon_after`): the inactivities (ms, increasing) of its columns;
     /// empty without one.
     pub checks_ms: Vec<i64>,
+    /// `alert_policies` of the metadata, by target delay.
+    pub policies: Vec<AlertPolicy>,
 }
 
 /// The optional re-check output: P(abandon) after each of the inactivities in
 /// `feature_encoding.abandon_checks_minutes`.
 pub const CHECKS_OUTPUT: &str = "p_abandon_after";
+
+/// An alert policy of the model: for carts idle up to about `target_ms`, the checks to read
+/// (column of the re-check head, threshold), in inactivity order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertPolicy {
+    pub target_ms: i64,
+    pub checks: Vec<(usize, f64)>,
+}
+
+/// Checks `alert_policies` against the re-check schedule.
+fn policies(meta: &Metadata, checks_ms: &[i64]) -> Result<Vec<AlertPolicy>, ModelError> {
+    let mut out = Vec::new();
+    for (i, p) in meta.alert_policies.iter().enumerate() {
+        let bad = |m: String| meta.err(format!("alert_policies[{i}]: {m}"));
+        let valid = p.target_delay_minutes.is_finite() && p.target_delay_minutes > 0.0 && !p.checks.is_empty();
+        if !valid {
+            return Err(bad("needs a positive target_delay_minutes and at least one check".into()));
+        }
+        let mut checks = Vec::new();
+        for c in &p.checks {
+            let ms = (c.minutes * 60_000.0).round() as i64;
+            let column =
+                checks_ms.iter().position(|&at| at == ms).ok_or_else(|| bad(format!("check at {} minutes is not in abandon_checks_minutes", c.minutes)))?;
+            if !(0.0..=1.0).contains(&c.threshold) || checks.last().is_some_and(|&(prev, _)| prev >= column) {
+                return Err(bad(format!("checks must be increasing with thresholds in [0, 1] (at {} minutes: {})", c.minutes, c.threshold)));
+            }
+            checks.push((column, c.threshold));
+        }
+        out.push(AlertPolicy { target_ms: (p.target_delay_minutes * 60_000.0).round() as i64, checks });
+    }
+    Ok(out)
+}
 
 impl StepModel {
     /// Loads and validates; plans are built for batches of up to `max_batch` rows.
@@ -99,7 +133,8 @@ impl StepModel {
         // batching (plans for different sizes round differently), and a fixed size runs ~1.6x
         // faster than a symbolic batch.
         let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &[max_batch])?;
-        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms };
+        let policies = policies(&meta, &checks_ms)?;
+        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms, policies };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
                 model.check_fixtures(fixtures)?;

@@ -152,7 +152,7 @@ impl Processor {
             let stats = engine.take_scoring_stats(&mut self.durations);
             self.telemetry.inference(&stats, &self.durations);
         }
-        self.telemetry.scores(self.scores.len());
+        self.telemetry.scores(&self.scores);
         for rec in self.scores.drain(..) {
             self.buf.clear();
             self.keybuf.clear();

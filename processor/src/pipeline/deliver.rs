@@ -62,14 +62,14 @@ impl Processor {
                 Output::Conversion(c) => {
                     self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
                     self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
-                    self.telemetry.conversion();
+                    self.telemetry.conversion(c);
                     self.stats.conversions += 1;
                     &self.cfg.topics.conversions
                 }
                 Output::Alert(a) => {
                     self.codecs.alerts.encode_value(a, &mut self.buf).map_err(RunError::Encode)?;
                     self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
-                    self.telemetry.alert(a.reason);
+                    self.telemetry.alert(a);
                     self.stats.alerts += 1;
                     &self.cfg.topics.alerts
                 }

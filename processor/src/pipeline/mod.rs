@@ -210,11 +210,13 @@ impl Runner {
         }
         let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         let models = ModelSet::load(&cfg.models)?;
+        let engine_cfg = EngineConfig::from_config(&cfg).with_models(models.clone());
+        crate::alerts::Policy::check(&engine_cfg, models.as_deref())?;
         if let Some(m) = &models {
             telemetry.models_loaded(&m.version, false);
         }
         let state = Processor {
-            engine_cfg: EngineConfig::from_config(&cfg).with_models(models.clone()),
+            engine_cfg,
             models,
             reload: Arc::new(AtomicBool::new(false)),
             scores: Vec::new(),
@@ -399,7 +401,7 @@ impl Processor {
         if !self.cfg.models.enabled {
             return;
         }
-        let set = match ModelSet::load(&self.cfg.models) {
+        let set = match ModelSet::load(&self.cfg.models).and_then(|set| crate::alerts::Policy::check(&self.engine_cfg, set.as_deref()).map(|()| set)) {
             Ok(set) => set,
             Err(e) => return self.telemetry.models_rejected(&e.to_string()),
         };
