@@ -31,6 +31,9 @@ pub struct PartitionMeta {
     pub late_events: u64,
     pub expired_customers: u64,
     pub dropped_late: u64,
+    /// The next offset of the erasure topic's partition to apply (erasures move with the state).
+    #[serde(default)]
+    pub erasure_offset: i64,
 }
 
 impl PartitionMeta {

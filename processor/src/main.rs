@@ -30,6 +30,26 @@ enum Command {
     /// Ask a running replica's HTTP endpoint for its health (for container HEALTHCHECKs):
     /// exit 0 on 200, 1 otherwise.
     Probe(ProbeArgs),
+    /// Request the erasure of customers (GDPR Art. 17, CCPA): one request per customer on
+    /// `topics.erasure`; the replica that owns the customer's partition erases them from its state,
+    /// the changelog and the scores topic, and writes an audit record (`topics.erasure_audit`).
+    Erase(EraseArgs),
+}
+
+#[derive(Args)]
+struct EraseArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// A customer id (repeatable).
+    #[arg(long = "customer")]
+    customers: Vec<String>,
+    /// A file with one customer id per line.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+    /// The partitioner the event producers use, so that a request lands on the partition of the
+    /// customer's events: murmur2_random (Java clients' default) or consistent_random (librdkafka's).
+    #[arg(long, default_value = "murmur2_random")]
+    partitioner: String,
 }
 
 #[derive(Args)]
@@ -199,6 +219,21 @@ fn main() -> Result<()> {
                 std::process::exit(1)
             }
         },
+        Command::Erase(args) => {
+            let cfg = args.config.load()?;
+            let mut customers = args.customers.clone();
+            if let Some(path) = &args.file {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                customers.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+            }
+            anyhow::ensure!(!customers.is_empty(), "no customer: give --customer ID or --file ids.txt");
+            let ids = touchstream::pipeline::erasure::send_requests(&cfg, &customers, &args.partitioner).map_err(anyhow::Error::msg)?;
+            for id in &ids {
+                println!("{id}");
+            }
+            eprintln!("{} erasure requests sent to {}; audit records follow on {}", ids.len(), cfg.topics.erasure, cfg.topics.erasure_audit);
+            Ok(())
+        }
         Command::CheckConfig(args) => {
             let cfg = args.load()?;
             print!("{}", cfg.to_toml_masked());

@@ -108,6 +108,10 @@ impl Telemetry {
         // Counters that move only on rare events exist from the start (dashboards, alert rules).
         counter!("touchstream_duplicates_total").absolute(0);
         counter!("touchstream_poison_records_total").absolute(0);
+        describe_counter!("touchstream_erasures_total", "Erasure requests applied, by status (erased, not_found, invalid)");
+        for status in ["erased", "not_found", "invalid"] {
+            counter!("touchstream_erasures_total", "status" => status).absolute(0);
+        }
         describe_counter!("touchstream_consumer_errors_total", "Errors the consumer reported instead of records, by librdkafka error code");
         let telemetry = Telemetry {
             events: EventType::ALL.iter().map(|t| counter!("touchstream_events_total", "event_type" => t.as_str())).collect(),
@@ -199,6 +203,12 @@ impl Telemetry {
     }
 
     /// Score records about to be written, and their distribution.
+    /// An erasure request applied (`status`: erased, not_found, invalid).
+    pub fn erased(&self, status: &'static str, partition: i32, offset: i64) {
+        counter!("touchstream_erasures_total", "status" => status).increment(1);
+        tracing::info!(status, partition, offset, "erasure request applied");
+    }
+
     pub fn scores(&self, records: &[ScoreRecord]) {
         self.scores.increment(records.len() as u64);
         for r in records {

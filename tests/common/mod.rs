@@ -43,6 +43,8 @@ pub struct Topics {
     pub partials: String,
     pub changelog: String,
     pub scores: String,
+    pub erasure: String,
+    pub erasure_audit: String,
     pub group: String,
 }
 
@@ -58,6 +60,8 @@ impl Topics {
             partials: format!("{base}.partials"),
             changelog: format!("{base}.changelog"),
             scores: format!("{base}.scores"),
+            erasure: format!("{base}.erasure"),
+            erasure_audit: format!("{base}.erasure-audit"),
             group: format!("{base}.group"),
         }
     }
@@ -75,6 +79,8 @@ impl Topics {
             ("topics.channel_partials", self.partials.clone()),
             ("topics.changelog", self.changelog.clone()),
             ("topics.scores", self.scores.clone()),
+            ("topics.erasure", self.erasure.clone()),
+            ("topics.erasure_audit", self.erasure_audit.clone()),
             ("topics.partitions", "3".into()),
             ("http.enabled", "false".into()),
         ];

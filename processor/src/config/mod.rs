@@ -94,6 +94,10 @@ pub struct TopicsConfig {
     pub channel_partials: String,
     pub changelog: String,
     pub scores: String,
+    /// Erasure requests, co-partitioned with `events` ("": erasure off).
+    pub erasure: String,
+    /// What each erasure request erased.
+    pub erasure_audit: String,
     pub create: bool,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -370,7 +374,7 @@ impl Config {
         not_blank("kafka.brokers", &self.kafka.brokers)?;
         not_blank("kafka.group_id", &self.kafka.group_id)?;
         not_blank("kafka.client_id", &self.kafka.client_id)?;
-        let topics = [
+        let mut topics = vec![
             ("topics.events", &self.topics.events),
             ("topics.conversions", &self.topics.conversions),
             ("topics.channels", &self.topics.channels),
@@ -380,6 +384,9 @@ impl Config {
             ("topics.changelog", &self.topics.changelog),
             ("topics.scores", &self.topics.scores),
         ];
+        if !self.topics.erasure.is_empty() {
+            topics.extend([("topics.erasure", &self.topics.erasure), ("topics.erasure_audit", &self.topics.erasure_audit)]);
+        }
         for (i, (key, name)) in topics.iter().enumerate() {
             not_blank(key, name)?;
             if name.len() > 249 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {

@@ -6,6 +6,7 @@
 //! score (a purchase, an inactivity check, a timeout alert), when it is full, and before the
 //! runner drains state, so every output sees exactly the scores of an unbatched run.
 
+pub mod erasure;
 #[cfg(test)]
 mod model_tests;
 pub mod scoring;
@@ -129,6 +130,11 @@ pub struct PartitionEngine {
     changed: Vec<Box<str>>,
     /// Customers forgotten since the last changelog drain.
     forgotten: Vec<Box<str>>,
+    /// Customers whose record in the scores topic must be tombstoned (erased, or expired after
+    /// a score was written).
+    score_tombstones: Vec<Box<str>>,
+    /// The next offset of this partition of the erasure topic to apply.
+    erasure_offset: i64,
     closed_windows: Vec<(Millis, Channel)>,
     meta_written: Option<PartitionMeta>,
     /// Events that arrived behind the watermark.
@@ -172,6 +178,8 @@ impl PartitionEngine {
             scoring,
             changed: Vec::new(),
             forgotten: Vec::new(),
+            score_tombstones: Vec::new(),
+            erasure_offset: 0,
             closed_windows: Vec::new(),
             meta_written: None,
             late_events: 0,
@@ -470,12 +478,15 @@ impl PartitionEngine {
     fn expire(&mut self, wm: Millis) {
         let horizon = wm.saturating_sub(self.cfg.customer_ttl);
         let before = self.customers.len();
-        let forgotten = &mut self.forgotten;
+        let (forgotten, score_tombstones) = (&mut self.forgotten, &mut self.score_tombstones);
         self.customers.retain(|k, c| {
             // a customer with events waiting for the step model stays until the next sweep
             let keep = c.last_event_ts >= horizon || c.pending > 0;
             if !keep {
                 forgotten.push(k.clone());
+                if c.model.as_ref().is_some_and(|m| m.written.is_some()) {
+                    score_tombstones.push(k.clone());
+                }
             }
             keep
         });

@@ -58,6 +58,7 @@ impl PartitionEngine {
             late_events: self.late_events,
             expired_customers: self.expired_customers,
             dropped_late: self.windows.dropped_late,
+            erasure_offset: self.erasure_offset,
         }
     }
 
@@ -91,6 +92,7 @@ impl PartitionEngine {
                     self.late_events = m.late_events;
                     self.expired_customers = m.expired_customers;
                     self.windows.dropped_late = m.dropped_late;
+                    self.erasure_offset = m.erasure_offset;
                     self.meta_written = Some(m);
                 }
             }

@@ -249,3 +249,41 @@ fn output_does_not_depend_on_how_events_are_batched_and_customers_expire() {
     assert_eq!(runs[0], runs[1]);
     assert!(runs[0].iter().any(|o| matches!(o, Output::Alert(_))));
 }
+
+/// An erased customer leaves the state (their cart's alert is cancelled) with a changelog
+/// tombstone and a scores tombstone; the erasure offset rides in the meta record and restores;
+/// the customer's next event starts a fresh journey.
+#[test]
+fn erasure_forgets_the_customer_and_its_offset_restores_with_the_state() {
+    let mut f = Feed::new();
+    f.send("c", T0, "click", r#","channel":"email""#);
+    f.send("c", T0 + MIN, "cart_add", r#","product_id":"p1","quantity":1,"value":10"#);
+    f.send("d", T0, "click", r#","channel":"display""#);
+    let mut log = Vec::new();
+    f.engine.drain_changelog(&[], &mut log).unwrap();
+    let erased = f.engine.erase("c", 41);
+    assert_eq!((erased.found, erased.touchpoints, erased.open_cart), (true, 1, true));
+    assert!(!f.engine.erase("nobody", 42).found);
+    assert_eq!(f.engine.erasure_offset(), 43);
+    let mut tombstones = Vec::new();
+    f.engine.drain_score_tombstones(&mut tombstones);
+    assert_eq!(tombstones, vec![Box::from("c"), Box::from("nobody")]);
+    let mut log2 = Vec::new();
+    f.engine.drain_changelog(&[], &mut log2).unwrap();
+    assert!(log2.iter().any(|e| e.key == b"c" && e.value.is_none()), "changelog tombstone");
+    log.extend(log2);
+    // the watermark passes the cart's deadline: no alert for an erased cart
+    f.send("d", T0 + 120 * MIN, "page_view", "");
+    assert!(f.alerts().is_empty());
+    // restore from the changelog: the offset comes back, the customer does not
+    let mut restored = PartitionEngine::new(0, f.engine.cfg.clone());
+    for e in &log {
+        restored.restore(&e.key, e.value.as_deref()).unwrap();
+    }
+    assert_eq!(restored.erasure_offset(), 43);
+    assert!(restored.customer("c").is_none() && restored.customer("d").is_some());
+    // a later event of the customer starts fresh
+    f.send("c", T0 + 180 * MIN, "purchase", r#","value":5"#);
+    let c = f.conversions().pop().unwrap();
+    assert!(c.touchpoints.len() == 1 && c.touchpoints[0].event_id.is_none(), "{c:?}");
+}

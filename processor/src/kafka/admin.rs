@@ -28,6 +28,8 @@ pub enum AdminError {
     NoInput { topic: String },
     #[error("config key `topics.changelog`: {changelog} has {found} partitions but {events} has {expected}; partition i of the changelog must hold the state of input partition i")]
     ChangelogMismatch { changelog: String, found: i32, events: String, expected: i32 },
+    #[error("config key `topics.erasure`: {erasure} has {found} partitions but {events} has {expected}; erasure requests must be co-partitioned with the input (same partition count, same partitioner)")]
+    ErasureMismatch { erasure: String, found: i32, events: String, expected: i32 },
 }
 
 /// The broker's and librdkafka's default largest record (`message.max.bytes`).
@@ -104,6 +106,10 @@ pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
     if cfg.models.enabled && cfg.scores.enabled {
         topics.push(spec(&t.scores, true, None, None));
     }
+    if !t.erasure.is_empty() {
+        topics.push(spec(&t.erasure, false, None, Some(input_partitions)));
+        topics.push(spec(&t.erasure_audit, false, None, None));
+    }
     topics
 }
 
@@ -112,12 +118,17 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
     let input_partitions = partition_count(cfg, &cfg.topics.events)?.ok_or_else(|| AdminError::NoInput { topic: cfg.topics.events.clone() })?;
     let specs = output_topics(cfg, input_partitions);
     create_missing(cfg, &specs).await?;
-    // A topic just created may take a moment to appear in the metadata.
-    let mut found = partition_count(cfg, &cfg.topics.changelog)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while found.is_none() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        found = partition_count(cfg, &cfg.topics.changelog)?;
+    let found = appeared(cfg, &cfg.topics.changelog).await?;
+    if !cfg.topics.erasure.is_empty() {
+        let found = appeared(cfg, &cfg.topics.erasure).await?.unwrap_or(0);
+        if found != input_partitions {
+            return Err(AdminError::ErasureMismatch {
+                erasure: cfg.topics.erasure.clone(),
+                found,
+                events: cfg.topics.events.clone(),
+                expected: input_partitions,
+            });
+        }
     }
     let found = found.unwrap_or(0);
     if found != input_partitions {
@@ -129,6 +140,17 @@ pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
         });
     }
     Ok(())
+}
+
+/// Partition count of `topic`, waiting up to 15 s for a topic just created to appear in the metadata.
+async fn appeared(cfg: &Config, topic: &str) -> Result<Option<i32>, AdminError> {
+    let mut found = partition_count(cfg, topic)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while found.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        found = partition_count(cfg, topic)?;
+    }
+    Ok(found)
 }
 
 async fn create_missing(cfg: &Config, specs: &[TopicSpec]) -> Result<(), AdminError> {

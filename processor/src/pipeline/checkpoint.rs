@@ -143,6 +143,7 @@ impl Processor {
                 engine.advance_idle(now_ms, &mut self.outputs);
             }
         }
+        self.apply_erasures()?;
         self.ship_outputs()?;
 
         for engine in self.engines.values_mut() {
@@ -152,6 +153,7 @@ impl Processor {
             let stats = engine.take_scoring_stats(&mut self.durations);
             self.telemetry.inference(&stats, &self.durations);
         }
+        self.ship_score_tombstones()?;
         self.telemetry.scores(&self.scores);
         for rec in self.scores.drain(..) {
             self.buf.clear();

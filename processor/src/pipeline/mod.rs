@@ -34,6 +34,7 @@ use crate::time::wall_clock_ms;
 
 mod checkpoint;
 mod deliver;
+pub mod erasure;
 pub mod poison;
 mod registry_pause;
 mod restore;
@@ -169,6 +170,8 @@ struct Processor {
     oversize_source: Option<(i32, i64)>,
     /// Input partitions that do not move while records wait.
     watch: poison::PositionWatch,
+    /// Reads the erasure topic's partitions of the owned input partitions (none: erasure off).
+    erasure: Option<BaseConsumer>,
 }
 
 impl Runner {
@@ -204,6 +207,7 @@ impl Runner {
             .set("fetch.wait.max.ms", "20")
             .set("auto.offset.reset", "earliest");
         let restorer: BaseConsumer<QuietEof> = restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+        let cfg_erasure = cfg.clone();
         let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         if let Some(n) = abort_every {
             tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
@@ -259,6 +263,7 @@ impl Runner {
             record_limits: HashMap::new(),
             oversize_source: None,
             watch: poison::PositionWatch::default(),
+            erasure: erasure::consumer(&cfg_erasure)?,
         };
         Ok(Runner { consumer, state })
     }

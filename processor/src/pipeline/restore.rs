@@ -34,6 +34,7 @@ impl Processor {
                         }
                     }
                     self.telemetry.revoked(&parts);
+                    self.assign_erasure()?;
                     if self.sink.in_transaction() {
                         // The open transaction may hold work of the revoked partitions, which this
                         // member can no longer commit: abort it and redo the partitions it keeps.
@@ -90,7 +91,7 @@ impl Processor {
             self.pending.remove(&p);
         }
         consumer.seek_partitions(seek, CALL_TIMEOUT).map_err(RunError::Consumer)?;
-        Ok(())
+        self.assign_erasure()
     }
 
     /// Reads changelog partitions to their end (read_committed) into fresh engines.

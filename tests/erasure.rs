@@ -1,0 +1,89 @@
+//! Erasure of a customer, end to end on a real broker: `touchstream erase` sends the request; the
+//! replica that owns the customer's partition removes them from its state, tombstones the
+//! changelog and the scores topic and writes one audit record, in the batch's transaction. After a
+//! kill -9 and a restart nothing comes back: no second audit record, no old journey in the
+//! customer's next conversion, no alert for the erased cart.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn erase(topics: &Topics, customers: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_touchstream"));
+    cmd.arg("erase").args(topics.args()).args(["--partitioner", "consistent_random"]);
+    for c in customers {
+        cmd.args(["--customer", c]);
+    }
+    let out = cmd.output().expect("run touchstream erase");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// The latest record of `key` in `records` (a compacted topic as a reader sees it).
+fn latest<'a>(records: &'a [Record], key: &str) -> Option<&'a Record> {
+    records.iter().filter(|r| r.key.as_deref() == Some(key.as_bytes())).max_by_key(|r| r.offset)
+}
+
+#[test]
+fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
+    let topics = Topics::new("erasure");
+    // the test producer partitions like librdkafka's default (consistent_random), like the request
+    create_topic(&topics.events, 3);
+    let t = now_ms() - 2 * DAY;
+    let p = producer();
+    let send = |id: &str, c: &str, ts: i64, kind: &str, extra: &str| send_keyed(&p, &topics.events, c.as_bytes(), event(id, c, ts, kind, extra).as_bytes());
+    send("a1", "alice", t, "click", r#","channel":"email","campaign":"spring""#);
+    send("a2", "alice", t + MIN, "cart_add", r#","product_id":"p1","quantity":1,"value":40.0,"currency":"EUR""#);
+    send("b1", "bob", t, "click", r#","channel":"display""#);
+    send("b2", "bob", t + MIN, "purchase", r#","value":10.0"#);
+    flush(&p);
+    let settings = [("event_time.idle_timeout", "1h"), ("processing.commit_interval", "200ms")];
+    let proc = Processor::start(&topics, &settings);
+    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    let scores = read_until(&topics.scores, Duration::from_secs(30), |r| latest(r, "alice").is_some());
+    assert!(latest(&scores, "alice").is_some_and(|r| !r.payload.is_empty()), "alice has a score before the erasure");
+
+    let ids = erase(&topics, &["alice", "nobody"]);
+    assert_eq!(ids.len(), 2);
+    let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 2);
+    assert_eq!(audit.len(), 2, "one audit record per request:\n{}", proc.log());
+    let by_id = |id: &str| audit.iter().map(|r| r.json()).find(|a| a["request_id"] == id).unwrap_or_else(|| panic!("no audit for {id}"));
+    let alice = by_id(&ids[0]);
+    assert_eq!(alice["status"], "erased", "{alice}");
+    assert_eq!(alice["erased"]["touchpoints"], 1);
+    assert_eq!(alice["erased"]["open_cart"], true);
+    assert_eq!(alice["erased"]["model_state"], true);
+    assert_eq!(alice["customer_id_sha256"].as_str().unwrap().len(), 64);
+    assert!(!alice.to_string().contains("alice"), "the audit holds no customer id: {alice}");
+    assert_eq!(by_id(&ids[1])["status"], "not_found");
+
+    // tombstones in the changelog and the scores topic
+    let changelog = read_until(&topics.changelog, Duration::from_secs(30), |r| latest(r, "alice").is_some_and(|r| r.payload.is_empty()));
+    assert!(latest(&changelog, "alice").is_some_and(|r| r.payload.is_empty()), "changelog tombstone");
+    assert!(latest(&changelog, "bob").is_some_and(|r| !r.payload.is_empty()), "bob is untouched");
+    let scores = read_until(&topics.scores, Duration::from_secs(30), |r| latest(r, "alice").is_some_and(|r| r.payload.is_empty()));
+    assert!(latest(&scores, "alice").is_some_and(|r| r.payload.is_empty()), "scores tombstone");
+
+    // kill -9 and restart: the erasure is not applied again, and nothing of alice comes back
+    kill9(&proc);
+    let _ = proc.stop();
+    let proc = Processor::start(&topics, &settings);
+    send("a3", "alice", t + 3 * HOUR, "purchase", r#","value":40.0"#);
+    // a later event moves the watermark far past any inactivity check or safety net of the old cart
+    send("b3", "bob", t + 2 * DAY - HOUR, "page_view", "");
+    flush(&p);
+    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    let conversions = read_until(&topics.conversions, Duration::from_secs(30), |r| r.iter().any(|c| c.json()["conversion_id"] == "a3"));
+    let a3 = conversions.iter().map(|r| r.json()).find(|c| c["conversion_id"] == "a3").expect("alice's new purchase converts");
+    let tps = a3["touchpoints"].as_array().unwrap();
+    assert!(tps.len() == 1 && tps[0]["event_id"].is_null(), "a fresh journey without the erased click: {a3}");
+    let alerts = read_all(&topics.alerts, Duration::from_secs(3));
+    assert!(alerts.iter().all(|r| r.key.as_deref() != Some(b"alice".as_slice())), "no alert for the erased cart");
+    let audit = read_all(&topics.erasure_audit, Duration::from_secs(3));
+    assert_eq!(audit.len(), 2, "no request applied twice");
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+}
