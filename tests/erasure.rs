@@ -87,3 +87,37 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 }
+
+/// With `privacy.analytics_id_key`, the conversions topic carries the keyed hash of the customer
+/// id (key and field), the alerts the real id; `check-config` never prints the key.
+#[test]
+fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
+    let topics = Topics::new("pseudonymous");
+    create_topic(&topics.events, 1);
+    let t = now_ms() - 2 * DAY;
+    let p = producer();
+    let send = |id: &str, c: &str, ts: i64, kind: &str, extra: &str| send_keyed(&p, &topics.events, c.as_bytes(), event(id, c, ts, kind, extra).as_bytes());
+    send("e1", "eve", t, "click", r#","channel":"email""#);
+    send("e2", "eve", t + MIN, "purchase", r#","value":12.0"#);
+    send("f1", "fay", t, "cart_add", r#","product_id":"p1","quantity":1,"value":10.0"#);
+    send("g1", "gus", t + 2 * DAY - HOUR, "page_view", "");
+    flush(&p);
+    let secret = "analytics-secret";
+    let settings = [("event_time.idle_timeout", "1h"), ("privacy.analytics_id_key", secret), ("models.enabled", "false"), ("alerts.target_delay", "30m")];
+    let proc = Processor::start(&topics, &settings);
+    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    let conversions = read_until(&topics.conversions, Duration::from_secs(30), |r| !r.is_empty());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let want: String = ring::hmac::sign(&key, b"eve").as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(conversions.len(), 1);
+    assert_eq!(conversions[0].key_str(), want);
+    assert_eq!(conversions[0].json()["customer_id"], want);
+    let alerts = read_until(&topics.alerts, Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(alerts[0].json()["customer_id"], "fay", "alerts keep the id for messaging");
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_touchstream")).args(["check-config", "--set", &format!("privacy.analytics_id_key={secret}")]).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("analytics_id_key = \"***\"") && !printed.contains(secret), "{printed}");
+}

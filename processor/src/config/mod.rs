@@ -11,7 +11,7 @@ use crate::time::Span;
 
 mod secrets;
 use secrets::masked_properties;
-pub use secrets::{is_secret_property, Secret, MASK};
+pub use secrets::{is_secret_property, PrivacyConfig, Secret, MASK};
 
 /// The embedded defaults: every key the processor reads.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -35,6 +35,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub formats: FormatsConfig,
     pub limits: LimitsConfig,
+    pub privacy: PrivacyConfig,
 }
 
 /// Bounds on input, so that no record can make a derived record too large for the broker.

@@ -12,6 +12,27 @@ use super::Config;
 #[serde(transparent)]
 pub struct Secret(pub String);
 
+/// Personal data on the outputs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// A secret: when set, the conversions topic carries HMAC-SHA256(this, customer id) (hex) as
+    /// its key and `customer_id` instead of the id (alerts keep the real id for messaging).
+    #[serde(default)]
+    pub analytics_id_key: Secret,
+}
+
+impl PrivacyConfig {
+    /// The id the analytics outputs carry for `customer`: itself, or its keyed hash.
+    pub fn analytics_id(&self, customer: &str) -> Option<String> {
+        if self.analytics_id_key.0.is_empty() {
+            return None;
+        }
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.analytics_id_key.0.as_bytes());
+        Some(ring::hmac::sign(&key, customer.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
 /// What a secret is printed as.
 pub const MASK: &str = "***";
 

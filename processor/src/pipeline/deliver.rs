@@ -60,8 +60,17 @@ impl Processor {
             self.keybuf.clear();
             let topic = match &out {
                 Output::Conversion(c) => {
-                    self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
-                    self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                    match self.cfg.privacy.analytics_id(&c.customer_id) {
+                        Some(id) => {
+                            let pseudonymous = ConversionRecord { customer_id: id, ..c.clone() };
+                            self.codecs.conversions.encode_value(&pseudonymous, &mut self.buf).map_err(RunError::Encode)?;
+                            self.codecs.conversions.encode_key(&pseudonymous.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                        }
+                        None => {
+                            self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
+                            self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                        }
+                    }
                     self.telemetry.conversion(c);
                     self.stats.conversions += 1;
                     &self.cfg.topics.conversions

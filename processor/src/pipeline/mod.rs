@@ -28,7 +28,7 @@ use crate::kafka::admin::{self, AdminError};
 use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
 use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
-use crate::output::{ChannelWindowRecord, ScoreRecord};
+use crate::output::{ChannelWindowRecord, ConversionRecord, ScoreRecord};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
