@@ -16,6 +16,7 @@ pub mod http;
 pub mod inference;
 pub mod journey;
 pub mod kafka;
+pub mod lifecycle;
 pub mod output;
 pub mod pipeline;
 pub mod telemetry;

@@ -34,6 +34,21 @@ enum Command {
     /// `topics.erasure`; the replica that owns the customer's partition erases them from its state,
     /// the changelog and the scores topic, and writes an audit record (`topics.erasure_audit`).
     Erase(EraseArgs),
+    /// Write the input topic (JSON or registry Avro, read_committed) to a JSON-lines file in the
+    /// input contract: the log `models/train.py --log` trains on.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The file to write (JSON lines, one event per line).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Only records of the last span (`30d`, `12h`), by record timestamp; default: everything.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 #[derive(Args)]
@@ -232,6 +247,25 @@ fn main() -> Result<()> {
                 println!("{id}");
             }
             eprintln!("{} erasure requests sent to {}; audit records follow on {}", ids.len(), cfg.topics.erasure, cfg.topics.erasure_audit);
+            Ok(())
+        }
+        Command::Export(args) => {
+            let cfg = args.config.load()?;
+            let from = match &args.since {
+                Some(s) => Some(touchstream::time::wall_clock_ms() - touchstream::time::Span::parse(s).map_err(anyhow::Error::msg).context("--since")?.ms()),
+                None => None,
+            };
+            let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let done = touchstream::lifecycle::export::export(&cfg, from, &mut out).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "exported {} events ({} invalid skipped) from {} partitions of {} to {}",
+                done.events,
+                done.invalid,
+                done.partitions,
+                cfg.topics.events,
+                args.out.display()
+            );
             Ok(())
         }
         Command::CheckConfig(args) => {
