@@ -158,8 +158,8 @@ impl Processor {
         for rec in self.scores.drain(..) {
             self.buf.clear();
             self.keybuf.clear();
-            self.codecs.scores.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
-            self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+            self.codecs.scores.encode_value(&rec, &mut self.buf)?;
+            self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf)?;
             self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
         }
         for (p, engine) in self.engines.iter_mut() {
@@ -197,8 +197,8 @@ impl Processor {
         for rec in self.windows.drain(..) {
             self.buf.clear();
             self.keybuf.clear();
-            self.codecs.channels.encode_value(&rec, &mut self.buf).map_err(RunError::Encode)?;
-            self.codecs.channels.encode_key(&total_key(rec.window_start, &rec.channel), &mut self.keybuf).map_err(RunError::Encode)?;
+            self.codecs.channels.encode_value(&rec, &mut self.buf)?;
+            self.codecs.channels.encode_key(&total_key(rec.window_start, &rec.channel), &mut self.keybuf)?;
             self.sink.send(OutRecord {
                 topic: &self.cfg.topics.channels,
                 partition: None,

@@ -63,12 +63,12 @@ impl Processor {
                     match self.cfg.privacy.analytics_id(&c.customer_id) {
                         Some(id) => {
                             let pseudonymous = ConversionRecord { customer_id: id, ..c.clone() };
-                            self.codecs.conversions.encode_value(&pseudonymous, &mut self.buf).map_err(RunError::Encode)?;
-                            self.codecs.conversions.encode_key(&pseudonymous.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                            self.codecs.conversions.encode_value(&pseudonymous, &mut self.buf)?;
+                            self.codecs.conversions.encode_key(&pseudonymous.customer_id, &mut self.keybuf)?;
                         }
                         None => {
-                            self.codecs.conversions.encode_value(c, &mut self.buf).map_err(RunError::Encode)?;
-                            self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                            self.codecs.conversions.encode_value(c, &mut self.buf)?;
+                            self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf)?;
                         }
                     }
                     self.telemetry.conversion(c);
@@ -76,8 +76,8 @@ impl Processor {
                     &self.cfg.topics.conversions
                 }
                 Output::Alert(a) => {
-                    self.codecs.alerts.encode_value(a, &mut self.buf).map_err(RunError::Encode)?;
-                    self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf).map_err(RunError::Encode)?;
+                    self.codecs.alerts.encode_value(a, &mut self.buf)?;
+                    self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf)?;
                     self.telemetry.alert(a);
                     self.stats.alerts += 1;
                     &self.cfg.topics.alerts

@@ -129,7 +129,7 @@ impl Processor {
         }
         for key in keys {
             self.keybuf.clear();
-            self.codecs.scores.encode_key(&key, &mut self.keybuf).map_err(RunError::Encode)?;
+            self.codecs.scores.encode_key(&key, &mut self.keybuf)?;
             self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: None, headers: None })?;
         }
         Ok(())

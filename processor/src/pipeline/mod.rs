@@ -18,7 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
 use crate::changelog::{ChangelogEntry, RestoreError};
 use crate::codec::registry::{Backoff, RegistryClient};
-use crate::codec::{AvroDecoder, DecodeError, OutputCodecs};
+use crate::codec::{AvroDecoder, CodecError, DecodeError, OutputCodecs, RegistryWatch};
 use crate::config::{Config, Guarantee, InputFormat};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
 use crate::event::{Channel, InvalidEvent, Validation};
@@ -61,8 +61,8 @@ pub enum RunError {
     Models(#[from] ModelError),
     #[error("schema registry: {0}")]
     Registry(String),
-    #[error("cannot encode an output record: {0}")]
-    Encode(String),
+    #[error("output codec: {0}")]
+    Codec(#[from] CodecError),
 }
 
 impl From<RestoreError> for RunError {
@@ -174,13 +174,31 @@ struct Processor {
     erasure: Option<BaseConsumer>,
 }
 
+/// The registry's state while the output codecs wait for it: `/readyz` and telemetry.
+struct Watch<'a> {
+    health: &'a Health,
+    telemetry: &'a Telemetry,
+}
+
+impl RegistryWatch for Watch<'_> {
+    fn registry_up(&self) {
+        self.health.set_registry_down(false);
+        self.telemetry.registry_up();
+    }
+
+    fn registry_unavailable(&self, error: &str, retry_in: Duration) {
+        self.health.set_registry_down(true);
+        self.telemetry.registry_unavailable(error, 0, retry_in);
+    }
+}
+
 impl Runner {
     /// Connects, subscribes to the events topic and the internal partials topic.
     pub fn new(cfg: Config, health: Arc<Health>, shutdown: Arc<AtomicBool>) -> Result<Runner, RunError> {
         let registry = if cfg.formats.uses_registry() { Some(RegistryClient::new(&cfg.registry).map_err(RunError::Registry)?) } else { None };
         let telemetry = Telemetry::new();
         // Output schemas first: the member joins the group only once it can write every output.
-        let codecs = OutputCodecs::prepare(&cfg, registry.as_ref(), &shutdown, &health, &telemetry).map_err(RunError::Registry)?;
+        let codecs = OutputCodecs::prepare(&cfg, registry.as_ref(), &shutdown, &Watch { health: &health, telemetry: &telemetry })?;
         let avro = match cfg.formats.events {
             InputFormat::Json => None,
             InputFormat::Avro | InputFormat::Auto => registry.clone().map(|r| AvroDecoder::new(Box::new(r))),
