@@ -309,9 +309,12 @@ def rule_credits(ts_tp: np.ndarray, t_conv: int):
     return {"time_decay": td, "last_touch": last, "first_touch": first, "linear": lin, "position_based": pb}
 
 
-def removal_credits(sess, items, batch=4096):
+def removal_credits(sess, items, batch=4096, baseline_share=False):
     """items: list of (cols (6 arrays of L), positions of the touchpoints). Returns per item
-    (credits over those positions normalised to 1, or None if all removal effects are 0; P(full))."""
+    (credits over those positions normalised to 1, or None if all removal effects are 0; P(full)).
+    With `baseline_share` (the model's metadata says so), as the processor: one more row with every
+    touchpoint masked gives P(none), the credits are scaled to sum 1 - P(none)/P(full) (the rest is
+    the customer's baseline), and no removal effect at all gives zeros, not None."""
     rows = []
     owner = []
     for n, (cols, positions) in enumerate(items):
@@ -320,22 +323,32 @@ def removal_credits(sess, items, batch=4096):
             c2 = [c.copy() for c in cols]
             c2[5][q] = 0.0
             rows.append(c2); owner.append((n, i))
+        if baseline_share:
+            c2 = [c.copy() for c in cols]
+            c2[5][list(positions)] = 0.0
+            rows.append(c2); owner.append((n, -2))
     p = np.zeros(len(rows), dtype=np.float32)
     for b in range(0, len(rows), batch):
         chunk = rows[b:b + batch]
         feeds = {name: np.stack([r[j] for r in chunk]) for j, name in enumerate(["channel", "event_type", "campaign_bucket", "age", "position", "mask"])}
         p[b:b + batch] = sess.run(["p_conversion"], feeds)[0][:, 0]
-    full = {}
+    full, none = {}, {}
     credits = [np.zeros(len(q)) for _, q in items]
     for (n, i), v in zip(owner, p):
-        if i < 0:
+        if i == -1:
             full[n] = v
+        elif i == -2:
+            none[n] = v
         else:
             credits[n][i] = v
     out = []
     for n in range(len(items)):
         d = np.maximum(0.0, full[n] - credits[n])
-        out.append((d / d.sum() if d.sum() > 0 else None, float(full[n])))
+        if baseline_share:
+            base = min(1.0, max(0.0, float(none[n]) / float(full[n]))) if full[n] > 0 else 1.0
+            out.append((d / d.sum() * (1.0 - base) if d.sum() > 0 else np.zeros(len(d)), float(full[n])))
+        else:
+            out.append((d / d.sum() if d.sum() > 0 else None, float(full[n])))
     return out
 
 
@@ -397,7 +410,7 @@ def eval_attribution(models_dir, names, hl: D.Log, truth_dir):
             items.append((list(r[:6]), r[7]))
             maps.append(r[6])
         t0 = time.time()
-        res = removal_credits(sess, items)
+        res = removal_credits(sess, items, baseline_share=bool(meta.get("baseline_share")))
         log(f"{name}: removal effects for {len(items)} conversions in {time.time() - t0:.0f} s")
         cr = {ch: 0.0 for ch in channels}
         fb = 0

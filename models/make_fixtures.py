@@ -233,19 +233,33 @@ def choose(lg: D.Log, sd, complete: list[int], convs_of, raw_by_id, fallback_of)
 # 3. Running the models
 
 
+BASELINE_SHARE = False  # the attribution model's metadata `baseline_share`, set in main
+
+
 def deep_credit(sess, lg: D.Log, p: int, j, prev, r):
-    """One conversion, exactly as evaluate.eval_attribution + removal_credits (one call of 1 + k rows)."""
+    """One conversion, exactly as evaluate.eval_attribution + removal_credits (one call of 1 + k rows,
+    + 1 with every touchpoint masked for a model with a baseline share)."""
     cols, used, positions = list(r[:6]), r[6], r[7]
     rows = [cols]
     for q in positions:
         c2 = [c.copy() for c in cols]
         c2[5][q] = 0.0
         rows.append(c2)
+    if BASELINE_SHARE:
+        c2 = [c.copy() for c in cols]
+        c2[5][list(positions)] = 0.0
+        rows.append(c2)
     feeds = {name: np.stack([row[i] for row in rows]) for i, name in enumerate(ATTR_INPUTS)}
     pr = sess.run(["p_conversion"], feeds)[0][:, 0]
-    p_full, p_wo = pr[0], pr[1:]
+    p_full, p_wo = pr[0], pr[1:1 + len(positions)]
+    feeds = {k: v[:1 + len(positions)] for k, v in feeds.items()}
     d = np.maximum(0.0, p_full - p_wo.astype(np.float64))  # as removal_credits: float32 full − float64 zeros-filled
-    if d.sum() > 0:
+    if BASELINE_SHARE:
+        base = min(1.0, max(0.0, float(pr[-1]) / float(p_full))) if p_full > 0 else 1.0
+        w = d / d.sum() * (1.0 - base) if d.sum() > 0 else np.zeros(len(d))
+        fallback = False
+        credit = {int(i): float(x) for i, x in zip(used, w)}
+    elif d.sum() > 0:
         w = d / d.sum()
         fallback = False
         credit = {int(i): float(x) for i, x in zip(used, w)}
@@ -254,7 +268,7 @@ def deep_credit(sess, lg: D.Log, p: int, j, prev, r):
         w_all = E.rule_credits(lg.ts[j], int(lg.ts[p]))["time_decay"]
         credit = {int(i): float(x) for i, x in zip(j, w_all)}
     # cross-check with evaluate.removal_credits itself
-    (w_e, full_e), = E.removal_credits(sess, [(cols, positions)])
+    (w_e, full_e), = E.removal_credits(sess, [(cols, positions)], baseline_share=BASELINE_SHARE)
     assert (w_e is None) == fallback and abs(full_e - float(p_full)) < 1e-6
     if w_e is not None:
         assert np.allclose(w_e, [credit[int(i)] for i in used], atol=1e-6)
@@ -396,8 +410,8 @@ def run_models(lg: D.Log, sd: D.StepData, stream: list, order: list, convs_of: d
             w_all = E.rule_credits(lg.ts[j], t_p)["time_decay"]
             credit = {int(q): float(x) for q, x in zip(j, w_all)}
             feeds = {name: np.stack([r[k]]) for k, name in enumerate(ATTR_INPUTS)}
-            (w_e, full_e), = E.removal_credits(a_sess, [(list(r[:6]), r[7])])
-            assert w_e is None
+            (w_e, full_e), = E.removal_credits(a_sess, [(list(r[:6]), r[7])], baseline_share=BASELINE_SHARE)
+            assert w_e is None or not len(r[7])
             p_full = full_e
         else:
             feeds, p_full, p_wo, d, fallback, credit = deep_credit(a_sess, lg, p, j, prev, r)
@@ -452,6 +466,8 @@ def main(argv=None):
     tps, purs = D.customer_touch_index(lg)
 
     a_meta = json.load(open(os.path.join(args.models, "attribution", "metadata.json")))
+    global BASELINE_SHARE
+    BASELINE_SHARE = bool(a_meta.get("baseline_share"))
     fe = a_meta["feature_encoding"]
     L, path_ms, context = fe["L"], fe["purchase_path_minutes"] * 60_000, fe["previous_purchase_token"]
     s_meta = json.load(open(os.path.join(args.models, "journey_step", "metadata.json")))

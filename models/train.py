@@ -708,14 +708,18 @@ def train_hazard(lg: D.Log, args, data_desc):
              "multipliers": not args.hazard_no_multipliers,
              "fit_seconds": round(fit_s, 1)}
     extra = {
+        # deep credit leaves P(none)/P(all) of each conversion to the customer's baseline: a
+        # conversion the touches explain little of hands little credit to them
+        "baseline_share": True,
         "p_conversion_note": "1 - exp(-(mu + sum_i e_i) * 1 day): P(a purchase decision within a day) at the journey's "
                              "modelled hazard without the customer's own propensity (mu = the mean baseline)",
         "attention_note": "each touchpoint's share of the modelled incremental hazard, e_i / sum e (0 on padding); the "
                           "deep credit (removal effects) is proportional to exp(e_i) - 1, i.e. to e_i to first order",
         "feature_encoding": {
-            "deep_credit": "credit_i = max(0, P(full) - P(journey with touchpoint i masked)) normalised to sum 1 over the "
-                           "touchpoints (= (exp(e_i) - 1) / sum_j (exp(e_j) - 1) for this model); if all are 0 fall back "
-                           "to time decay (7-day half-life) over the whole journey",
+            "deep_credit": "credit_i = max(0, P(full) - P(journey with touchpoint i masked)) normalised over the "
+                           "touchpoints (= (exp(e_i) - 1) / sum_j (exp(e_j) - 1) for this model), times the journey's "
+                           "incremental share 1 - P(no touchpoint) / P(full) (baseline_share); the rest is the customer's "
+                           "baseline (deep_baseline on the conversion)",
             "model": "additive hazard: e_i = sum_k table[channel_i * 12 + event_type_i, k] * hat_k(age_i), hat_k the "
                      "piecewise-linear hat functions at the knots below (in the age encoding); campaign_bucket and "
                      "position are not used",
@@ -801,6 +805,9 @@ def main(argv=None):
         # the inactivity re-check head, appended to the exported graph (abandon_checks.py)
         from abandon_checks import add_checks
         add_checks(os.path.join(args.out, "journey_step"), lg, sd, seed=args.seed)
+        # the alert policy per target delay, chosen on the validation customers (alert_policy.py)
+        from alert_policy import fit_policies
+        fit_policies(os.path.join(args.out, "journey_step"), lg, sd, keep=split_customers(len(lg.customer_ids), args.seed))
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
         log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
     if not args.skip_attr and args.attribution_method == "hazard":

@@ -1,14 +1,15 @@
-//! The product's claim, measured on the processor's own output topics: a fixed simulated stream
-//! (the simulator's held-out world, seed 4242, customers the models never saw) goes through
-//! Kafka and the processor with its default models; the channel shares of the credited
-//! conversions are compared with the simulator's ground truth. Deep credit must beat every rule.
-//! The model's alerts are scored against the true cart outcomes beside fixed timers computed from
-//! the same stream; they must beat every timer on F1 (see models/README.md).
+//! The product's claims, measured on the processor's own output topics, per simulator world: a
+//! held-out simulated stream (customers the models never saw) goes through Kafka and
+//! `touchstream run`; channel shares of the credited conversions are compared with the
+//! simulator's ground truth, and the model's abandonment alerts with fixed timers of the same
+//! timeliness computed from the same stream (see models/README.md). The scenarios are data:
+//! `SCENARIOS` below.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -18,6 +19,53 @@ use touchstream_sim::run::{run, Options};
 use touchstream_sim::{Model, World};
 
 const METHODS: [&str; 6] = ["deep", "time_decay", "last_touch", "first_touch", "linear", "position_based"];
+
+/// One world of the simulator family and what must hold on it.
+struct Scenario {
+    /// `load-tests/simulator/worlds/<world>.toml` ("default": the built-in world).
+    world: &'static str,
+    seed: u64,
+    customers: u64,
+    /// `models/worlds/<world>/attribution/`, trained on that world's log with `models/train.py`,
+    /// instead of the shipped attribution model.
+    own_attribution: bool,
+    /// Deep credit's channel-share error must be at most this times the best rule's.
+    max_deep_vs_best_rule: f64,
+    /// A channel with no causal effect, and the most credit deep credit may give it, as a multiple
+    /// of what last touch gives it. Issue 14 asks for 0.2x; deep credit gives 1.7x today (see
+    /// models/README.md), so this guards against regressions until a customer-level baseline
+    /// reaches the model's contract.
+    placebo: Option<(&'static str, f64)>,
+    /// `alerts.target_delay` values at which the processor's model alerts must beat the fixed timer
+    /// of the same median delay on F1 and precision.
+    alert_targets: &'static [&'static str],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        world: "default",
+        seed: 4242,
+        customers: 2500,
+        own_attribution: false,
+        max_deep_vs_best_rule: 0.5,
+        placebo: None,
+        alert_targets: &["1h", "2h", "4h"],
+    },
+    Scenario {
+        world: "placebo",
+        seed: 202,
+        customers: 3000,
+        own_attribution: true,
+        max_deep_vs_best_rule: 0.5,
+        placebo: Some(("sms", 2.0)),
+        alert_targets: &["1h", "2h", "4h"],
+    },
+    Scenario { world: "intent_search", seed: 202, customers: 3000, own_attribution: true, max_deep_vs_best_rule: 0.5, placebo: None, alert_targets: &[] },
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 fn produce_lines(p: &BaseProducer, topic: &str, events: &[u8]) -> usize {
     let mut n = 0;
@@ -35,34 +83,22 @@ fn shares(v: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     v.iter().map(|(k, x)| (k.clone(), x / total)).collect()
 }
 
-#[test]
-fn deep_credit_beats_every_rule_on_the_processors_output() {
-    let mut world = World::default_world();
-    world.seed = 4242;
-    world.customers = 2500;
-    world.concurrency = 250;
-    let model = Model::new(world).unwrap();
-    let truth_dir = std::env::temp_dir().join(unique("touchstream-truth"));
-    std::fs::create_dir_all(&truth_dir).unwrap();
-    let mut events = Vec::new();
-    let summary = run(&model, &Options::default(), Some(&mut events), Some(&truth_dir)).unwrap();
+/// A models folder with the shipped step model and the world's own attribution model.
+fn world_models(world: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("touchstream-world-models"));
+    for (name, from) in [("journey_step", repo().join("models/journey_step")), ("attribution", repo().join("models/worlds").join(world).join("attribution"))] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        for f in ["model.onnx", "metadata.json", "fixtures.json"] {
+            std::fs::copy(from.join(f), dir.join(name).join(f)).unwrap_or_else(|e| panic!("{}: {e}", from.join(f).display()));
+        }
+    }
+    dir
+}
 
-    let topics = Topics::new("comparison");
-    create_topic(&topics.events, 3);
-    let sent = produce_lines(&producer(), &topics.events, &events);
-    assert_eq!(sent as u64, summary.events);
-    // the model decides at the 2-hour target, the safety net at 24 h
-    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "1h"), ("processing.commit_interval", "500ms")]);
-    assert!(wait_caught_up(&topics, Duration::from_secs(900)), "caught up:\n{}", proc.log());
-    let conversions = read_all(&topics.conversions, Duration::from_secs(3));
-    let alerts = read_all(&topics.alerts, Duration::from_secs(2));
-    let (status, log) = proc.stop();
-    assert!(status.success(), "{log}");
-    assert_eq!(conversions.len() as u64, summary.conversions, "one record per purchase");
-
-    // credited conversions per channel, for each method, over conversions with touchpoints
+/// Credited conversions per channel for each method, over conversions with touchpoints.
+fn credited(conversions: &[Record]) -> [BTreeMap<String, f64>; 6] {
     let mut credited: [BTreeMap<String, f64>; 6] = Default::default();
-    for r in &conversions {
+    for r in conversions {
         let c = r.json();
         let tps = c["touchpoints"].as_array().unwrap();
         if tps[0]["event_id"].is_null() {
@@ -75,7 +111,11 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
             }
         }
     }
-    // the truth: each conversion's true incremental shares per channel
+    credited
+}
+
+/// Each conversion's true incremental shares per channel, as channel shares.
+fn truth_shares(truth_dir: &Path) -> BTreeMap<String, f64> {
     let mut truth: BTreeMap<String, f64> = BTreeMap::new();
     let file = std::fs::File::open(truth_dir.join("truth_conversions.jsonl")).unwrap();
     for line in std::io::BufReader::new(file).lines() {
@@ -84,146 +124,249 @@ fn deep_credit_beats_every_rule_on_the_processors_output() {
             *truth.entry(t["channel"].as_str().unwrap().to_string()).or_default() += t["true_share"].as_f64().unwrap();
         }
     }
-    let truth = shares(&truth);
+    shares(&truth)
+}
+
+/// The true cart outcomes and the customers' activity while each cart was open.
+struct Carts {
+    carts: HashMap<String, Cart>,
+    truly: usize,
+}
+
+struct Cart {
+    abandoned: bool,
+    /// the customer's activity while the cart is open, and when it closed (a purchase)
+    activity: Vec<i64>,
+    closed: i64,
+}
+
+/// Precision, recall, F1, median delay (minutes from the cart's last activity to the alert) and
+/// alerts of one policy.
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    precision: f64,
+    recall: f64,
+    f1: f64,
+    median_delay_min: f64,
+    alerts: usize,
+}
+
+impl Carts {
+    fn load(truth_dir: &Path, events: &[u8]) -> Carts {
+        let mut carts: HashMap<String, Cart> = HashMap::new();
+        let mut by_customer: HashMap<String, Vec<String>> = HashMap::new();
+        let file = std::fs::File::open(truth_dir.join("truth_carts.jsonl")).unwrap();
+        for line in std::io::BufReader::new(file).lines() {
+            let c: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let id = c["alert_id"].as_str().unwrap().to_string();
+            by_customer.entry(c["customer_id"].as_str().unwrap().to_string()).or_default().push(id.clone());
+            let cart = Cart {
+                abandoned: c["abandoned"].as_bool().unwrap(),
+                activity: vec![c["opened_ts"].as_i64().unwrap()],
+                closed: c["purchased_ts"].as_i64().unwrap_or(i64::MAX),
+            };
+            carts.insert(id, cart);
+        }
+        for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            let ts = v["ts"].as_i64().unwrap();
+            for id in by_customer.get(v["customer_id"].as_str().unwrap()).into_iter().flatten() {
+                let c = carts.get_mut(id).unwrap();
+                if ts > c.activity[0] && ts <= c.closed {
+                    c.activity.push(ts);
+                }
+            }
+        }
+        for c in carts.values_mut() {
+            c.activity.sort();
+        }
+        let truly = carts.values().filter(|c| c.abandoned).count();
+        Carts { carts, truly }
+    }
+
+    /// `alerts`: alert id -> (alert_ts, the cart's last activity before it).
+    fn score(&self, alerts: &HashMap<String, (i64, i64)>) -> Score {
+        let (mut tp, mut fp) = (0usize, 0usize);
+        let mut delays = Vec::new();
+        for (id, (at, last)) in alerts {
+            let Some(c) = self.carts.get(id) else { continue };
+            if c.abandoned {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            delays.push((at - last) as f64 / MIN as f64);
+        }
+        delays.sort_by(f64::total_cmp);
+        let (p, r) = (tp as f64 / (tp + fp).max(1) as f64, tp as f64 / self.truly.max(1) as f64);
+        Score {
+            precision: p,
+            recall: r,
+            f1: 2.0 * p * r / (p + r).max(1e-9),
+            median_delay_min: delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN),
+            alerts: tp + fp,
+        }
+    }
+
+    /// The fixed timer: every cart alerts at its first inactivity of `t` while open.
+    fn timer(&self, t: i64) -> HashMap<String, (i64, i64)> {
+        self.carts
+            .iter()
+            .filter_map(|(id, c)| {
+                let next = c.activity.iter().skip(1).copied().chain(std::iter::once(c.closed));
+                c.activity.iter().zip(next).find(|(s, e)| e - *s >= t && *s + t < c.closed).map(|(s, _)| (id.clone(), (s + t, *s)))
+            })
+            .collect()
+    }
+}
+
+fn alerts_by_reason(alerts: &[Record], reason: Option<&str>) -> HashMap<String, (i64, i64)> {
+    alerts
+        .iter()
+        .map(|r| r.json())
+        .filter(|a| reason.map_or(true, |x| a["reason"] == x))
+        .map(|a| (a["alert_id"].as_str().unwrap().to_string(), (a["alert_ts"].as_i64().unwrap(), a["last_activity_ts"].as_i64().unwrap())))
+        .collect()
+}
+
+fn row(name: &str, s: &Score) -> String {
+    format!("| {name} | {:.3} | {:.3} | {:.3} | {} | {:.0} |\n", s.precision, s.recall, s.f1, s.alerts, s.median_delay_min)
+}
+
+/// Runs one scenario; returns the report and the failed claims.
+fn check(sc: &Scenario) -> (String, Vec<String>) {
+    let mut world = if sc.world == "default" {
+        World::default_world()
+    } else {
+        World::from_file(&repo().join("load-tests/simulator/worlds").join(format!("{}.toml", sc.world))).unwrap()
+    };
+    world.seed = sc.seed;
+    world.customers = sc.customers;
+    world.concurrency = 250;
+    let model = Model::new(world).unwrap();
+    let truth_dir = std::env::temp_dir().join(unique("touchstream-truth"));
+    std::fs::create_dir_all(&truth_dir).unwrap();
+    let mut events = Vec::new();
+    let summary = run(&model, &Options::default(), Some(&mut events), Some(&truth_dir)).unwrap();
+
+    let input = Topics::new(&format!("comparison-{}", sc.world)).events;
+    create_topic(&input, 3);
+    let sent = produce_lines(&producer(), &input, &events);
+    assert_eq!(sent as u64, summary.events);
+    let models_dir = sc.own_attribution.then(|| world_models(sc.world));
+
+    // one processor per alert target (the credit is the same in each), reading the same input
+    let targets: Vec<&str> = if sc.alert_targets.is_empty() { vec!["2h"] } else { sc.alert_targets.to_vec() };
+    let runs: Vec<(Topics, Processor)> = targets
+        .iter()
+        .map(|target| {
+            let mut topics = Topics::new(&format!("comparison-{}-{}", sc.world, target));
+            topics.events = input.clone();
+            let mut settings = vec![("event_time.idle_timeout", "1h"), ("processing.commit_interval", "500ms"), ("alerts.target_delay", *target)];
+            if let Some(dir) = &models_dir {
+                settings.push(("models.dir", dir.to_str().unwrap()));
+                settings.push(("models.watch", "false"));
+            }
+            let proc = Processor::start(&topics, &settings);
+            (topics, proc)
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for (topics, proc) in runs {
+        assert!(wait_caught_up(&topics, Duration::from_secs(900)), "{}: caught up:\n{}", sc.world, proc.log());
+        let conversions = read_all(&topics.conversions, Duration::from_secs(3));
+        let alerts = read_all(&topics.alerts, Duration::from_secs(2));
+        let (status, log) = proc.stop();
+        assert!(status.success(), "{log}");
+        assert_eq!(conversions.len() as u64, summary.conversions, "one record per purchase");
+        outputs.push((conversions, alerts));
+    }
+    let mut failed = Vec::new();
+    let mut report = format!("## world `{}` (seed {}, {} customers, {} events)\n\n", sc.world, sc.seed, sc.customers, summary.events);
+
+    // ---- credit
+    let credited = credited(&outputs[0].0);
+    let truth = truth_shares(&truth_dir);
     let mut channels: Vec<String> = truth.keys().cloned().collect();
     for c in &credited {
         channels.extend(c.keys().cloned());
     }
     channels.sort();
     channels.dedup();
+    let share_of = |c: &BTreeMap<String, f64>, ch: &str| *shares(c).get(ch).unwrap_or(&0.0);
     let mae: Vec<f64> = credited
         .iter()
-        .map(|c| {
-            let s = shares(c);
-            channels.iter().map(|ch| (s.get(ch).unwrap_or(&0.0) - truth.get(ch).unwrap_or(&0.0)).abs()).sum::<f64>() / channels.len() as f64
-        })
+        .map(|c| channels.iter().map(|ch| (share_of(c, ch) - truth.get(ch).unwrap_or(&0.0)).abs()).sum::<f64>() / channels.len() as f64)
         .collect();
-    let mut table = String::from("| channel | truth |");
-    for m in METHODS {
-        table += &format!(" {m} |");
-    }
-    table += "\n|---|---|---|---|---|---|---|---|\n";
+    report += &format!("| channel | truth | {} |\n|---|---|{}\n", METHODS.join(" | "), "---|".repeat(METHODS.len()));
     for ch in &channels {
-        table += &format!("| {ch} | {:.1}% |", 100.0 * truth.get(ch).unwrap_or(&0.0));
+        report += &format!("| {ch} | {:.1}% |", 100.0 * truth.get(ch).unwrap_or(&0.0));
         for c in &credited {
-            table += &format!(" {:.1}% |", 100.0 * shares(c).get(ch).unwrap_or(&0.0));
+            report += &format!(" {:.1}% |", 100.0 * share_of(c, ch));
         }
-        table += "\n";
+        report += "\n";
     }
-    table += "| **MAE vs truth** | |";
+    report += "| **MAE vs truth** | |";
     for m in &mae {
-        table += &format!(" **{m:.3}** |");
+        report += &format!(" **{m:.3}** |");
     }
-
-    // alerts against the true cart outcomes, beside fixed timers computed from the same stream
-    struct Cart {
-        abandoned: bool,
-        last_activity: i64,
-        /// the customer's activity while the cart is open, and when it closed (a purchase)
-        activity: Vec<i64>,
-        closed: i64,
-    }
-    let mut carts: HashMap<String, Cart> = HashMap::new();
-    let mut by_customer: HashMap<String, Vec<String>> = HashMap::new();
-    let file = std::fs::File::open(truth_dir.join("truth_carts.jsonl")).unwrap();
-    for line in std::io::BufReader::new(file).lines() {
-        let c: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let id = c["alert_id"].as_str().unwrap().to_string();
-        by_customer.entry(c["customer_id"].as_str().unwrap().to_string()).or_default().push(id.clone());
-        carts.insert(
-            id,
-            Cart {
-                abandoned: c["abandoned"].as_bool().unwrap(),
-                last_activity: c["last_activity_ts"].as_i64().unwrap(),
-                activity: vec![c["opened_ts"].as_i64().unwrap()],
-                closed: c["purchased_ts"].as_i64().unwrap_or(i64::MAX),
-            },
-        );
-    }
-    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let v: Value = serde_json::from_slice(line).unwrap();
-        let ts = v["ts"].as_i64().unwrap();
-        for id in by_customer.get(v["customer_id"].as_str().unwrap()).into_iter().flatten() {
-            let c = carts.get_mut(id).unwrap();
-            if ts > c.activity[0] && ts <= c.closed {
-                c.activity.push(ts);
-            }
-        }
-    }
-    let truly = carts.values().filter(|c| c.abandoned).count();
-    // precision, recall, F1, median lead time (h to the end of the 24 h window) of an alert policy
-    let score = |alerts: &HashMap<&str, i64>| -> (f64, f64, f64, f64, usize) {
-        let (mut tp, mut fp) = (0usize, 0usize);
-        let mut lead = Vec::new();
-        for (id, at) in alerts {
-            let c = &carts[*id];
-            if c.abandoned {
-                tp += 1;
-                lead.push((c.last_activity + 24 * HOUR - at) as f64 / HOUR as f64);
-            } else {
-                fp += 1;
-            }
-        }
-        lead.sort_by(f64::total_cmp);
-        let (p, r) = (tp as f64 / (tp + fp).max(1) as f64, tp as f64 / truly.max(1) as f64);
-        (p, r, 2.0 * p * r / (p + r).max(1e-9), lead.get(lead.len() / 2).copied().unwrap_or(f64::NAN), tp + fp)
-    };
-    let timer = |t: i64| -> HashMap<&str, i64> {
-        carts
-            .iter()
-            .filter_map(|(id, c)| {
-                let mut a = c.activity.clone();
-                a.sort();
-                let next = a.iter().skip(1).copied().chain(std::iter::once(c.closed));
-                a.iter().zip(next).find(|(s, e)| e - *s >= t && *s + t < c.closed).map(|(s, _)| (id.as_str(), s + t))
-            })
-            .collect()
-    };
-    let alerts_of = |reason: Option<&str>| -> HashMap<String, i64> {
-        alerts
-            .iter()
-            .map(|r| r.json())
-            .filter(|a| reason.map_or(true, |x| a["reason"] == x))
-            .map(|a| (a["alert_id"].as_str().unwrap().to_string(), a["alert_ts"].as_i64().unwrap()))
-            .collect()
-    };
-    let (model_alerts, all_alerts) = (alerts_of(Some("model")), alerts_of(None));
-    fn as_ref<'a>(m: &'a HashMap<String, i64>, known: &HashMap<String, Cart>) -> HashMap<&'a str, i64> {
-        m.iter().filter(|(k, _)| known.contains_key(k.as_str())).map(|(k, v)| (k.as_str(), *v)).collect()
-    }
-    let mut rows = vec![
-        ("processor: model alerts (re-checks 10 min to 10 h, default thresholds)".to_string(), score(&as_ref(&model_alerts, &carts))),
-        ("processor: all alerts (model, else the 24-hour rule)".to_string(), score(&as_ref(&all_alerts, &carts))),
-    ];
-    for (name, t) in [("timer 30 min", 30 * MIN), ("timer 1 h", HOUR), ("timer 2 h", 2 * HOUR), ("timer 10 h", 10 * HOUR)] {
-        rows.push((name.to_string(), score(&timer(t))));
-    }
-    let mut alert_table = format!(
-        "{} carts, {truly} truly abandoned\n| policy | precision | recall | F1 | alerts | median lead time (h) |\n|---|---|---|---|---|---|\n",
-        carts.len()
-    );
-    for (name, (p, r, f1, lead, n)) in &rows {
-        alert_table += &format!("| {name} | {p:.3} | {r:.3} | {f1:.3} | {n} | {lead:.1} |\n");
-    }
-    let by_reason: BTreeMap<String, usize> = alerts.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r.json()["reason"].as_str().unwrap().to_string()).or_default() += 1;
-        m
-    });
-    eprintln!("{} events, {} conversions, {} alerts\n{table}\n\n{alert_table}", summary.events, conversions.len(), alerts.len());
-    let _ = std::fs::remove_dir_all(&truth_dir);
-
-    assert!(conversions.len() > 1000, "enough conversions to compare: {}", conversions.len());
+    report += "\n\n";
     let best_rule = mae[1..].iter().cloned().fold(f64::INFINITY, f64::min);
-    assert!(mae[0] < best_rule, "deep credit ({:.3}) must beat every rule (best {best_rule:.3})\n{table}", mae[0]);
-    assert!(mae[0] < 0.75 * best_rule, "by a clear margin: deep {:.3} vs best rule {best_rule:.3}\n{table}", mae[0]);
-    assert!(by_reason.contains_key("model"), "model alerts fire: {by_reason:?}");
-    // The processor's alerts (the model decides; the rule at the abandonment horizon is a safety
-    // net) beat every fixed timer on precision and F1, and come no later than the best (10 h);
-    // the model's own alerts are more precise than every timer.
-    let (model, all) = (rows[0].1, rows[1].1);
-    for (name, t) in &rows[2..] {
-        assert!(all.2 > t.2, "the processor's alerts (F1 {:.3}) beat {name} ({:.3})\n{alert_table}", all.2, t.2);
-        assert!(all.0 > t.0, "the processor's alerts (precision {:.3}) beat {name} ({:.3})\n{alert_table}", all.0, t.0);
-        assert!(model.0 > t.0, "model alerts (precision {:.3}) beat {name} ({:.3})\n{alert_table}", model.0, t.0);
+    if mae[0] > sc.max_deep_vs_best_rule * best_rule {
+        failed.push(format!("{}: deep credit's MAE {:.3} is above {} x the best rule's {best_rule:.3}", sc.world, mae[0], sc.max_deep_vs_best_rule));
     }
+    if let Some((channel, max_ratio)) = sc.placebo {
+        let (deep, last) = (share_of(&credited[0], channel), share_of(&credited[2], channel));
+        report += &format!("placebo `{channel}`: deep {:.1}%, last touch {:.1}% ({:.2}x)\n\n", 100.0 * deep, 100.0 * last, deep / last);
+        if deep > max_ratio * last {
+            failed.push(format!("{}: the placebo `{channel}` gets {:.3} of deep credit, above {max_ratio} x last touch's {last:.3}", sc.world, deep));
+        }
+    }
+
+    // ---- alerts at equal timeliness
+    if !sc.alert_targets.is_empty() {
+        let carts = Carts::load(&truth_dir, &events);
+        report += &format!(
+            "{} carts, {} truly abandoned\n\n| policy | precision | recall | F1 | alerts | median delay (min) |\n|---|---|---|---|---|---|\n",
+            carts.carts.len(),
+            carts.truly
+        );
+        for (target, (_, alerts)) in sc.alert_targets.iter().zip(&outputs) {
+            let model = carts.score(&alerts_by_reason(alerts, Some("model")));
+            let all = carts.score(&alerts_by_reason(alerts, None));
+            let same = carts.score(&carts.timer((model.median_delay_min * MIN as f64).round() as i64));
+            report += &row(&format!("target {target}: model alerts"), &model);
+            report += &row(&format!("target {target}: all alerts (with the 24 h safety net)"), &all);
+            report += &row(&format!("timer at the model's median delay ({:.0} min)", model.median_delay_min), &same);
+            if !(model.f1 > same.f1 && model.precision > same.precision) {
+                failed.push(format!(
+                    "{} at {target}: model alerts (P {:.3}, F1 {:.3}) do not beat the timer of the same median delay {:.0} min (P {:.3}, F1 {:.3})",
+                    sc.world, model.precision, model.f1, model.median_delay_min, same.precision, same.f1
+                ));
+            }
+        }
+        for (name, t) in [("timer 1 h", HOUR), ("timer 2 h", 2 * HOUR), ("timer 4 h", 4 * HOUR)] {
+            report += &row(name, &carts.score(&carts.timer(t)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&truth_dir);
+    if let Some(dir) = models_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    (report, failed)
+}
+
+#[test]
+fn deep_credit_and_model_alerts_beat_the_rules_and_timers_on_every_world() {
+    let mut failed = Vec::new();
+    let mut report = String::new();
+    // TOUCHSTREAM_COMPARISON_WORLDS=default,placebo runs those only (when working on one)
+    let only = std::env::var("TOUCHSTREAM_COMPARISON_WORLDS").ok();
+    for sc in SCENARIOS.iter().filter(|sc| only.as_deref().map_or(true, |o| o.split(',').any(|w| w == sc.world))) {
+        let (r, f) = check(sc);
+        eprintln!("{r}");
+        report += &r;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{}\n\n{report}", failed.join("\n"));
 }

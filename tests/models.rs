@@ -1,5 +1,5 @@
 //! The models on a real broker: a simulated stream goes through the processor with the models on.
-//! Every conversion carries deep credit summing to 1 and the model version; model alerts fire at
+//! Every conversion carries deep credit summing to 1 with its baseline share and the model version; model alerts fire at
 //! the short inactivity check, before the timeout rule would; the scores topic holds each
 //! customer's latest scores; and a model swap (SIGHUP) under load changes the stamped version
 //! without losing or duplicating an output. The processor's outputs are compared with the
@@ -164,8 +164,9 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
         let id = c["conversion_id"].as_str().unwrap();
         let want = want_conv.get(id).unwrap_or_else(|| panic!("unexpected conversion {id}"));
         assert!(same_json(&without_version(c.clone()), &without_version(want.clone())), "conversion {id}:\ngot  {c}\nwant {want}");
-        let sum: f64 = c["touchpoints"].as_array().unwrap().iter().map(|t| t["deep"].as_f64().unwrap()).sum();
-        assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits sum to {sum}");
+        let sum: f64 =
+            c["touchpoints"].as_array().unwrap().iter().map(|t| t["deep"].as_f64().unwrap()).sum::<f64>() + c["deep_baseline"].as_f64().unwrap_or(0.0);
+        assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits and the baseline's share sum to {sum}");
         assert!(c["expected_future_value"].as_f64().unwrap() >= 0.0);
         fallbacks += usize::from(c["deep_method"] == "time_decay_fallback");
         let (partition, offset) = source[id];

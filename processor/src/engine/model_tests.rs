@@ -65,8 +65,9 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
     for want in conversions {
         let id = want["purchase_event_id"].as_str().unwrap();
         let got = records.iter().find(|r| r.conversion_id == id).unwrap_or_else(|| panic!("no conversion {id}"));
-        let sum: f64 = got.touchpoints.iter().map(|t| t.deep.unwrap()).sum();
-        assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits sum to {sum}");
+        // credits and the baseline's share make the whole conversion
+        let sum: f64 = got.touchpoints.iter().map(|t| t.deep.unwrap()).sum::<f64>() + got.deep_baseline.unwrap_or(0.0);
+        assert!((sum - 1.0).abs() < 1e-9, "{id}: deep credits and baseline sum to {sum}");
         if want["skipped_no_touchpoints"].as_bool() == Some(true) {
             assert_eq!(got.touchpoints[0].channel, Channel::Direct);
             continue;
@@ -164,7 +165,7 @@ fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
     send(&mut engine, &mut out, "5", 1_767_225_840_000, "purchase");
     let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };
     assert_eq!(c.model_version.as_deref(), Some(&*test_models().version));
-    assert!((c.touchpoints.iter().map(|t| t.deep.unwrap()).sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!((c.touchpoints.iter().map(|t| t.deep.unwrap()).sum::<f64>() + c.deep_baseline.unwrap_or(0.0) - 1.0).abs() < 1e-9);
 }
 
 /// With the re-check head, an idle cart is checked at each inactivity of the model's schedule (by
