@@ -70,7 +70,7 @@ fn aborted_transactions_are_invisible_and_redone_once() {
     let topics = Topics::new("abort");
     create_topic(&topics.events, PARTITIONS);
     produce_stream(&topics.events, 8_000, 12, 0.0);
-    let proc = Processor::start_as(&topics, "a", &[("processing.max_batch_events", "500")], &[("TOUCHSTREAM_FAULT_ABORT_EVERY", "3")]);
+    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_ABORT_EVERY", "3")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
     let got = collect_outputs(&topics);
     let (status, log) = proc.stop();
@@ -182,8 +182,7 @@ fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
     let topics = Topics::new("fatal");
     create_topic(&topics.events, PARTITIONS);
     produce_stream(&topics.events, 8_000, 15, 0.0);
-    let proc =
-        Processor::start_as(&topics, "a", &[("processing.max_batch_events", "500"), ("event_time.idle_timeout", "1h")], &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
+    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
     let got = collect_outputs(&topics);
     let (status, log) = proc.stop();

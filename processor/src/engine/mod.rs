@@ -314,6 +314,10 @@ impl PartitionEngine {
 
         let cfg = &self.cfg;
         let customer = self.customers.get_mut(key).expect("present");
+        // The timers hold, for every open cart, an entry at or before its next due time; an event
+        // that brings that time forward (a cart opens, or the customer returns to a cart whose
+        // checks had all run) arms a new one below.
+        let due_before = customer.cart.as_ref().filter(|c| !c.alerted).and_then(|c| alerts::next_due(&self.policy, c));
         let prev_ts = customer.last_event_ts;
         customer.touch(ev);
         customer.seen.insert(id, cfg.dedupe_ids);
@@ -323,15 +327,18 @@ impl PartitionEngine {
                 customer.add_touchpoint(ev, seq, cfg.lookback, cfg.max_touchpoints);
                 self.windows.add_touchpoint(ev.ts, ev.channel.unwrap_or(Channel::Other), wm);
             }
-            EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart if customer.apply_cart(ev) => {
-                if let Some(due) = alerts::next_due(&self.policy, customer.cart.as_ref().expect("just opened")) {
-                    self.timers.push(Reverse((due, key.into())));
-                }
+            EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart => {
+                customer.apply_cart(ev);
             }
             EventType::Purchase => {
                 conversion = Some(conversion::convert(ev, customer, cfg, &mut self.scratch, self.scoring.as_mut()));
             }
             _ => {}
+        }
+        if let Some(due) = customer.cart.as_ref().filter(|c| !c.alerted).and_then(|c| alerts::next_due(&self.policy, c)) {
+            if due_before.is_none_or(|before| due < before) {
+                self.timers.push(Reverse((due, key.into())));
+            }
         }
         if let Some(s) = &mut self.scoring {
             let gap = if customer.counters.events == 1 { 0 } else { (ev.ts - prev_ts).max(0) };
@@ -476,12 +483,13 @@ impl PartitionEngine {
 
     /// Forgets customers idle longer than the TTL (event time).
     fn expire(&mut self, wm: Millis) {
+        // Pending events run first, so what expires does not depend on when the models last ran.
+        self.flush();
         let horizon = wm.saturating_sub(self.cfg.customer_ttl);
         let before = self.customers.len();
         let (forgotten, score_tombstones) = (&mut self.forgotten, &mut self.score_tombstones);
         self.customers.retain(|k, c| {
-            // a customer with events waiting for the step model stays until the next sweep
-            let keep = c.last_event_ts >= horizon || c.pending > 0;
+            let keep = c.last_event_ts >= horizon;
             if !keep {
                 forgotten.push(k.clone());
                 if c.model.as_ref().is_some_and(|m| m.written.is_some()) {

@@ -204,6 +204,7 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     let alerts = |out: &[Output]| -> Vec<AlertRecord> { out.iter().filter_map(|o| if let Output::Alert(a) = o { Some(a.clone()) } else { None }).collect() };
 
     // never reached: every check runs, then the rule alerts with the last check's probability
+    let k_last = schedule.len() - 1;
     let (mut engine, mut out) = engine_with(1.1);
     let p = engine.customer("a").unwrap().model.as_ref().unwrap().checks.clone();
     assert_eq!(p.len(), schedule.len());
@@ -217,8 +218,20 @@ fn idle_carts_are_rechecked_on_the_models_schedule() {
     assert_eq!((a[0].reason, a[0].alert_ts), ("safety_net", last + engine.cfg.safety_net));
     assert_eq!(a[0].abandonment_probability, Some(f64::from(*p.last().unwrap())));
 
+    // a customer who comes back to the cart after every check ran (well before the safety net) is
+    // checked again on the schedule from the return, by the watermark alone
+    let (mut engine, mut out) = engine_with(1.1);
+    engine.advance_idle(last + schedule[k_last] + 1 + engine.cfg.allowed_lateness, &mut out);
+    assert_eq!(usize::from(engine.customer("a").unwrap().cart.as_ref().unwrap().checks_done), schedule.len());
+    let back = last + schedule[k_last] + 60_000;
+    let json = format!(r#"{{"event_id":"back","customer_id":"a","ts":{back},"event_type":"page_view"}}"#);
+    engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), &mut out);
+    engine.advance_idle(back + schedule[1] + 1 + engine.cfg.allowed_lateness, &mut out);
+    let cart = engine.customer("a").unwrap().cart.clone().unwrap();
+    assert_eq!((cart.model_checked, cart.checks_done), (back, 2), "the checks after the return ran");
+    assert!(alerts(&out).is_empty());
+
     // a threshold only the most confident early check reaches: the alert comes at that check
-    let k_last = schedule.len() - 1;
     let top = p[..k_last].iter().cloned().fold(f32::MIN, f32::max);
     let j = p.iter().position(|x| *x == top).unwrap();
     for by_event in [false, true] {

@@ -165,6 +165,25 @@ fn an_idle_partition_writes_nothing_until_a_timer_fires() {
 
 #[test]
 fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
+    // short retention and TTL so that windows close and customers expire within the stream
+    let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
+    restore_equivalence(cfg, &[9_699, 20_272]);
+}
+
+/// With models, a low threshold at the model's early checks (many model alerts) and a crash after
+/// many commits: the model's checks and scores replay exactly.
+#[test]
+fn model_alerts_replay_exactly_after_a_restore() {
+    let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, target_delay: 30 * MIN, abandon_threshold: Some(0.5), ..EngineConfig::default() };
+    let crashes: Vec<usize> = (1..30).map(|k| k * 970 + 96).collect();
+    let out = restore_equivalence(cfg.with_models(Some(crate::inference::test_models())), &crashes);
+    let model_alerts = out.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == "model")).count();
+    assert!(model_alerts > 20, "the stream has model alerts to compare: {model_alerts}");
+}
+
+/// Runs the demo stream whole and with a commit every 97 events and a crash + restore after the
+/// commits at `crashes`; asserts the same outputs and returns them.
+fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
     use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
     let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 300, ..GeneratorConfig::default() });
     let raw: Vec<(String, Vec<u8>)> = (0..30_000)
@@ -177,8 +196,6 @@ fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
     let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
     let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &check).unwrap()).collect();
 
-    // short retention and TTL so that windows close and customers expire within the stream
-    let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
     let mut whole = PartitionEngine::new(0, cfg.clone());
     let mut expected = Vec::new();
     for e in &events {
@@ -198,7 +215,7 @@ fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
             engine.drain_changelog(&wins, &mut log).unwrap();
             wins.clear();
         }
-        if i == 9_699 || i == 20_272 {
+        if crashes.contains(&i) {
             // crash right after a commit: rebuild from the changelog alone
             let mut restored = PartitionEngine::new(0, cfg.clone());
             for entry in &log {
@@ -219,6 +236,7 @@ fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
     let tombstones = log.iter().filter(|e| e.value.is_none()).count();
     assert!(tombstones > 0, "closed windows and expired customers are deleted from the changelog");
     assert!(whole.expired_customers > 0);
+    got
 }
 
 #[test]
