@@ -1,0 +1,115 @@
+//! The baseline: a plain exactly-once passthrough (consume -> produce, nothing else) with the
+//! processor's batching: read_committed input, and a transaction with the input offsets
+//! (send_offsets_to_transaction) committed every commit interval or every `max_batch` records,
+//! whichever comes first. Producer and consumer settings follow processor/src/kafka/mod.rs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::Timing;
+
+const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Passthrough<'a> {
+    pub brokers: &'a str,
+    pub input: &'a str,
+    pub output: &'a str,
+    pub group: &'a str,
+    pub end: &'a [(i32, i64)],
+    pub commit_interval: Duration,
+    pub max_batch: usize,
+    pub timeout: Duration,
+}
+
+impl Passthrough<'_> {
+    /// Copies the whole input to the output; times it from the clients' creation (`seconds`) and
+    /// from the first commit (`steady_*`).
+    pub fn run(&self) -> Result<Timing> {
+        let started = Instant::now();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers)
+            .set("group.id", self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+            .context("passthrough consumer")?;
+        consumer.subscribe(&[self.input])?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("transactional.id", format!("{}-tx", self.group))
+            .set("transaction.timeout.ms", "10000")
+            .create()
+            .context("passthrough producer")?;
+        producer.init_transactions(TX_TIMEOUT)?;
+        producer.begin_transaction()?;
+
+        let end: BTreeMap<i32, i64> = self.end.iter().copied().collect();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let (mut pending, mut last_commit) = (0usize, Instant::now());
+        let mut first: Option<(Instant, i64)> = None;
+        let deadline = started + self.timeout;
+        loop {
+            match consumer.poll(Duration::from_millis(10)) {
+                Some(Ok(m)) => {
+                    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(self.output).payload(m.payload().unwrap_or_default());
+                    if let Some(k) = m.key() {
+                        rec = rec.key(k);
+                    }
+                    loop {
+                        match producer.send(rec) {
+                            Ok(()) => break,
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                                producer.poll(Duration::from_millis(5));
+                                rec = r;
+                            }
+                            Err((e, _)) => bail!("passthrough send: {e}"),
+                        }
+                    }
+                    next.insert(m.partition(), m.offset() + 1);
+                    pending += 1;
+                }
+                Some(Err(e)) => bail!("passthrough consume: {e}"),
+                None => {}
+            }
+            if pending > 0 && (pending >= self.max_batch || last_commit.elapsed() >= self.commit_interval) {
+                let mut tpl = TopicPartitionList::new();
+                for (p, o) in &next {
+                    tpl.add_partition_offset(self.input, *p, Offset::Offset(*o))?;
+                }
+                let meta = consumer.group_metadata().ok_or_else(|| anyhow!("no group metadata"))?;
+                producer.send_offsets_to_transaction(&tpl, &meta, TX_TIMEOUT)?;
+                producer.commit_transaction(TX_TIMEOUT)?;
+                producer.begin_transaction()?;
+                let committed: i64 = next.values().sum();
+                first.get_or_insert((Instant::now(), committed));
+                pending = 0;
+                last_commit = Instant::now();
+                if end.iter().all(|(p, e)| next.get(p).copied().unwrap_or(0) >= *e) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the passthrough did not finish within {:?}", self.timeout);
+            }
+        }
+        let done = Instant::now();
+        producer.abort_transaction(TX_TIMEOUT).ok();
+        let total: i64 = end.values().sum();
+        let (t1, c1) = first.unwrap_or((started, 0));
+        Ok(Timing { seconds: (done - started).as_secs_f64(), steady_seconds: (done - t1).as_secs_f64(), steady_events: (total - c1).max(0) as u64 })
+    }
+}
