@@ -336,7 +336,7 @@ impl PartitionEngine {
             _ => {}
         }
         if let Some(due) = customer.cart.as_ref().filter(|c| !c.alerted).and_then(|c| alerts::next_due(&self.policy, c)) {
-            if due_before.is_none_or(|before| due < before) {
+            if due_before.map_or(true, |before| due < before) {
                 self.timers.push(Reverse((due, key.into())));
             }
         }
