@@ -27,6 +27,7 @@ pub struct Telemetry {
     window_updates: Counter,
     late_window_drops: Gauge,
     batch_seconds: Histogram,
+    transaction_seconds: Histogram,
     batch_events: Histogram,
     commits: Counter,
     customers: Gauge,
@@ -76,6 +77,10 @@ impl Telemetry {
         describe_counter!("touchstream_channel_window_updates_total", "Channel window totals written");
         describe_gauge!("touchstream_late_window_contributions", "Contributions dropped because their window had closed");
         describe_histogram!("touchstream_commit_seconds", "Time to flush outputs and commit offsets");
+        describe_histogram!(
+            "touchstream_transaction_commit_seconds",
+            "Of the commit, the time in the transaction's commit alone (offsets to the transaction, deliveries awaited, end of transaction)"
+        );
         describe_histogram!("touchstream_batch_events", "Input records per committed batch");
         describe_counter!("touchstream_commits_total", "Offset commits");
         describe_gauge!("touchstream_customers", "Customers held in journey state");
@@ -140,6 +145,7 @@ impl Telemetry {
             window_updates: counter!("touchstream_channel_window_updates_total"),
             late_window_drops: gauge!("touchstream_late_window_contributions"),
             batch_seconds: histogram!("touchstream_commit_seconds"),
+            transaction_seconds: histogram!("touchstream_transaction_commit_seconds"),
             batch_events: histogram!("touchstream_batch_events"),
             commits: counter!("touchstream_commits_total"),
             customers: gauge!("touchstream_customers"),
@@ -257,9 +263,14 @@ impl Telemetry {
         self.window_updates.increment(n as u64);
     }
 
-    pub fn committed(&self, events: usize, took: Duration) {
+    /// A batch committed: `took` for the whole commit, `transaction` of it in the transaction's
+    /// own commit (none without transactions).
+    pub fn committed(&self, events: usize, took: Duration, transaction: Option<Duration>) {
         self.commits.increment(1);
         self.batch_seconds.record(took.as_secs_f64());
+        if let Some(t) = transaction {
+            self.transaction_seconds.record(t.as_secs_f64());
+        }
         self.batch_events.record(events as f64);
         tracing::debug!(events, took_ms = took.as_millis() as u64, "batch committed");
     }

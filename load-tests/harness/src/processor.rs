@@ -160,8 +160,14 @@ impl Replicas {
         }
     }
 
-    /// SIGTERM every replica, then waits for them to exit (SIGKILL after 60 s).
+    /// SIGTERM every replica, then waits for them to exit (SIGKILL after 60 s). Each replica's
+    /// last metrics page is kept beside its log (`.metrics`): where the run's time went.
     pub fn stop(mut self) -> Result<()> {
+        for (port, log) in self.ports.iter().zip(&self.logs) {
+            if let Some(page) = scrape(*port) {
+                let _ = std::fs::write(log.with_extension("metrics"), page);
+            }
+        }
         for c in &self.children {
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         }

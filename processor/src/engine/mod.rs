@@ -3,8 +3,8 @@
 //!
 //! With models, every event also goes through the journey step model. Events wait in a small
 //! queue and run in batched waves ([`scoring`]); the queue is flushed whenever a decision needs a
-//! score (a purchase, an inactivity check, a timeout alert), when it is full, and before the
-//! runner drains state, so every output sees exactly the scores of an unbatched run.
+//! score (a purchase, an inactivity check, an alert, an erasure, an expiry), when it is full, and
+//! before the runner drains state, so every output sees exactly the scores of an unbatched run.
 
 pub mod erasure;
 #[cfg(test)]
@@ -276,6 +276,8 @@ impl PartitionEngine {
         }
     }
 
+    /// Runs the pending events when the customer has some (all of them: the other customers'
+    /// events fill the same calls, which costs fewer calls than running this customer alone).
     fn flush_for(&mut self, key: &str) {
         if self.customers.get(key).is_some_and(|c| c.pending > 0) {
             self.flush();
@@ -483,9 +485,12 @@ impl PartitionEngine {
 
     /// Forgets customers idle longer than the TTL (event time).
     fn expire(&mut self, wm: Millis) {
-        // Pending events run first, so what expires does not depend on when the models last ran.
-        self.flush();
         let horizon = wm.saturating_sub(self.cfg.customer_ttl);
+        // Pending events of an expiring customer run first, so what expires does not depend on
+        // when the models last ran.
+        if self.customers.values().any(|c| c.last_event_ts < horizon && c.pending > 0) {
+            self.flush();
+        }
         let before = self.customers.len();
         let (forgotten, score_tombstones) = (&mut self.forgotten, &mut self.score_tombstones);
         self.customers.retain(|k, c| {

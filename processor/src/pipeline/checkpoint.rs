@@ -224,8 +224,9 @@ impl Processor {
                     return self.abort_and_rewind(consumer, "fault injection");
                 }
                 let group = consumer.group_metadata().ok_or_else(|| RunError::Consumer(KafkaError::NoMessageReceived))?;
+                let transaction = Instant::now();
                 match self.sink.commit_transaction(&tpl, &group) {
-                    Ok(()) => self.after_commit(started),
+                    Ok(()) => self.after_commit(started, Some(transaction.elapsed())),
                     Err(e) => return self.recover(consumer, e, Phase::Commit),
                 }
             }
@@ -233,7 +234,7 @@ impl Processor {
             self.sink.flush()?;
             if !self.pending.is_empty() {
                 consumer.commit(&tpl, CommitMode::Sync).map_err(RunError::Commit)?;
-                self.after_commit(started);
+                self.after_commit(started, None);
             }
         }
         self.batch_events = 0;
@@ -244,12 +245,12 @@ impl Processor {
         Ok(())
     }
 
-    pub(super) fn after_commit(&mut self, started: Instant) {
+    pub(super) fn after_commit(&mut self, started: Instant, transaction: Option<Duration>) {
         for (p, off) in self.pending.drain() {
             self.committed.insert(p, Some(off));
         }
         self.stats.commits += 1;
-        self.telemetry.committed(self.batch_events, started.elapsed());
+        self.telemetry.committed(self.batch_events, started.elapsed(), transaction);
         self.last_progress = Instant::now();
         self.isolation_progress();
     }
