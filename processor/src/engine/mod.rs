@@ -311,8 +311,10 @@ impl PartitionEngine {
         self.mark_changed(key);
 
         // The customer's own next event shows (in event time) whether the cart sat idle long
-        // enough for the model's check or the timeout, whatever the watermark says.
-        self.due_checks(key, ev.ts, out);
+        // enough for the model's check or the timeout, whatever the watermark says; and checks
+        // the watermark has passed run before any of the customer's events is applied, even a
+        // late one (due timers may still be waiting for the step model's queue, see `on_watermark`).
+        self.due_checks(key, ev.ts.max(wm), out);
 
         let cfg = &self.cfg;
         let customer = self.customers.get_mut(key).expect("present");
@@ -370,9 +372,8 @@ impl PartitionEngine {
             self.flush();
         }
 
-        if self.watermark.observe(ev.ts) {
-            self.on_watermark(out);
-        }
+        self.watermark.observe(ev.ts);
+        self.on_watermark(out);
         Processed { late, duplicate: false }
     }
 
@@ -424,8 +425,15 @@ impl PartitionEngine {
     /// No input for the idle period: move the watermark to wall clock minus the allowed lateness.
     pub fn advance_idle(&mut self, wall_now: Millis, out: &mut Vec<Output>) {
         if self.watermark.advance_idle(wall_now) {
-            self.on_watermark(out);
+            self.settle(out);
         }
+    }
+
+    /// Runs the queued events and fires every timer due at the watermark (the runner calls it
+    /// before each commit, so no due check waits past a commit).
+    pub fn settle(&mut self, out: &mut Vec<Output>) {
+        self.flush();
+        self.on_watermark(out);
     }
 
     /// Records for the channel windows changed since the last call.
@@ -466,8 +474,28 @@ impl PartitionEngine {
         }
     }
 
+    /// Fires the timers due at the watermark and sweeps out expired customers.
+    ///
+    /// With models, due timers wait while events are queued for the step model, until the queue
+    /// next runs (full, a purchase, the customer's own next event, an idle partition): a check
+    /// reads only its own customer's state, which no other customer's event changes, and the
+    /// customer's own next event runs its due checks before it is applied (`due_checks` in
+    /// `process`). Firing them later gives the same outputs (their order among the batch's
+    /// outputs may differ), and checks no longer cut the queue into waves of a few rows.
     fn on_watermark(&mut self, out: &mut Vec<Output>) {
         let wm = self.watermark.current();
+        let sweep = wm >= self.next_sweep;
+        if !sweep {
+            let due = self.timers.peek().is_some_and(|Reverse((at, _))| *at <= wm);
+            if !due || self.scoring.as_ref().is_some_and(|s| s.pending() > 0) {
+                return;
+            }
+        }
+        // before a sweep every due timer fires, so no cart's check waits past its customer's
+        // expiry (and what expires does not depend on when the models last ran)
+        if !sweep || self.expiring_with_work(wm) {
+            self.flush();
+        }
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > wm {
                 break;
@@ -483,14 +511,17 @@ impl PartitionEngine {
         }
     }
 
+    /// Whether a customer about to expire has queued events or an open cart that has not alerted.
+    fn expiring_with_work(&self, wm: Millis) -> bool {
+        let horizon = wm.saturating_sub(self.cfg.customer_ttl);
+        self.customers.values().any(|c| c.last_event_ts < horizon && (c.pending > 0 || c.cart.as_ref().is_some_and(|cart| !cart.alerted)))
+    }
+
     /// Forgets customers idle longer than the TTL (event time).
     fn expire(&mut self, wm: Millis) {
         let horizon = wm.saturating_sub(self.cfg.customer_ttl);
-        // Pending events of an expiring customer run first, so what expires does not depend on
-        // when the models last ran.
-        if self.customers.values().any(|c| c.last_event_ts < horizon && c.pending > 0) {
-            self.flush();
-        }
+        // (the queue ran just before, in `on_watermark`: what expires does not depend on when
+        // the models last ran)
         let before = self.customers.len();
         let (forgotten, score_tombstones) = (&mut self.forgotten, &mut self.score_tombstones);
         self.customers.retain(|k, c| {

@@ -77,7 +77,7 @@ impl Scoring {
     pub fn new(set: Arc<ModelSet>) -> Result<Scoring, String> {
         let step = StepRunner::new(&set.step).map_err(|e| format!("{e:#}"))?;
         let attr = AttributionRunner::new(&set.attribution).map_err(|e| format!("{e:#}"))?;
-        let flush_at = set.max_batch * 8;
+        let flush_at = set.max_batch * 64;
         Ok(Scoring {
             set,
             step,

@@ -210,6 +210,7 @@ fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
     for (i, e) in events.iter().enumerate() {
         engine.process(e, &mut got);
         if i % 97 == 96 {
+            engine.settle(&mut got);
             engine.drain_changed_windows(&mut windows);
             wins.append(&mut windows);
             engine.drain_changelog(&wins, &mut log).unwrap();
@@ -232,7 +233,11 @@ fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
         }
     }
     assert!(expected.len() > 100, "the stream has conversions and alerts: {}", expected.len());
-    assert_eq!(got, expected);
+    // both settled at the end (as before a commit); the same outputs, though with models due
+    // checks wait for the step model's queue, so their place among a batch's outputs may differ
+    whole.settle(&mut expected);
+    engine.settle(&mut got);
+    assert_eq!(as_set(&got), as_set(&expected));
     let tombstones = log.iter().filter(|e| e.value.is_none()).count();
     assert!(tombstones > 0, "closed windows and expired customers are deleted from the changelog");
     assert!(whole.expired_customers > 0);
@@ -304,4 +309,12 @@ fn erasure_forgets_the_customer_and_its_offset_restores_with_the_state() {
     f.send("c", T0 + 180 * MIN, "purchase", r#","value":5"#);
     let c = f.conversions().pop().unwrap();
     assert!(c.touchpoints.len() == 1 && c.touchpoints[0].event_id.is_none(), "{c:?}");
+}
+
+/// Outputs in a canonical order (their debug text, sorted), to compare runs that may write them
+/// in another order within a batch.
+pub(super) fn as_set(outputs: &[Output]) -> Vec<String> {
+    let mut v: Vec<String> = outputs.iter().map(|o| format!("{o:?}")).collect();
+    v.sort();
+    v
 }

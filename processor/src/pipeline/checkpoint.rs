@@ -142,6 +142,7 @@ impl Processor {
             if self.last_input.get(p).is_some_and(|t| t.elapsed() >= idle) && !self.paused.contains_key(p) {
                 engine.advance_idle(now_ms, &mut self.outputs);
             }
+            engine.settle(&mut self.outputs);
         }
         self.apply_erasures()?;
         self.ship_outputs()?;
