@@ -311,6 +311,29 @@ fn erasure_forgets_the_customer_and_its_offset_restores_with_the_state() {
     assert!(c.touchpoints.len() == 1 && c.touchpoints[0].event_id.is_none(), "{c:?}");
 }
 
+/// A customer who expires by the TTL after a score was written leaves the scores topic too (a
+/// tombstone); one who never had a score written gets none.
+#[test]
+fn expiry_tombstones_the_scores_of_customers_who_had_one() {
+    let cfg = EngineConfig { customer_ttl: DAY, ..EngineConfig::default() }.with_models(Some(crate::inference::test_models()));
+    let mut f = Feed { engine: PartitionEngine::new(0, cfg), out: Vec::new(), n: 0 };
+    f.send("scored", T0, "click", r#","channel":"email""#);
+    let mut scores = Vec::new();
+    f.engine.drain_scores(&mut scores);
+    assert_eq!(scores.iter().map(|s| s.customer_id.as_str()).collect::<Vec<_>>(), ["scored"]);
+    f.engine.drain_changelog(&[], &mut Vec::new()).unwrap();
+    // "unscored" arrives after the drain: its score is never written
+    f.send("unscored", T0 + MIN, "click", r#","channel":"email""#);
+    let mut tombstones = Vec::new();
+    f.engine.drain_score_tombstones(&mut tombstones);
+    assert!(tombstones.is_empty());
+    // two days later both are past the TTL
+    f.send("later", T0 + 2 * DAY + 2 * 3_600_000, "page_view", "");
+    assert!(f.engine.customer("scored").is_none() && f.engine.customer("unscored").is_none());
+    f.engine.drain_score_tombstones(&mut tombstones);
+    assert_eq!(tombstones, vec![Box::<str>::from("scored")]);
+}
+
 /// Outputs in a canonical order (their debug text, sorted), to compare runs that may write them
 /// in another order within a batch.
 pub(super) fn as_set(outputs: &[Output]) -> Vec<String> {
