@@ -57,6 +57,8 @@ pub enum RunError {
     ProducerFailed(String),
     #[error("fenced: another instance with transactional.id {0:?} took over; this one stops")]
     Fenced(String),
+    #[error("the consumer failed fatally ({0}); this instance stops so that its supervisor starts a new one")]
+    ConsumerFatal(String),
     #[error(transparent)]
     Models(#[from] ModelError),
     #[error("schema registry: {0}")]
@@ -302,7 +304,12 @@ impl Runner {
                     Some(Ok(msg)) => state.handle(&consumer, &msg),
                     Some(Err(e)) => {
                         state.telemetry.consumer_error(&e, "input");
-                        Ok(())
+                        // A fatal consumer error (e.g. a static member fenced after a broker
+                        // restart) never heals: stop, so that the supervisor starts a fresh member.
+                        match consumer.client().fatal_error() {
+                            Some((code, reason)) => Err(RunError::ConsumerFatal(format!("{code:?}: {reason}"))),
+                            None => Ok(()),
+                        }
                     }
                     None => Ok(()),
                 });
