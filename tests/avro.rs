@@ -285,11 +285,6 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     http_get(addr, path)
 }
 
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    let (_, body) = get(addr, "/metrics");
-    body.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
-}
-
 #[track_caller]
 fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     wait_logged(None, what, timeout, cond)

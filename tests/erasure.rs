@@ -10,10 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use touchstream::kafka::partitioner::Partitioner;
 
 fn erase(topics: &Topics, customers: &[&str]) -> Vec<String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_touchstream"));
-    cmd.arg("erase").args(topics.args()).args(["--partitioner", "consistent_random"]);
+    cmd.arg("erase").args(topics.args());
     for c in customers {
         cmd.args(["--customer", c]);
     }
@@ -30,7 +31,7 @@ fn latest<'a>(records: &'a [Record], key: &str) -> Option<&'a Record> {
 #[test]
 fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     let topics = Topics::new("erasure");
-    // the test producer partitions like librdkafka's default (consistent_random), like the request
+    // the test producer partitions like the Java clients (murmur2), `topics.partitioner`'s default
     create_topic(&topics.events, 3);
     let t = now_ms() - 2 * DAY;
     let p = producer();
@@ -40,16 +41,27 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     send("b1", "bob", t, "click", r#","channel":"display""#);
     send("b2", "bob", t + MIN, "purchase", r#","value":10.0"#);
     flush(&p);
-    let settings = [("event_time.idle_timeout", "1h"), ("processing.commit_interval", "200ms")];
+    // mallory's event is on another partition than the partitioner gives: counted, and her
+    // erasure request (on the right partition) finds nothing and says why
+    let home = Partitioner::Murmur2.partition(b"mallory", 3).unwrap();
+    send_raw(&p, &topics.events, (home + 1) % 3, Some(b"mallory"), event("m1", "mallory", t, "page_view", "").as_bytes(), None);
+    flush(&p);
+    let http = free_addr();
+    let settings = [("event_time.idle_timeout", "1h"), ("processing.commit_interval", "200ms"), ("http.enabled", "true"), ("http.listen", http.as_str())];
     let proc = Processor::start(&topics, &settings);
     assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    assert_eq!(metric(&http, "touchstream_input_misrouted_total"), Some(1.0), "one misrouted record:\n{}", proc.log());
+    // the topics that hold personal data were created with `topics.retention`'s defaults
+    assert_eq!(topic_config(&topics.dlq, "retention.ms").as_deref(), Some("604800000"));
+    assert_eq!(topic_config(&topics.alerts, "retention.ms").as_deref(), Some("2592000000"));
+    assert_eq!(topic_config(&topics.erasure, "retention.ms").as_deref(), Some("2592000000"));
     let scores = read_until(&topics.scores, Duration::from_secs(30), |r| latest(r, "alice").is_some());
     assert!(latest(&scores, "alice").is_some_and(|r| !r.payload.is_empty()), "alice has a score before the erasure");
 
-    let ids = erase(&topics, &["alice", "nobody"]);
-    assert_eq!(ids.len(), 2);
-    let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 2);
-    assert_eq!(audit.len(), 2, "one audit record per request:\n{}", proc.log());
+    let ids = erase(&topics, &["alice", "nobody", "mallory"]);
+    assert_eq!(ids.len(), 3);
+    let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 3);
+    assert_eq!(audit.len(), 3, "one audit record per request:\n{}", proc.log());
     let by_id = |id: &str| audit.iter().map(|r| r.json()).find(|a| a["request_id"] == id).unwrap_or_else(|| panic!("no audit for {id}"));
     let alice = by_id(&ids[0]);
     assert_eq!(alice["status"], "erased", "{alice}");
@@ -59,6 +71,12 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     assert_eq!(alice["customer_id_sha256"].as_str().unwrap().len(), 64);
     assert!(!alice.to_string().contains("alice"), "the audit holds no customer id: {alice}");
     assert_eq!(by_id(&ids[1])["status"], "not_found");
+    assert_eq!(by_id(&ids[2])["status"], "not_found", "the request went where the partitioner says; her event did not (the metric says so)");
+    // a request written with another partitioner than the events' lands on the wrong partition
+    let wrong = (Partitioner::Murmur2.partition(b"trudy", 3).unwrap() + 1) % 3;
+    send_raw(&p, &topics.erasure, wrong, Some(b"trudy"), br#"{"request_id":"by-hand"}"#, None);
+    let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 4);
+    assert_eq!(audit.iter().map(|r| r.json()).find(|a| a["request_id"] == "by-hand").unwrap()["status"], "misrouted");
 
     // tombstones in the changelog and the scores topic
     let changelog = read_until(&topics.changelog, Duration::from_secs(30), |r| latest(r, "alice").is_some_and(|r| r.payload.is_empty()));
@@ -83,7 +101,7 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     let alerts = read_all(&topics.alerts, Duration::from_secs(3));
     assert!(alerts.iter().all(|r| r.key.as_deref() != Some(b"alice".as_slice())), "no alert for the erased cart");
     let audit = read_all(&topics.erasure_audit, Duration::from_secs(3));
-    assert_eq!(audit.len(), 2, "no request applied twice");
+    assert_eq!(audit.len(), 4, "no request applied twice");
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 }
@@ -120,4 +138,83 @@ fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
     let out = Command::new(env!("CARGO_BIN_EXE_touchstream")).args(["check-config", "--set", &format!("privacy.analytics_id_key={secret}")]).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && printed.contains("analytics_id_key = \"***\"") && !printed.contains(secret), "{printed}");
+}
+
+/// The issue's scenario: two replicas over a generated stream; mid-stream a customer is erased and
+/// both replicas are killed (kill -9) right after the request, so whichever owns the customer dies
+/// around it; they restart and the stream goes on. Afterwards the compacted topics, read to the end
+/// with tombstones applied (what a restore reads), hold nothing of the customer; each request has
+/// exactly one audit record (the unknown customer's says `not_found`); every other customer's
+/// conversions, alerts and the channel totals equal a failure-free run without the erasure.
+#[test]
+fn erasure_mid_stream_with_two_replicas_and_kills_changes_nothing_else() {
+    use std::collections::HashMap;
+    use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
+    let topics = Topics::new("erasure-two");
+    create_topic(&topics.events, 4);
+    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 77, active_customers: 300, mean_gap_ms: 2_000.0, ..GeneratorConfig::default() });
+    let events: Vec<(String, Vec<u8>)> = (0..8000)
+        .map(|_| {
+            let (mut json, mut customer) = (Vec::new(), String::new());
+            gen.next_into(&mut json, &mut customer);
+            (customer, json)
+        })
+        .collect();
+    let (first, second) = events.split_at(4000);
+    // the victim: the first half's busiest customer who does not come back in the second half
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (c, _) in first {
+        *counts.entry(c.as_str()).or_default() += 1;
+    }
+    let later: std::collections::HashSet<&str> = second.iter().map(|(c, _)| c.as_str()).collect();
+    let victim = counts.iter().filter(|(c, _)| !later.contains(*c)).max_by_key(|(c, n)| (**n, *c)).map(|(c, _)| c.to_string()).unwrap();
+    let p = producer();
+    let produce = |part: &[(String, Vec<u8>)]| {
+        for (c, json) in part {
+            send_keyed(&p, &topics.events, c.as_bytes(), json);
+        }
+        flush(&p);
+    };
+    produce(first);
+    let start = |name: &str| Processor::start_as(&topics, name, EOS_SETTINGS, &[]);
+    let (a, b) = (start("a"), start("b"));
+    assert!(wait_caught_up(&topics, Duration::from_secs(240)), "{}\n{}", a.log(), b.log());
+    let nobody = unique("nobody");
+    let ids = erase(&topics, &[&victim, &nobody]);
+    kill9(&a);
+    kill9(&b);
+    drop((a, b));
+    let (a, b) = (start("a"), start("b"));
+    produce(second);
+    assert!(wait_caught_up(&topics, Duration::from_secs(300)), "{}\n{}", a.log(), b.log());
+    let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 2);
+    let statuses: HashMap<String, String> =
+        audit.iter().map(|r| r.json()).map(|a| (a["request_id"].as_str().unwrap().to_string(), a["status"].as_str().unwrap().to_string())).collect();
+    assert_eq!(audit.len(), 2, "one audit record per request, across the kills: {statuses:?}\n{}\n{}", a.log(), b.log());
+    assert_eq!(statuses[&ids[0]], "erased");
+    assert_eq!(statuses[&ids[1]], "not_found", "erasing an unknown customer is a confirmed no-op");
+    for (s, name) in [(a.stop(), "a"), (b.stop(), "b")] {
+        assert!(s.0.success(), "replica {name}: {}", s.1);
+    }
+
+    // what a restore reads: each key's last record; the victim has none left (tombstoned) or never had one
+    for topic in [&topics.changelog, &topics.scores] {
+        let records = read_all(topic, Duration::from_secs(3));
+        let left = latest(&records, &victim).is_some_and(|r| !r.payload.is_empty());
+        assert!(!left, "{topic} still holds the erased customer");
+        assert!(records.iter().any(|r| r.key.as_deref() != Some(victim.as_bytes()) && !r.payload.is_empty()), "{topic} holds the others");
+    }
+
+    let got = collect_outputs(&topics);
+    let want = reference_run(&topics.events);
+    let others = |o: &Outputs| {
+        let keep = |m: &HashMap<String, serde_json::Value>| -> HashMap<String, serde_json::Value> {
+            m.iter().filter(|(_, v)| v["customer_id"] != victim.as_str()).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let (conversions, alerts) = (keep(&o.conversions), keep(&o.alerts));
+        Outputs { conversion_records: conversions.len(), alert_records: alerts.len(), conversions, alerts, channels: o.channels.clone() }
+    };
+    assert_eq!(got.conversion_records, got.conversions.len(), "no conversion written twice");
+    assert_eq!(got.alert_records, got.alerts.len(), "no alert written twice");
+    assert_same_outputs(&others(&got), &others(&want));
 }

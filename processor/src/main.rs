@@ -63,8 +63,9 @@ struct EraseArgs {
     file: Option<std::path::PathBuf>,
     /// The partitioner the event producers use, so that a request lands on the partition of the
     /// customer's events: murmur2_random (Java clients' default) or consistent_random (librdkafka's).
-    #[arg(long, default_value = "murmur2_random")]
-    partitioner: String,
+    /// Default: `topics.partitioner`.
+    #[arg(long)]
+    partitioner: Option<String>,
 }
 
 #[derive(Args)]
@@ -242,7 +243,11 @@ fn main() -> Result<()> {
                 customers.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
             }
             anyhow::ensure!(!customers.is_empty(), "no customer: give --customer ID or --file ids.txt");
-            let ids = touchstream::pipeline::erasure::send_requests(&cfg, &customers, &args.partitioner).map_err(anyhow::Error::msg)?;
+            let partitioner = match &args.partitioner {
+                Some(p) => touchstream::kafka::partitioner::Partitioner::parse(p).map_err(|e| anyhow::anyhow!("--partitioner: {e}"))?,
+                None => cfg.topics.partitioner,
+            };
+            let ids = touchstream::pipeline::erasure::send_requests(&cfg, &customers, partitioner).map_err(anyhow::Error::msg)?;
             for id in &ids {
                 println!("{id}");
             }

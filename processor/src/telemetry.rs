@@ -51,6 +51,8 @@ pub struct Telemetry {
     registry_paused: Gauge,
     registry_errors: Counter,
     schema_fetches: Counter,
+    misrouted: Counter,
+    misrouted_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Telemetry {
@@ -104,6 +106,7 @@ impl Telemetry {
         describe_gauge!("touchstream_consumer_lag", "Records of the input topic not yet consumed, per owned partition");
         describe_gauge!("touchstream_process_resident_bytes", "Resident memory of the process");
         describe_gauge!("touchstream_process_open_fds", "Open file descriptors of the process");
+        describe_counter!("touchstream_input_misrouted_total", "Keyed input records on another partition than topics.partitioner gives for their key");
         describe_counter!("touchstream_duplicates_total", "Repeated events dropped (event_id already in the customer's state)");
         describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
@@ -159,6 +162,8 @@ impl Telemetry {
             registry_paused: gauge!("touchstream_registry_paused_partitions"),
             registry_errors: counter!("touchstream_registry_errors_total"),
             schema_fetches: counter!("touchstream_registry_schema_fetches_total"),
+            misrouted: counter!("touchstream_input_misrouted_total"),
+            misrouted_seen: std::sync::atomic::AtomicU64::new(0),
             lag_partitions: std::sync::Mutex::new(Vec::new()),
         };
         // 1 until a registry that is needed fails (a JSON-only deployment never needs one).
@@ -389,6 +394,23 @@ impl Telemetry {
 
     pub fn schema_fetched(&self, n: u64) {
         self.schema_fetches.increment(n);
+    }
+
+    /// A keyed input record on another partition than `topics.partitioner` gives for its key: the
+    /// producers partition differently, so erasure requests miss their customer (logged on the
+    /// first and then every 10 000th).
+    pub fn misrouted(&self, partition: i32, expected: i32, partitioner: &'static str) {
+        self.misrouted.increment(1);
+        let n = self.misrouted_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 10_000 == 0 {
+            tracing::warn!(
+                partition,
+                expected,
+                partitioner,
+                seen = n + 1,
+                "an input record's key maps to another partition under topics.partitioner: set it to the event producers' partitioner (erasure requests rely on it)"
+            );
+        }
     }
 
     pub fn bad_partial(&self, partition: i32, offset: i64, message: &str) {

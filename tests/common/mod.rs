@@ -98,8 +98,19 @@ pub fn create_topic(name: &str, partitions: i32) {
     }
 }
 
+/// A test producer; keyed records are partitioned like Kafka's Java clients (murmur2), the
+/// processor's default `topics.partitioner`.
+/// A topic's configuration value `key` as the broker reports it.
+pub fn topic_config(name: &str, key: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let spec = rdkafka::admin::ResourceSpecifier::Topic(name);
+    let res = rt.block_on(admin.describe_configs([&spec], &AdminOptions::new())).expect("describe configs");
+    res.into_iter().flatten().flat_map(|r| r.entries).find(|e| e.name == key).and_then(|e| e.value)
+}
+
 pub fn producer() -> BaseProducer {
-    ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "1").create().expect("producer")
+    ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "1").set("partitioner", "murmur2_random").create().expect("producer")
 }
 
 /// Sends a raw record to an explicit partition and waits for delivery of everything sent.
@@ -284,6 +295,16 @@ pub fn assert_close(actual: f64, expected: f64, what: &str) {
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
+}
+
+/// The value of the first sample of metric `name` on the replica's `/metrics` (None while nothing
+/// listens there or the metric is not written yet).
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    if std::net::TcpStream::connect(addr).is_err() {
+        return None;
+    }
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
 /// A plain HTTP/1.1 GET; returns (status code, body).

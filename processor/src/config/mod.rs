@@ -99,9 +99,52 @@ pub struct TopicsConfig {
     pub erasure: String,
     /// What each erasure request erased.
     pub erasure_audit: String,
+    /// How the event producers partition by key (checked on the input; used by `touchstream erase`).
+    pub partitioner: crate::kafka::partitioner::Partitioner,
     pub create: bool,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// `retention.ms` of the topics the processor creates.
+    pub retention: RetentionConfig,
+}
+
+/// How long the topics holding personal data keep it, set as `retention.ms` when the processor
+/// creates them: a duration, `forever` (-1) or `""` (the broker's default). An existing topic is
+/// not changed; a difference is reported at start.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub conversions: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub erasure: String,
+    pub erasure_audit: String,
+}
+
+impl RetentionConfig {
+    /// `retention.ms` per topic key (None: the broker's default).
+    pub fn parsed(&self) -> Result<[(&'static str, Option<i64>); 5], ConfigError> {
+        let one = |key: &'static str, text: &str| -> Result<(&'static str, Option<i64>), ConfigError> {
+            let t = text.trim();
+            let ms = match t {
+                "" => None,
+                "forever" => Some(-1),
+                _ => match Span::parse(t) {
+                    Ok(s) if s.ms() > 0 => Some(s.ms()),
+                    Ok(_) => return Err(key_err(key, "must be > 0, `forever` or \"\" (the broker's default)")),
+                    Err(e) => return Err(key_err(key, e)),
+                },
+            };
+            Ok((key, ms))
+        };
+        Ok([
+            one("topics.retention.conversions", &self.conversions)?,
+            one("topics.retention.alerts", &self.alerts)?,
+            one("topics.retention.dlq", &self.dlq)?,
+            one("topics.retention.erasure", &self.erasure)?,
+            one("topics.retention.erasure_audit", &self.erasure_audit)?,
+        ])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -397,6 +440,7 @@ impl Config {
                 return Err(key_err(key, format!("`{name}` is also used by `{other}`; every topic must differ")));
             }
         }
+        self.topics.retention.parsed()?;
         if self.topics.partitions < 1 {
             return Err(key_err("topics.partitions", "must be >= 1"));
         }

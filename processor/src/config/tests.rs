@@ -78,9 +78,29 @@ fn errors_name_the_key() {
     assert!(e.contains("alerts.abandon_threshold"), "{e}");
     let e = load(None, &[], &[("alerts.safety_net", "1h")]).unwrap_err().to_string();
     assert!(e.contains("alerts.safety_net"), "{e}");
+    let e = load(None, &[], &[("topics.retention.dlq", "a week")]).unwrap_err().to_string();
+    assert!(e.contains("topics.retention.dlq"), "{e}");
+    let e = load(None, &[("TOUCHSTREAM__TOPICS__RETENTION__ALERTS", "0s")], &[]).unwrap_err().to_string();
+    assert!(e.contains("topics.retention.alerts"), "{e}");
+    let e = load(None, &[], &[("topics.partitioner", "random")]).unwrap_err().to_string();
+    assert!(e.contains("topics.partitioner"), "{e}");
     // the key of earlier versions is refused by name
     let e = load(None, &[], &[("alerts.inactivity_timeout", "30m")]).unwrap_err().to_string();
     assert!(e.contains("inactivity_timeout"), "{e}");
+}
+
+#[test]
+fn retention_of_created_topics() {
+    let cfg = load(None, &[], &[("topics.retention.conversions", "90d"), ("topics.retention.erasure_audit", "forever")]).unwrap();
+    let kept: std::collections::HashMap<&str, Option<i64>> = cfg.topics.retention.parsed().unwrap().into_iter().collect();
+    assert_eq!(kept["topics.retention.conversions"], Some(90 * 86_400_000));
+    assert_eq!(kept["topics.retention.dlq"], Some(7 * 86_400_000), "the default");
+    assert_eq!(kept["topics.retention.erasure_audit"], Some(-1));
+    let specs = crate::kafka::admin::output_topics(&cfg, 4);
+    let of = |name: &str| specs.iter().find(|s| s.name == name).unwrap().retention_ms;
+    assert_eq!(of(&cfg.topics.conversions), Some(90 * 86_400_000));
+    assert_eq!(of(&cfg.topics.dlq), Some(7 * 86_400_000));
+    assert_eq!(of(&cfg.topics.scores), None, "compacted upsert topics keep the broker's default");
 }
 
 #[test]

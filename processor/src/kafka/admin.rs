@@ -46,7 +46,9 @@ pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
         .or_else(|| cfg.kafka.options.get("message.max.bytes"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    let topics: Vec<String> = output_topics(cfg, 1).into_iter().map(|t| t.name).collect();
+    let out = output_topics(cfg, 1);
+    let specs_by_name: HashMap<&str, Option<i64>> = out.iter().map(|t| (t.name.as_str(), t.retention_ms)).collect();
+    let topics: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
     let mut limits: HashMap<String, usize> = topics.iter().map(|t| (t.clone(), producer)).collect();
     let Ok(admin) = client_config(cfg, Role::Admin).create::<AdminClient<DefaultClientContext>>() else { return limits };
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
@@ -56,6 +58,12 @@ pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
             for r in results.into_iter().flatten() {
                 let OwnedResourceSpecifier::Topic(topic) = &r.specifier else { continue };
                 let found = r.entries.iter().find(|e| e.name == "max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok());
+                let kept = r.entries.iter().find(|e| e.name == "retention.ms").and_then(|e| e.value.as_deref()?.parse::<i64>().ok());
+                if let (Some(want), Some(kept)) = (specs_by_name.get(topic.as_str()).copied().flatten(), kept) {
+                    if want != kept {
+                        tracing::warn!(topic = %topic, configured_ms = want, topic_ms = kept, "an existing topic keeps records for another time than topics.retention says; the processor does not change existing topics (use kafka-configs --alter)");
+                    }
+                }
                 if let Some(t) = found {
                     limits.insert(topic.clone(), t.min(producer));
                 }
@@ -95,10 +103,13 @@ pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
     let t = &cfg.topics;
     let partial_retention = cfg.attribution.window_retention.ms() + cfg.attribution.window.ms() + 86_400_000;
     let spec = |name: &String, compacted, retention_ms, partitions| TopicSpec { name: name.clone(), compacted, retention_ms, partitions };
+    // validated at load: a bad value never gets here
+    let kept = t.retention.parsed().map(|r| r.map(|(_, ms)| ms)).unwrap_or_default();
+    let [conversions, alerts, dlq, erasure, audit] = kept;
     let mut topics = vec![
-        spec(&t.conversions, false, None, None),
-        spec(&t.alerts, false, None, None),
-        spec(&t.dlq, false, None, None),
+        spec(&t.conversions, false, conversions, None),
+        spec(&t.alerts, false, alerts, None),
+        spec(&t.dlq, false, dlq, None),
         spec(&t.channels, true, None, None),
         spec(&t.channel_partials, true, Some(partial_retention), None),
         spec(&t.changelog, true, None, Some(input_partitions)),
@@ -107,8 +118,8 @@ pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
         topics.push(spec(&t.scores, true, None, None));
     }
     if !t.erasure.is_empty() {
-        topics.push(spec(&t.erasure, false, None, Some(input_partitions)));
-        topics.push(spec(&t.erasure_audit, false, None, None));
+        topics.push(spec(&t.erasure, false, erasure, Some(input_partitions)));
+        topics.push(spec(&t.erasure_audit, false, audit, None));
     }
     topics
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod partitioner;
 pub mod probe;
 pub mod sink;
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::engine::erasure::Erased;
+use crate::kafka::partitioner::Partitioner;
 
 /// An erasure request: the record's key is the customer id (the value may repeat it).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -86,7 +87,17 @@ impl Processor {
             let (status, erased) = match &customer {
                 Some(c) => {
                     let erased = engine.erase(c, offset);
-                    (if erased.found { "erased" } else { "not_found" }, erased)
+                    let elsewhere = self.input_partitions.and_then(|n| self.cfg.topics.partitioner.partition(c.as_bytes(), n)).is_some_and(|e| e != p);
+                    (
+                        if erased.found {
+                            "erased"
+                        } else if elsewhere {
+                            "misrouted"
+                        } else {
+                            "not_found"
+                        },
+                        erased,
+                    )
                 }
                 None => {
                     engine.erase("", offset); // moves the offset past it; no customer holds ""
@@ -136,19 +147,22 @@ impl Processor {
     }
 }
 
-/// Sends one erasure request per customer to `topics.erasure`, keyed by the customer id and
-/// partitioned with `partitioner` (the one the event producers use: `murmur2_random` for Java
-/// clients, `consistent_random` for librdkafka's default); returns the request ids.
-pub fn send_requests(cfg: &Config, customers: &[String], partitioner: &str) -> Result<Vec<String>, String> {
+/// Sends one erasure request per customer to `topics.erasure`, keyed by the customer id, on the
+/// partition `partitioner` gives (the event producers' one: `murmur2_random` for Java clients,
+/// `consistent_random` for librdkafka's default); returns the request ids.
+pub fn send_requests(cfg: &Config, customers: &[String], partitioner: Partitioner) -> Result<Vec<String>, String> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     if cfg.topics.erasure.is_empty() {
         return Err("config key `topics.erasure` is empty: erasure is off".into());
     }
-    let producer: BaseProducer = client_config(cfg, Role::Admin)
-        .set("partitioner", partitioner)
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(|e| format!("cannot create a producer: {e}"))?;
+    if partitioner == Partitioner::Unchecked {
+        return Err("config key `topics.partitioner` is `none`: name the event producers' partitioner with --partitioner".into());
+    }
+    let partitions = crate::kafka::admin::partition_count(cfg, &cfg.topics.erasure)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the erasure topic `{}` does not exist (a replica creates it at start)", cfg.topics.erasure))?;
+    let producer: BaseProducer =
+        client_config(cfg, Role::Admin).set("enable.idempotence", "true").create().map_err(|e| format!("cannot create a producer: {e}"))?;
     let now = wall_clock_ms();
     let mut ids = Vec::with_capacity(customers.len());
     for (n, customer) in customers.iter().enumerate() {
@@ -156,6 +170,9 @@ pub fn send_requests(cfg: &Config, customers: &[String], partitioner: &str) -> R
         let value = serde_json::to_vec(&ErasureRequest { request_id: Some(request_id.clone()), customer_id: None, requested_ts: Some(now) })
             .map_err(|e| e.to_string())?;
         let mut record = BaseRecord::to(&cfg.topics.erasure).key(customer.as_bytes()).payload(&value);
+        if let Some(p) = partitioner.partition(customer.as_bytes(), partitions) {
+            record = record.partition(p);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -26,6 +26,7 @@ use crate::http::Health;
 use crate::inference::{ModelError, ModelSet};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::consumer::{QuietEof, RebalanceSignal, SignallingContext};
+use crate::kafka::partitioner::Partitioner;
 use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
 use crate::output::{ChannelWindowRecord, ConversionRecord, ScoreRecord};
@@ -174,6 +175,8 @@ struct Processor {
     watch: poison::PositionWatch,
     /// Reads the erasure topic's partitions of the owned input partitions (none: erasure off).
     erasure: Option<BaseConsumer>,
+    /// The events topic's partition count (for `topics.partitioner`'s check), once known.
+    input_partitions: Option<i32>,
 }
 
 /// The registry's state while the output codecs wait for it: `/readyz` and telemetry.
@@ -207,7 +210,8 @@ impl Runner {
         };
         let partials_partitions =
             admin::partition_count(&cfg, &cfg.topics.channel_partials)?.ok_or_else(|| AdminError::Missing { topic: cfg.topics.channel_partials.clone() })?;
-        if admin::partition_count(&cfg, &cfg.topics.events)?.is_none() {
+        let input_partitions = admin::partition_count(&cfg, &cfg.topics.events)?;
+        if input_partitions.is_none() {
             tracing::warn!(topic = %cfg.topics.events, "the events topic does not exist yet; waiting for it");
         }
         let consumer: BaseConsumer<SignallingContext> =
@@ -284,6 +288,7 @@ impl Runner {
             oversize_source: None,
             watch: poison::PositionWatch::default(),
             erasure: erasure::consumer(&cfg_erasure)?,
+            input_partitions,
         };
         Ok(Runner { consumer, state })
     }
@@ -361,6 +366,9 @@ impl Processor {
             // Fetched before the pause took effect: it is read again after the resume.
             return Ok(());
         }
+        if let Some(key) = msg.key() {
+            self.check_routing(key, p);
+        }
         let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
         let payload = msg.payload().unwrap_or_default();
         if self.is_isolated(p, msg.offset()) {
@@ -423,6 +431,27 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// Counts a keyed record that `topics.partitioner` would have put on another partition.
+    fn check_routing(&mut self, key: &[u8], p: i32) {
+        let partitioner = self.cfg.topics.partitioner;
+        if partitioner == Partitioner::Unchecked {
+            return;
+        }
+        let n = match self.input_partitions {
+            Some(n) => n,
+            None => {
+                let n = admin::partition_count(&self.cfg, &self.cfg.topics.events).ok().flatten().unwrap_or(0);
+                self.input_partitions = Some(n);
+                n
+            }
+        };
+        if let Some(expected) = partitioner.partition(key, n) {
+            if expected != p {
+                self.telemetry.misrouted(p, expected, partitioner.name());
+            }
+        }
     }
 
     /// Loads the models again (SIGHUP or a change in the models folder) and swaps them in at a
