@@ -31,6 +31,7 @@ fn big_producer(compression: &str) -> BaseProducer {
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "1")
         .set("message.max.bytes", "2000000")
+        .set("partitioner", "murmur2_random")
         .set("compression.type", compression)
         .create()
         .expect("producer")

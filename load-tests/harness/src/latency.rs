@@ -167,6 +167,7 @@ impl Paced<'_> {
             .set("bootstrap.servers", self.brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
+            .set("partitioner", "murmur2_random")
             .create()
             .context("paced producer")?;
         let limit = (self.rate * self.seconds).ceil().max(1.0) as u64;

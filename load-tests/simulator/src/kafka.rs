@@ -24,6 +24,7 @@ impl KafkaSink {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "20")
+            .set("partitioner", "murmur2_random")
             .set("queue.buffering.max.messages", "500000")
             .set("enable.idempotence", "true")
             .create()

@@ -70,7 +70,7 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
         let (brokers, topic, produced, stop) = (brokers.clone(), t.events.clone(), produced.clone(), producer_stop.clone());
         let (rate, seed) = (opts.rate.max(1), opts.seed);
         thread::spawn(move || -> Result<(), KafkaError> {
-            let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
+            let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").set("partitioner", "murmur2_random").create()?;
             let mut gen = JourneyGenerator::new(GeneratorConfig { seed, ..GeneratorConfig::default() });
             let (mut json, mut customer) = (Vec::with_capacity(512), String::new());
             let started = Instant::now();
