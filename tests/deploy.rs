@@ -152,3 +152,72 @@ fn the_kubernetes_manifests_validate_and_their_config_is_accepted() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("brokers = \"kafka:9092\""), "{text}");
 }
+
+/// `scripts/local-stack.sh` (the compose topology with local processes) on the test broker: two
+/// replicas share the input (each owns some of its partitions and processes events), a real
+/// Prometheus server scrapes both and evaluates every alert rule of `deploy/` against them
+/// without error, and the script's report counts conversions.
+#[test]
+fn the_local_topology_script_runs_replicas_that_share_the_input_under_prometheus() {
+    let prefix = unique("local");
+    let events = format!("{prefix}.events");
+    create_topic(&events, 6);
+    let http_base: u16 = free_addr().rsplit(':').next().unwrap().parse().unwrap();
+    let prometheus = free_addr();
+    let prom_port = prometheus.rsplit(':').next().unwrap();
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/local-stack.sh"));
+    let mut child = Command::new("bash")
+        .arg(script)
+        .args(["--replicas", "2", "--seconds", "75", "--no-load", "--http-base", &http_base.to_string(), "--prometheus-port", prom_port])
+        .env("BROKERS", brokers())
+        .env("TOPIC_PREFIX", &prefix)
+        .env("TOUCHSTREAM_BIN", env!("CARGO_BIN_EXE_touchstream"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scripts/local-stack.sh");
+    let query = |path: &str| -> serde_json::Value {
+        if std::net::TcpStream::connect(&prometheus).is_err() {
+            return serde_json::Value::Null;
+        }
+        // curl: Prometheus answers large responses chunked
+        let out = Command::new("curl").args(["-s", &format!("http://{prometheus}{path}")]).output().expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    // the input comes once both replicas own partitions of it
+    let replicas = [format!("127.0.0.1:{http_base}"), format!("127.0.0.1:{}", http_base + 1)];
+    wait_until("both replicas own input partitions", Duration::from_secs(40), None, || {
+        replicas.iter().all(|r| metric(r, "touchstream_assigned_partitions").is_some_and(|n| n > 0.0))
+    });
+    produce_stream(&events, 6000, 5, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let (mut up, mut rules) = (0, Vec::new());
+    while Instant::now() < deadline {
+        let v = query("/api/v1/query?query=up");
+        up = v["data"]["result"].as_array().map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
+        let v = query("/api/v1/rules");
+        let now: Vec<(String, String)> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r["health"].as_str().unwrap_or("").to_string()))
+            .collect();
+        if !now.is_empty() {
+            rules = now;
+        }
+        if up == 2 && rules.len() == 9 && rules.iter().all(|(_, h)| h == "ok") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the script failed:\n{stdout}\n{stderr}");
+    assert_eq!(up, 2, "Prometheus scrapes both replicas:\n{stderr}");
+    assert!(rules.len() == 9 && rules.iter().all(|(_, h)| h == "ok"), "every rule evaluates against the replicas: {rules:?}");
+    let processed: Vec<f64> = stdout.lines().filter_map(|l| l.strip_prefix("replica ")?.split("events ").nth(1)?.split(',').next()?.parse().ok()).collect();
+    assert_eq!(processed.len(), 2, "{stdout}");
+    assert!(processed.iter().all(|n| *n > 0.0), "both replicas process input (each owns some partitions): {stdout}");
+    assert_eq!(processed.iter().sum::<f64>(), 6000.0, "every event once: {stdout}");
+}

@@ -127,7 +127,9 @@ impl Processor {
             for agg in self.aggregators.values_mut() {
                 *agg = ChannelAggregator::new(self.cfg.attribution.window_retention.ms());
             }
-            consumer.seek_partitions(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+            if let Some(partials) = &self.partials {
+                partials.seek_partitions(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
+            }
         }
         Ok(())
     }

@@ -177,6 +177,11 @@ struct Processor {
     erasure: Option<BaseConsumer>,
     /// The events topic's partition count (for `topics.partitioner`'s check), once known.
     input_partitions: Option<i32>,
+    /// Reads the internal partials topic in a group of its own (`<group_id>-partials`), so that
+    /// each topic's partitions are balanced over the replicas on their own: in one group the
+    /// sticky assignor balances the sum, and could give one replica every input partition and
+    /// another every partials partition. Never commits: aggregators re-read from the beginning.
+    partials: Option<BaseConsumer<SignallingContext>>,
 }
 
 /// The registry's state while the output codecs wait for it: `/readyz` and telemetry.
@@ -216,7 +221,11 @@ impl Runner {
         }
         let consumer: BaseConsumer<SignallingContext> =
             client_config(&cfg, Role::Consumer).create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
-        consumer.subscribe(&[cfg.topics.events.as_str(), cfg.topics.channel_partials.as_str()]).map_err(RunError::Consumer)?;
+        consumer.subscribe(&[cfg.topics.events.as_str()]).map_err(RunError::Consumer)?;
+        let mut partials_config = client_config(&cfg, Role::Consumer);
+        partials_config.set("group.id", format!("{}-partials", cfg.kafka.group_id));
+        let partials: BaseConsumer<SignallingContext> = partials_config.create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
+        partials.subscribe(&[cfg.topics.channel_partials.as_str()]).map_err(RunError::Consumer)?;
         let producer_config = client_config(&cfg, Role::Producer);
         let sink = match cfg.kafka.guarantee {
             Guarantee::ExactlyOnce => Sink::transactional(&producer_config, CALL_TIMEOUT)?,
@@ -289,6 +298,7 @@ impl Runner {
             watch: poison::PositionWatch::default(),
             erasure: erasure::consumer(&cfg_erasure)?,
             input_partitions,
+            partials: Some(partials),
         };
         Ok(Runner { consumer, state })
     }
@@ -318,6 +328,7 @@ impl Runner {
                     }
                     None => Ok(()),
                 });
+                let step = step.and_then(|_| state.poll_partials(&consumer));
                 let step = step.and_then(|_| state.retry_registry(&consumer));
                 let step = step.and_then(|_| {
                     let max_batch = state.isolation.as_ref().map_or(state.cfg.processing.max_batch_events, |iso| iso.batch);
@@ -346,22 +357,41 @@ impl Runner {
         }
         state.health.set_ready(false);
         consumer.unsubscribe();
+        if let Some(partials) = &state.partials {
+            partials.unsubscribe();
+        }
         result.map(|_| state.stats)
     }
 }
 
 impl Processor {
+    /// Reads what the partials consumer has (up to a bound per loop turn) into the aggregators,
+    /// after applying its rebalance signals.
+    fn poll_partials(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        for _ in 0..1000 {
+            let Some(partials) = &self.partials else { return Ok(()) };
+            let polled = partials.poll(Duration::ZERO).map(|r| r.map(|m| m.detach()));
+            let signals = partials.context().take();
+            self.apply_signals(consumer, signals)?;
+            match polled {
+                None => break,
+                Some(Err(e)) => self.telemetry.consumer_error(&e, "partials"),
+                Some(Ok(msg)) => {
+                    let (p, offset) = (msg.partition(), msg.offset());
+                    let agg = self.aggregators.entry(p).or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
+                    match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
+                        Ok(rec) if agg.apply(&rec) => {}
+                        Ok(_) => self.telemetry.bad_partial(p, offset, "not a partial"),
+                        Err(e) => self.telemetry.bad_partial(p, offset, &e.to_string()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let p = msg.partition();
-        if msg.topic() == self.cfg.topics.channel_partials {
-            let agg = self.aggregators.entry(p).or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
-            match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
-                Ok(rec) if agg.apply(&rec) => {}
-                Ok(_) => self.telemetry.bad_partial(p, msg.offset(), "not a partial"),
-                Err(e) => self.telemetry.bad_partial(p, msg.offset(), &e.to_string()),
-            }
-            return Ok(());
-        }
         if self.paused.contains_key(&p) {
             // Fetched before the pause took effect: it is read again after the resume.
             return Ok(());
