@@ -166,7 +166,7 @@ fn the_local_topology_script_runs_replicas_that_share_the_input_under_prometheus
     let prometheus = free_addr();
     let prom_port = prometheus.rsplit(':').next().unwrap();
     let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/local-stack.sh"));
-    let mut child = Command::new("bash")
+    let child = Command::new("bash")
         .arg(script)
         .args(["--replicas", "2", "--seconds", "75", "--no-load", "--http-base", &http_base.to_string(), "--prometheus-port", prom_port])
         .env("BROKERS", brokers())
