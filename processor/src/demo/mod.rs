@@ -47,8 +47,10 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
     let mock = MockCluster::new(1)?;
     let brokers = mock.bootstrap_servers();
     let t = cfg.topics.clone();
-    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials, &t.changelog] {
-        mock.create_topic(topic, PARTITIONS, 1)?;
+    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials, &t.changelog, &t.scores, &t.erasure, &t.erasure_audit] {
+        if !topic.is_empty() {
+            mock.create_topic(topic, PARTITIONS, 1)?;
+        }
     }
     cfg.kafka.brokers = brokers.clone();
     cfg.topics.create = false;
@@ -141,6 +143,7 @@ struct Summary {
     consumer: BaseConsumer,
     conversions_topic: String,
     alerts_topic: String,
+    scores_topic: String,
     conversions: u64,
     revenue: f64,
     alerts: u64,
@@ -149,17 +152,29 @@ struct Summary {
     /// Credited conversions per channel: the five rules, then deep credit (models).
     credit: HashMap<String, [f64; 6]>,
     deep: bool,
+    /// The latest score updates, newest last (a few distinct customers).
+    scores: Vec<serde_json::Value>,
+    /// The latest alert (a model alert when there is one) and multi-touch conversion.
+    alert: Option<serde_json::Value>,
+    conversion: Option<serde_json::Value>,
 }
+
+const METHOD_NAMES: [&str; 6] = ["time_decay", "last_touch", "first_touch", "linear", "position_based", "deep"];
 
 impl Summary {
     fn new(cfg: &Config, brokers: &str) -> Result<Summary, KafkaError> {
         let consumer: BaseConsumer =
             ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "touchstream-demo-summary").set("auto.offset.reset", "earliest").create()?;
-        consumer.subscribe(&[cfg.topics.conversions.as_str(), cfg.topics.alerts.as_str(), cfg.topics.dlq.as_str()])?;
+        let mut topics = vec![cfg.topics.conversions.as_str(), cfg.topics.alerts.as_str(), cfg.topics.dlq.as_str()];
+        if cfg.models.enabled && cfg.scores.enabled {
+            topics.push(cfg.topics.scores.as_str());
+        }
+        consumer.subscribe(&topics)?;
         Ok(Summary {
             consumer,
             conversions_topic: cfg.topics.conversions.clone(),
             alerts_topic: cfg.topics.alerts.clone(),
+            scores_topic: cfg.topics.scores.clone(),
             conversions: 0,
             revenue: 0.0,
             alerts: 0,
@@ -167,6 +182,9 @@ impl Summary {
             dlq: 0,
             credit: HashMap::new(),
             deep: false,
+            scores: Vec::new(),
+            alert: None,
+            conversion: None,
         })
     }
 
@@ -174,11 +192,16 @@ impl Summary {
         let mut wait = timeout;
         while let Some(Ok(msg)) = self.consumer.poll(wait) {
             wait = Duration::ZERO;
+            if msg.topic() != self.conversions_topic && msg.topic() != self.alerts_topic && msg.topic() != self.scores_topic {
+                self.dlq += 1;
+                continue;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
             if msg.topic() == self.conversions_topic {
                 self.conversions += 1;
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
                 self.revenue += v["conversion_value"].as_f64().unwrap_or(0.0);
-                for tp in v["touchpoints"].as_array().into_iter().flatten() {
+                let tps = v["touchpoints"].as_array().map_or(&[][..], |a| a.as_slice());
+                for tp in tps {
                     let entry = self.credit.entry(tp["channel"].as_str().unwrap_or("other").to_string()).or_default();
                     for (i, rule) in Rule::ALL.iter().enumerate() {
                         entry[i] += tp[rule.as_str()].as_f64().unwrap_or(0.0);
@@ -188,12 +211,22 @@ impl Summary {
                         self.deep = true;
                     }
                 }
+                if tps.len() >= 2 {
+                    self.conversion = Some(v);
+                }
             } else if msg.topic() == self.alerts_topic {
                 self.alerts += 1;
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
-                self.model_alerts += u64::from(v["reason"] == "model");
+                let model = v["reason"] == "model";
+                self.model_alerts += u64::from(model);
+                if model || self.alert.as_ref().map_or(true, |a| a["reason"] != "model") {
+                    self.alert = Some(v);
+                }
             } else {
-                self.dlq += 1;
+                self.scores.retain(|s| s["customer_id"] != v["customer_id"]);
+                self.scores.push(v);
+                if self.scores.len() > 3 {
+                    self.scores.remove(0);
+                }
             }
         }
     }
@@ -217,13 +250,69 @@ impl Summary {
             let _ = writeln!(out, "  (waiting for the first conversions: the in-process group join takes a few seconds)");
             return;
         }
-        let _ = writeln!(out, "  top channels by credited conversions:");
-        let names = Rule::ALL.iter().map(|r| r.as_str()).chain(self.deep.then_some("deep (model)"));
-        for (i, rule) in names.enumerate() {
-            let mut ranked: Vec<(&String, f64)> = self.credit.iter().map(|(c, v)| (c, v[i])).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
-            let top: Vec<String> = ranked.iter().take(3).map(|(c, v)| format!("{c} {v:.1}")).collect();
-            let _ = writeln!(out, "    {:<15} {}", rule, top.join(", "));
+        let methods = if self.deep { &METHOD_NAMES[..] } else { &METHOD_NAMES[..5] };
+        let header: String = methods.iter().map(|m| format!(" {m:>14}")).collect();
+        let _ = writeln!(out, "  channel shares of credited conversions:\n    {:<13}{header}", "channel");
+        let totals: Vec<f64> = (0..6).map(|i| self.credit.values().map(|v| v[i]).sum::<f64>().max(1e-9)).collect();
+        let mut channels: Vec<(&String, &[f64; 6])> = self.credit.iter().collect();
+        channels.sort_by(|a, b| b.1[0].total_cmp(&a.1[0]).then(a.0.cmp(b.0)));
+        for (channel, v) in channels {
+            let row: String = (0..methods.len()).map(|i| format!(" {:>13.1}%", 100.0 * v[i] / totals[i])).collect();
+            let _ = writeln!(out, "    {channel:<13}{row}");
+        }
+        if !self.scores.is_empty() {
+            let _ = writeln!(out, "  live scores (latest updates):");
+            for s in self.scores.iter().rev() {
+                let _ = writeln!(
+                    out,
+                    "    {:<10} P(purchase in 7 d) {:.2}  P(abandon) {:.2}  cart {}  expected value {:.2}",
+                    s["customer_id"].as_str().unwrap_or("?"),
+                    s["purchase_probability"].as_f64().unwrap_or(0.0),
+                    s["abandonment_probability"].as_f64().unwrap_or(0.0),
+                    if s["cart_open"] == true { "open" } else { "none" },
+                    s["expected_value"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        if let Some(a) = &self.alert {
+            let idle = (a["alert_ts"].as_i64().unwrap_or(0) - a["last_activity_ts"].as_i64().unwrap_or(0)) / 60_000;
+            let prob = |k: &str| a[k].as_f64().map_or_else(|| "-".to_string(), |p| format!("{p:.2}"));
+            let _ = writeln!(
+                out,
+                "  latest alert ({}): customer {}, cart {:.2} {} ({} items), idle {idle} min\n    P(abandon) {}, P(purchase in 7 d) {} -> action `{}`, expected recoverable value {}",
+                a["reason"].as_str().unwrap_or("?"),
+                a["customer_id"].as_str().unwrap_or("?"),
+                a["cart_value"].as_f64().unwrap_or(0.0),
+                a["currency"].as_str().unwrap_or(""),
+                a["items"].as_array().map_or(0, Vec::len),
+                prob("abandonment_probability"),
+                prob("conversion_probability"),
+                a["recommended_action"].as_str().unwrap_or("?"),
+                a["expected_recoverable_value"].as_f64().map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
+            );
+            let reasons: Vec<String> = a["top_touchpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let credit = t["deep_credit"].as_f64().or(t["time_decay_credit"].as_f64()).unwrap_or(0.0);
+                    format!("{}{} ({credit:.2})", t["channel"].as_str().unwrap_or("?"), t["campaign"].as_str().map(|c| format!("/{c}")).unwrap_or_default())
+                })
+                .collect();
+            let _ = writeln!(out, "    top touchpoints: {}", if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") });
+        }
+        if let Some(c) = &self.conversion {
+            let _ = writeln!(
+                out,
+                "  latest multi-touch conversion: customer {}, value {:.2}; credit per touchpoint:\n    {:<13}{header}",
+                c["customer_id"].as_str().unwrap_or("?"),
+                c["conversion_value"].as_f64().unwrap_or(0.0),
+                "channel"
+            );
+            for tp in c["touchpoints"].as_array().into_iter().flatten() {
+                let row: String = methods.iter().map(|m| format!(" {:>14.2}", tp[*m].as_f64().unwrap_or(0.0))).collect();
+                let _ = writeln!(out, "    {:<13}{row}", tp["channel"].as_str().unwrap_or("?"));
+            }
         }
     }
 }
