@@ -10,8 +10,17 @@ Runs the shipped model.onnx files with ONNX Runtime (one thread) and compares th
     rules, against the true shares (truth_conversions.jsonl) and the counterfactual truth
     (truth_channels.json, when the run had --counterfactual);
   - abandonment: alerts from P(abandon) (the 10-minute check, and the re-check head's schedule) vs fixed
-    timers, against truth_carts.jsonl; thresholds chosen on another run (--select).
+    timers, against truth_carts.jsonl; thresholds chosen on another run (--select);
+  - abandonment at equal timeliness: each of the step model's `alert_policies` (1, 2, 4 h targets,
+    alert_policy.py) simulated as the processor runs it, vs the fixed timer of the policy's median
+    delay, and the policy's precision at the timer's recall (`--only alerts`: this section alone).
 Writes <models>/evaluation.json and prints the tables (markdown).
+
+    python models/evaluate.py --heldout RUN --alerts alerts.jsonl [--out scores.json]
+
+scores the processor's own alerts (its alerts topic as JSON lines) against RUN's truth_carts.jsonl:
+model alerts, safety-net alerts, all, and the timer of the model alerts' median delay (the
+definitions: alert_policy.py's docstring).
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tsdata as D  # noqa: E402
+import alert_policy as AP  # noqa: E402
 
 HALF_LIFE_MS = 7 * D.DAY_MS
 METHODS = ["deep", "time_decay", "last_touch", "first_touch", "linear", "position_based"]
@@ -291,6 +301,91 @@ def eval_abandon(rows, sel_rows, minutes, target_precision=0.9):
 
 
 # ---------------------------------------------------------------------------------------------
+# Abandonment alerts at equal timeliness (the processor's alert policies, alert_policy.py): the
+# definitions (carts, precision/recall/F1, delay, upper median, lead time, the fixed timer, the
+# policy at the timer's recall) are in alert_policy.py's docstring, for a Rust test to reimplement.
+
+
+def eval_equal_timeliness(models_dir, hl: D.Log, sd_h: D.StepData, checks, truth_carts_path):
+    """The step model's `alert_policies` on the held-out carts vs the timer of each policy's median
+    delay (alert_policy.equal_timeliness)."""
+    meta = json.load(open(os.path.join(models_dir, "journey_step", "metadata.json")))
+    policies = meta.get("alert_policies") or []
+    minutes = meta["feature_encoding"].get("abandon_checks_minutes") or []
+    if not policies or not minutes:
+        return None
+    carts = AP.Carts(AP.episodes(hl, sd_h, checks, truth_carts=truth_carts_path), minutes)
+    return {"carts": len(carts), "abandoned_rate": float(carts.y.mean()), "results": AP.equal_timeliness(carts, policies)}
+
+
+def read_alerts(path, truth_carts_path):
+    """The processor's alerts (JSON lines: alert_id or customer_id, alert_ts, last_activity_ts,
+    reason, abandonment_probability) -> {alert_id: record}, the first alert per cart. Without
+    alert_id a record belongs to the customer's truth cart opened last at or before alert_ts."""
+    opened = {}
+    for line in open(truth_carts_path):
+        c = json.loads(line)
+        opened.setdefault(c["customer_id"], []).append((int(c["opened_ts"]), c.get("alert_id") or f"{c['customer_id']}:{c['cart_add_event_id']}"))
+    for v in opened.values():
+        v.sort()
+    out = {}
+    for line in open(path):
+        if not line.strip():
+            continue
+        a = json.loads(line)
+        aid = a.get("alert_id")
+        if not aid:
+            cands = [i for t, i in opened.get(a["customer_id"], []) if t <= int(a["alert_ts"])]
+            aid = cands[-1] if cands else f"{a['customer_id']}:?{a['alert_ts']}"
+        if aid not in out or int(a["alert_ts"]) < int(out[aid]["alert_ts"]):
+            out[aid] = a
+    return out
+
+
+def eval_alerts_file(alerts_path, hl: D.Log, sd_h: D.StepData, truth_carts_path):
+    """Scores the processor's own alerts: the model's (reason "model"), the safety net's and all,
+    each model-alert set against the timer of its median delay."""
+    carts = AP.Carts(AP.episodes(hl, sd_h, None, truth_carts=truth_carts_path), [])
+    recs = read_alerts(alerts_path, truth_carts_path)
+    res = {"carts": len(carts), "abandoned_rate": float(carts.y.mean()), "alerts_read": len(recs), "table": {}}
+
+    def arrays(reasons):
+        sel = [(carts.index[i], int(a["alert_ts"]), (int(a["alert_ts"]) - int(a["last_activity_ts"])) / 60_000)
+               for i, a in recs.items() if i in carts.index and (reasons is None or a.get("reason") in reasons)]
+        unmatched = sum(1 for i, a in recs.items() if i not in carts.index and (reasons is None or a.get("reason") in reasons))
+        c, t, d = (np.array(x) for x in zip(*sel)) if sel else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        return (c.astype(np.int64), t.astype(np.int64), d.astype(np.float64)), unmatched
+
+    for name, reasons in (("model", {"model"}), ("safety_net", {"safety_net", "inactivity_timeout"}), ("all", None)):
+        al, um = arrays(reasons)
+        m = AP.score(carts.y, carts.ref, al, um)
+        res["table"][name] = m
+        if name == "model" and m["median_delay_minutes"] is not None:
+            res["table"][f"timer at {m['median_delay_minutes']:g} min (the model alerts' median delay)"] = \
+                AP.score(carts.y, carts.ref, carts.timer(m["median_delay_minutes"]))
+    return res
+
+
+def markdown_alerts(r):
+    lines = []
+    if r.get("equal_timeliness"):
+        e = r["equal_timeliness"]
+        lines += [AP.table(e["results"], f"### Abandonment alerts at equal timeliness (carts of {r['heldout']}: {e['carts']}, "
+                                         f"{pct(e['abandoned_rate'])} abandoned; the step model's alert_policies)"), ""]
+    if r.get("alerts_file"):
+        a = r["alerts_file"]
+        lines += [f"### The processor's alerts ({a['file']}; {a['carts']} carts of {r['heldout']}, {pct(a['abandoned_rate'])} abandoned)", "",
+                  "| alerts | precision | recall | F1 | alerts | median delay (min) | median lead time (h) | not in the truth |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k, m in a["table"].items():
+            md = "-" if m["median_delay_minutes"] is None else f"{m['median_delay_minutes']:.0f}"
+            lt = "-" if m["median_lead_time_hours"] is None else f"{m['median_lead_time_hours']:.1f}"
+            lines.append(f"| {k} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['alerts']} | {md} | {lt} | {m['unmatched']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Attribution: channel shares
 
 
@@ -514,13 +609,33 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON results (default <models>/evaluation.json)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--target-precision", type=float, default=0.9)
-    ap.add_argument("--only", choices=["step", "attribution"], default=None)
+    ap.add_argument("--only", choices=["step", "attribution", "alerts"], default=None,
+                    help="alerts: only the alert policies at equal timeliness (no baselines, no --train-log/--select)")
+    ap.add_argument("--alerts", default=None,
+                    help="the processor's alerts (JSON lines of its alerts topic): score them against --heldout's "
+                         "truth_carts.jsonl and the timer of the model alerts' median delay, and nothing else")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     hl = D.load_log(os.path.join(args.heldout, "events.jsonl"))
     log(f"held-out log: {hl.n} events")
     r = {"heldout": os.path.basename(os.path.normpath(args.heldout))}
+    truth_carts = os.path.join(args.heldout, "truth_carts.jsonl")
+    if args.alerts or args.only == "alerts":
+        sd_h = D.step_features(hl)
+        if args.alerts:
+            r["alerts_file"] = {"file": os.path.basename(args.alerts), **eval_alerts_file(args.alerts, hl, sd_h, truth_carts)}
+        else:
+            meta = json.load(open(os.path.join(args.models, "journey_step", "metadata.json")))
+            checks = run_step_onnx(os.path.join(args.models, "journey_step", "model.onnx"), hl, sd_h.x, meta["hidden_size"])[1]
+            r["equal_timeliness"] = eval_equal_timeliness(args.models, hl, sd_h, checks, truth_carts)
+        md = markdown_alerts(r)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(r, f, indent=2)
+                f.write("\n")
+        print(md)
+        return r
     if args.only in (None, "step"):
         sd_h = D.step_features(hl)
         lab_h = D.step_labels(hl, sd_h)
@@ -536,6 +651,7 @@ def main(argv=None):
         sel_rows = cart_rows(sl, sd_s, (*scored_s, scored[2]), os.path.join(args.select, "truth_carts.jsonl"))
         r["abandon"] = eval_abandon(rows, sel_rows, scored[2], args.target_precision)
         r["abandon"]["selection_run"] = os.path.basename(os.path.normpath(args.select))
+        r["equal_timeliness"] = eval_equal_timeliness(args.models, hl, sd_h, scored[1], truth_carts)
     if args.only in (None, "attribution"):
         names = [n for n in sorted(os.listdir(args.models)) if n.startswith("attribution")
                  and os.path.exists(os.path.join(args.models, n, "model.onnx"))]
@@ -545,7 +661,7 @@ def main(argv=None):
     with open(out_path, "w") as f:
         json.dump(r, f, indent=2)
         f.write("\n")
-    md = markdown(r)
+    md = markdown(r) + "\n" + markdown_alerts(r)
     with open(os.path.splitext(out_path)[0] + ".md", "w") as f:
         f.write(md + "\n")
     print(md)

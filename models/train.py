@@ -805,7 +805,9 @@ def main(argv=None):
         # the inactivity re-check head, appended to the exported graph (abandon_checks.py)
         from abandon_checks import add_checks
         add_checks(os.path.join(args.out, "journey_step"), lg, sd, seed=args.seed)
-        # the alert policy per target delay, chosen on the validation customers (alert_policy.py)
+        # the alert policy per target delay, chosen on the validation customers (alert_policy.py;
+        # the step model and the head are fitted on the others), outcomes from the log itself (what
+        # a user's exported log gives; a simulator's truth file beside it is not read)
         from alert_policy import fit_policies
         fit_policies(os.path.join(args.out, "journey_step"), lg, sd, keep=split_customers(len(lg.customer_ids), args.seed))
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
