@@ -400,7 +400,24 @@ def sensor_counts(lg: D.Log, data, min_touches: int = 200):
     st = sensor_state(visit_levels(lg, cu, lg.ts[idx]), (lg.ts[idx] - start[cu]) / D.DAY_MS)
     N = np.zeros((nC, len(groups), N_SENSOR_STATES), dtype=np.float64)
     np.add.at(N, (cu[ok], gpos[grp[ok]], st[ok]), 1.0)
-    return {"N": N, "groups": groups, "first": first, "start": start}
+    # standalone clicks: clicks that no impression / e-mail open of the same channel preceded within
+    # 30 minutes (a click-through follows the advertiser's delivery; a standalone click is the
+    # customer's own seeking)
+    all_tp = np.flatnonzero(is_tp)
+    shown = all_tp[np.isin(lg.etype[all_tp], [D.ET_INDEX["impression"], D.ET_INDEX["email_open"]])]
+    base_ts = int(lg.ts.min())
+    skey = (lg.cust[shown].astype(np.int64) * 64 + lg.chan[shown]) * (1 << 40) + (lg.ts[shown] - base_ts)
+    order = np.argsort(skey, kind="stable")
+    skey = skey[order]
+    qkey = (cu * 64 + lg.chan[idx]) * (1 << 40) + (lg.ts[idx] - base_ts)
+    j = np.searchsorted(skey, qkey, side="right") - 1
+    prev_ok = j >= 0
+    jj = np.maximum(j, 0)
+    same = prev_ok & ((skey[jj] >> 40) == (qkey >> 40)) & ((qkey - skey[jj]) <= 30 * 60_000)
+    standalone = ok & np.isin(lg.etype[idx], [D.ET_INDEX["click"], D.ET_INDEX["email_click"]]) & ~same
+    Ns = np.zeros((nC, len(groups), N_SENSOR_STATES), dtype=np.float64)
+    np.add.at(Ns, (cu[standalone], gpos[grp[standalone]], st[standalone]), 1.0)
+    return {"N": N, "Ns": Ns, "groups": groups, "first": first, "start": start}
 
 
 def customer_covariates(data, covariates: str):
@@ -428,7 +445,7 @@ def customer_covariates(data, covariates: str):
 def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = True, log=print, tol=1e-7,
         covariates: str = "own", mirror: bool = False, mirror_weight: bool = True, mirror_cap: float = 50.0,
         sensors: bool = False, sensor_touch_term: bool = True, sensor_states: bool = True,
-        sensor_clicks_only: bool = False, loo: bool = True, alpha_fixed: float | None = None):
+        sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None):
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -479,8 +496,9 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     if use_sensors:
         sen = data["sensor"]
         gk = sen["groups"]
-        Nk = sen["N"] if sensor_states else sen["N"].sum(2, keepdims=True)
-        if sensor_clicks_only:
+        Nk = sen["Ns" if sensor_standalone else "N"]
+        Nk = Nk if sensor_states else Nk.sum(2, keepdims=True)
+        if sensor_clicks_only or sensor_standalone:
             # only the customer's own actions (clicks); impressions and opens are delivered to them
             keep = np.isin(gk % NE, [D.ET_INDEX["click"], D.ET_INDEX["email_click"]])
             gk, Nk = gk[keep], Nk[:, keep]

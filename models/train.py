@@ -685,7 +685,8 @@ def train_hazard(lg: D.Log, args, data_desc):
     res = H.fit(data, iters=args.hazard_iters, use_multipliers=not args.hazard_no_multipliers,
                 frailty=not args.hazard_no_frailty, covariates=args.hazard_covariates, log=log,
                 sensors=args.hazard_sensors != "off", sensor_states=False,
-                sensor_clicks_only=args.hazard_sensors == "clicks")
+                sensor_clicks_only=args.hazard_sensors == "clicks",
+                sensor_standalone=args.hazard_sensors == "standalone")
     res = {k: v for k, v in res.items() if not k.startswith(("x_", "S_"))}
     fit_s = time.time() - t0
     S = res.pop("S")
@@ -777,12 +778,13 @@ def main(argv=None):
     ap.add_argument("--hazard-covariates", choices=["own", "none", "all"], default="own",
                     help="customer-level covariates of the baseline: own = the rate of visits the customer made on "
                          "their own (default); none; all = own + the touch rate of every channel (ablation)")
-    ap.add_argument("--hazard-sensors", choices=["clicks", "all", "off"], default="clicks",
+    ap.add_argument("--hazard-sensors", choices=["clicks", "standalone", "all", "off"], default="clicks",
                     help="clicks (default): the customer's clicks before their first purchase decision are evidence of "
                          "their baseline: each click group's count is modelled as a base rate plus a part that follows "
                          "the customer's hazard, with a shared gamma frailty (hazard_mta.sensor_counts, "
                          "fit(sensors=True)); this keeps intent-driven channels from being credited with the "
-                         "customer's propensity. all: impressions and opens too (ablation: their counts follow "
+                         "customer's propensity. standalone: only clicks that no impression / e-mail open of the same "
+                         "channel preceded within 30 minutes. all: impressions and opens too (ablation: their counts follow "
                          "delivery, and slow channels lose credit); off: ablation, the model before this")
     ap.add_argument("--hazard-no-multipliers", action="store_true", help="ablation: no cart / time-of-day / post-purchase multipliers")
     ap.add_argument("--hazard-path-minutes", type=int, default=0,
