@@ -7,7 +7,11 @@ The model (Zhang, Wei & Ren, KDD 2014; Ji & Wang, AAAI 2017 "AMTA", with a custo
 - b_i: the customer's own propensity, learned from behaviour other than the touch being credited:
   a log-linear (Poisson GLM) mean in the customer's own-visit rate (visits no click landed, without
   a purchase) times a gamma frailty; each conversion's baseline is left-one-out (from the
-  customer's other conversions);
+  customer's other conversions); with `sensors` (train.py's default) the frailty is shared with
+  the customer's clicks before their first purchase decision: each click group's count is Poisson
+  with a base rate plus c_k x (the customer's hazard), c_k learned, so that the clicks of groups
+  whose rate follows the customer's propensity (intent-driven channels) are evidence of b_i
+  instead of causes of the conversions (see `sensor_counts` and models/README.md);
 - e_g(age) >= 0: the effect of a touch of group g = (channel, event_type) at age `age`, a
   non-negative combination of piecewise-linear "hat" functions of u = log1p(hours) / log1p(720)
   (the contract's `age` input), so its shape (immediate, delayed, long tail or none) is learned;
@@ -260,11 +264,173 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
     return out
 
 
+def last_purchase_before(lg: D.Log, cust: np.ndarray, t: np.ndarray):
+    """The customer's last purchase strictly before t (-1: none): for a conversion row (dated at the
+    start of its buying visit) that is the previous purchase."""
+    pi = np.flatnonzero(lg.etype == D.PURCHASE)
+    base = int(lg.ts.min())
+    key = lg.cust[pi].astype(np.int64) * (1 << 42) + (lg.ts[pi] - base)
+    q = cust.astype(np.int64) * (1 << 42) + (t - base)
+    j = np.searchsorted(key, q, side="left") - 1
+    ok = (j >= 0) & (lg.cust[pi[np.maximum(j, 0)]] == cust)
+    return np.where(ok, lg.ts[pi[np.maximum(j, 0)]], -1).astype(np.int64)
+
+
+def relevel(data, lg: D.Log | None = None, hour_bins: int = HOUR_BINS, since_purchase_d=SINCE_PURCHASE_D):
+    """Recomputes the time-of-day and since-purchase multiplier levels of every row with other bins
+    (the last purchase before each row is read from the log when the data does not hold it)."""
+    for kind in ("e", "c"):
+        R = data[kind]
+        if "lp" not in R:
+            R["lp"] = last_purchase_before(lg, R["cust"], R["t"])
+        t, lp = R["t"], R["lp"]
+        R["lv"][0] = ((t % D.DAY_MS) * hour_bins // D.DAY_MS).astype(np.int64)
+        since_d = (t - lp) / D.DAY_MS
+        R["lv"][2] = np.where(lp >= 0, 1 + np.searchsorted(np.asarray(since_purchase_d), since_d), 0)
+    nl = list(data.get("n_levels", N_LEVELS))
+    nl[0] = hour_bins
+    nl[2] = len(since_purchase_d) + 2
+    data["n_levels"] = tuple(nl)
+    return data
+
+
+def mirror_design(lg: D.Log, data, window_days: float = 30.0, date_at_visit: bool = True):
+    """The design of the *sensor* (negative-control) term: for every event and control row at time t
+    of customer i, each touchpoint of i within `window_days` of t on **either side** (earlier or
+    later; the lag and the lead are the same kernel), at |t - s|, in the same hat basis, whatever
+    journey it belongs to. Touches inside a buying visit (from its start to the purchase) are left
+    out (they carry the decision). Returned as entries (row, column, value, since-purchase level of
+    the touch), so that `fit` can weight each touch by 1 / the since-purchase multiplier at its own
+    time: a touch that follows the customer's current propensity is rarer after a purchase by the
+    same factor as the purchase hazard, and the weight makes the lead side of a conversion
+    (always just after a purchase) comparable with that of a control.
+
+    A touch cannot cause a purchase *before* it, so the association of a channel's later touches with
+    the hazard measures how much its touches track the customer's propensity (confounding). With
+    the same kernel on both sides, a channel whose touches are as predictive of earlier as of later
+    purchases is explained by this term, which is never credited; the causal kernel keeps only the
+    excess of the hazard after a touch over the hazard before it."""
+    t0 = time.time()
+    tps_all, pur_all = D.customer_touch_index(lg)
+    win = int(window_days * D.DAY_MS)
+    out = {}
+    for kind in ("e", "c"):
+        cust, t = data[kind]["cust"], data[kind]["t"]
+        bounds = np.searchsorted(cust, np.arange(data["n_customers"] + 1))
+        R, Cc, V, L = [], [], [], []
+        for c in range(data["n_customers"]):
+            r0, r1 = bounds[c], bounds[c + 1]
+            if r0 == r1 or not len(tps_all[c]):
+                continue
+            tp = tps_all[c]
+            pur = pur_all[c]
+            pts = lg.ts[pur]
+            tts = lg.ts[tp]
+            keep = np.ones(len(tp), dtype=bool)
+            if len(pur):
+                tau = visit_starts(lg, c, pur) if date_at_visit else pts
+                for a, b in zip(tau, pts):
+                    keep &= ~((tts >= a) & (tts <= b))
+            tp, tts = tp[keep], tts[keep]
+            if not len(tp):
+                continue
+            j = np.searchsorted(pts, tts, side="left") - 1
+            lp = np.where(j >= 0, pts[np.maximum(j, 0)], -1) if len(pts) else np.full(len(tts), -1)
+            since_d = (tts - lp) / D.DAY_MS
+            lev = np.where(lp >= 0, 1 + np.searchsorted(SINCE_PURCHASE_D, since_d), 0)
+            grp = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
+            tt = t[r0:r1]
+            gap = np.abs(tt[:, None] - tts[None, :])
+            ok = (gap <= win) & (tt[:, None] != tts[None, :])
+            ri, ti = np.nonzero(ok)
+            if not len(ri):
+                continue
+            u = np.log1p(gap[ri, ti] / D.HOUR_MS) / D.AGE_LOG_SCALE
+            k, fr = basis(u)
+            k = np.maximum(k, 0)
+            g = grp[ti]
+            rg = ri + r0
+            R.append(np.concatenate([rg, rg])); Cc.append(np.concatenate([g * K + k, g * K + k + 1]))
+            V.append(np.concatenate([1 - fr, fr])); L.append(np.concatenate([lev[ti], lev[ti]]))
+        out[kind] = (np.concatenate(R), np.concatenate(Cc), np.concatenate(V), np.concatenate(L).astype(np.int8))
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def _mirror_matrix(entries, n_rows, m_pur, cap: float):
+    r, c, v, lev = entries
+    w = np.minimum(1.0 / np.maximum(m_pur, 1e-9), cap * 1.0 / max(m_pur[0], 1e-9))
+    X = sp.csr_matrix((v * w[lev], (r, c)), shape=(n_rows, NG * K))
+    X.sum_duplicates()
+    return X
+
+
+SENSOR_AGE_D = [2.0, 5.0, 10.0, 20.0]  # customer-age bins of the sensors' base rates
+N_SENSOR_STATES = (len(VISIT_AGE_H) + 2) * (len(SENSOR_AGE_D) + 1)
+
+
+def sensor_state(visit_level: np.ndarray, age_days: np.ndarray):
+    return visit_level * (len(SENSOR_AGE_D) + 1) + np.searchsorted(SENSOR_AGE_D, age_days)
+
+
+def sensor_counts(lg: D.Log, data, min_touches: int = 200):
+    """Per customer, touch group and *state* (time since the customer's last site event x the
+    customer's age): the touches before the customer's first purchase decision (the start of the
+    first buying visit; the whole log for a customer who never buys). No purchase can have caused
+    them (subscriptions, post-purchase retargeting and the refractory period all come later), so
+    they are pre-treatment evidence of the customer's propensity wherever a group's touch rate
+    follows it (see `fit`'s `sensors`). The state lets each group's base rate depend on the visits
+    (retargeting follows a visit) and on the customer's age (prospecting fades), so that neither is
+    mistaken for the propensity."""
+    nC = data["n_customers"]
+    first = np.full(nC, np.iinfo(np.int64).max)
+    np.minimum.at(first, data["e"]["cust"], data["e"]["t"])
+    start = lg.ts[lg.starts].astype(np.int64)
+    is_tp = np.isin(lg.etype, D.TOUCH_TYPES) & (lg.chan != D.CH_NONE)
+    idx = np.flatnonzero(is_tp)
+    cu = lg.cust[idx].astype(np.int64)
+    pre = lg.ts[idx] < first[cu]
+    idx, cu = idx[pre], cu[pre]
+    grp = lg.chan[idx].astype(np.int64) * NE + lg.etype[idx].astype(np.int64)
+    cnt = np.bincount(grp, minlength=NG)
+    groups = np.flatnonzero(cnt >= min_touches)
+    gpos = np.full(NG, -1)
+    gpos[groups] = np.arange(len(groups))
+    ok = gpos[grp] >= 0
+    st = sensor_state(visit_levels(lg, cu, lg.ts[idx]), (lg.ts[idx] - start[cu]) / D.DAY_MS)
+    N = np.zeros((nC, len(groups), N_SENSOR_STATES), dtype=np.float64)
+    np.add.at(N, (cu[ok], gpos[grp[ok]], st[ok]), 1.0)
+    # standalone clicks: clicks that no impression / e-mail open of the same channel preceded within
+    # 30 minutes (a click-through follows the advertiser's delivery; a standalone click is the
+    # customer's own seeking)
+    all_tp = np.flatnonzero(is_tp)
+    shown = all_tp[np.isin(lg.etype[all_tp], [D.ET_INDEX["impression"], D.ET_INDEX["email_open"]])]
+    base_ts = int(lg.ts.min())
+    skey = (lg.cust[shown].astype(np.int64) * 64 + lg.chan[shown]) * (1 << 40) + (lg.ts[shown] - base_ts)
+    order = np.argsort(skey, kind="stable")
+    skey = skey[order]
+    qkey = (cu * 64 + lg.chan[idx]) * (1 << 40) + (lg.ts[idx] - base_ts)
+    j = np.searchsorted(skey, qkey, side="right") - 1
+    prev_ok = j >= 0
+    jj = np.maximum(j, 0)
+    same = prev_ok & ((skey[jj] >> 40) == (qkey >> 40)) & ((qkey - skey[jj]) <= 30 * 60_000)
+    standalone = ok & np.isin(lg.etype[idx], [D.ET_INDEX["click"], D.ET_INDEX["email_click"]]) & ~same
+    Ns = np.zeros((nC, len(groups), N_SENSOR_STATES), dtype=np.float64)
+    np.add.at(Ns, (cu[standalone], gpos[grp[standalone]], st[standalone]), 1.0)
+    return {"N": N, "Ns": Ns, "groups": groups, "first": first, "start": start}
+
+
 def customer_covariates(data, covariates: str):
     nC = data["n_customers"]
     cols = [np.ones(nC)]
     if covariates in ("own", "all") and "own_rate" in data:
         cols.append(np.log(data["own_rate"] + 0.02))
+    if covariates.startswith("own+") and "touch_rate" in data:
+        # diagnostic only: the named channels' touch rates (e.g. "own+sms"), to measure how much a
+        # customer-level sensor of the propensity could do; never a default (it names channels)
+        cols.append(np.log(data["own_rate"] + 0.02))
+        for name in covariates[4:].split("+"):
+            cols.append(np.log(data["touch_rate"][:, D.CH_INDEX[name]] + 0.02))
     if covariates == "all" and "touch_rate" in data:
         tr = data["touch_rate"]
         for k in range(tr.shape[1]):
@@ -277,9 +443,25 @@ def customer_covariates(data, covariates: str):
 
 
 def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = True, log=print, tol=1e-7,
-        covariates: str = "own"):
+        covariates: str = "own", mirror: bool = False, mirror_weight: bool = True, mirror_cap: float = 50.0,
+        sensors: bool = False, sensor_touch_term: bool = True, sensor_states: bool = True,
+        sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None):
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
+    N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
+    use_mirror = mirror and "mirror" in data
+    if use_mirror:
+        # the mirror term: its own NG*K columns after the causal ones, never credited
+        PUR = 2  # index of the since-purchase multiplier in N_LEVELS
+        ones = np.ones(data.get("n_levels", N_LEVELS)[PUR])
+
+        def with_mirror(m_pur):
+            mp = m_pur if mirror_weight else ones
+            Xne = _mirror_matrix(data["mirror"]["e"], Xe.shape[0], mp, mirror_cap)
+            Xnc = _mirror_matrix(data["mirror"]["c"], Xc.shape[0], mp, mirror_cap)
+            return sp.hstack([E["X"], Xne]).tocsr(), sp.hstack([C["X"], Xnc]).tocsr()
+        Xe, Xc = with_mirror(ones)
+        mirror_pur = ones.copy()
     XeT, XcT = Xe.T.tocsr(), Xc.T.tocsr()
     w = C["w"]
     nC = data["n_customers"]
@@ -303,7 +485,38 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     m = [np.ones(n) for n in N_LEVELS]
     alpha = 1.0
     ll_prev = -np.inf
+    # sensors: every touch group's touches before the customer's first purchase decision, modelled
+    # as Poisson with rate a_k + c_k * D(t) * (b_i + T_i(t)) (a base rate plus a part that follows
+    # the customer's current hazard: its baseline and the modelled effects of its touches, D the
+    # time-of-day multiplier); the part c_k D b_i is evidence of b_i, added to its gamma posterior.
+    # a_k, c_k are learned; a group whose touches do not follow the hazard gets c_k ~ 0.
+    use_sensors = sensors and frailty and "sensor" in data
+    SB = np.zeros(nC)
+    SD = np.zeros(nC)
+    if use_sensors:
+        sen = data["sensor"]
+        gk = sen["groups"]
+        Nk = sen["Ns" if sensor_standalone else "N"]
+        Nk = Nk if sensor_states else Nk.sum(2, keepdims=True)
+        if sensor_clicks_only or sensor_standalone:
+            # only the customer's own actions (clicks); impressions and opens are delivered to them
+            keep = np.isin(gk % NE, [D.ET_INDEX["click"], D.ET_INDEX["email_click"]])
+            gk, Nk = gk[keep], Nk[:, keep]
+        NS = Nk.shape[2]
+        pre_c = C["t"] < sen["first"][cc]
+        st_c = (sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS) if sensor_states
+                else np.zeros(len(cc), dtype=np.int64))
+        cs = cc.astype(np.int64) * NS + st_c
+        Tpre = np.bincount(cs, weights=w * pre_c, minlength=nC * NS).reshape(nC, NS)
+        a_k = 0.5 * Nk.sum(0) / np.maximum(Tpre.sum(0), 1e-12)  # [G, NS]
+        c_k = 0.5 * Nk.sum((0, 2)) / max(float(mu * Tpre.sum()), 1e-12)  # [G]
     for it in range(iters):
+        if use_mirror and mirror_weight and use_multipliers and it > 0 and it % 10 == 0 and \
+                np.max(np.abs(np.log(m[PUR] / mirror_pur))) > 0.01:
+            # the mirror term's weights follow the since-purchase multiplier as it is learned
+            mirror_pur = m[PUR].copy()
+            Xe, Xc = with_mirror(mirror_pur)
+            XeT, XcT = Xe.T.tocsr(), Xc.T.tocsr()
         Mc = np.ones(len(w))
         Me = np.ones(n_e)
         if use_multipliers:
@@ -311,8 +524,9 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
                 Mc *= m[f][C["lv"][f]]
                 Me *= m[f][E["lv"][f]]
         # leave-one-out: an event's baseline is learned from the customer's other conversions
-        be = (b[ce] if not frailty else
-              (np.bincount(ce, weights=r0_prev, minlength=nC)[ce] - r0_prev + alpha) / (Ei_prev[ce] + alpha / mu_i[ce]))
+        be = (b[ce] if not frailty or not loo else
+              (np.bincount(ce, weights=r0_prev, minlength=nC)[ce] - r0_prev + SB[ce] + alpha)
+              / (Ei_prev[ce] + SD[ce] + alpha / mu_i[ce]))
         Ae = be + Xe @ S
         Ac = b[cc] + Xc @ S
         ll = float(np.sum(np.log(Me * Ae + 1e-300)) - np.sum(w * Mc * Ac))
@@ -334,9 +548,23 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         Ei = np.bincount(cc, weights=w * Mc, minlength=nC)
         Ei_prev = Ei
         mu = n0.sum() / Ei.sum()
+        if use_sensors:
+            Dc = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w * pre_c
+            Dis = np.bincount(cs, weights=Dc, minlength=nC * NS).reshape(nC, NS)
+            TTis = (np.bincount(cs, weights=Dc * (Xc @ S), minlength=nC * NS).reshape(nC, NS) if sensor_touch_term
+                    else np.zeros((nC, NS)))
+            base = a_k[None, :, :] * Tpre[:, None, :]
+            hz = c_k[None, :, None] * (b[:, None, None] * Dis[:, None, :] + TTis[:, None, :])
+            lam_k = np.maximum(base + hz, 1e-300)
+            sbase = Nk * base / lam_k
+            sb = Nk * (c_k[None, :, None] * b[:, None, None] * Dis[:, None, :]) / lam_k
+            a_k = sbase.sum(0) / np.maximum(Tpre.sum(0), 1e-12)
+            c_k = (Nk - sbase).sum((0, 2)) / max(float((b[:, None] * Dis + TTis).sum()), 1e-12)
+            SB = sb.sum((1, 2))
+            SD = Dis.sum(1) * c_k.sum()
         for _ in range(2):  # damped Newton steps of the Poisson GLM: n0_i ~ Poisson(E_i exp(Z_i theta))
-            lam = np.exp(np.clip(Z @ theta, -50, 50)) * Ei
-            grad = Z.T @ (n0 - lam) - 1e-3 * np.r_[0.0, theta[1:]]
+            lam = np.exp(np.clip(Z @ theta, -50, 50)) * (Ei + SD)
+            grad = Z.T @ (n0 + SB - lam) - 1e-3 * np.r_[0.0, theta[1:]]
             hess = (Z * lam[:, None]).T @ Z + 1e-3 * np.eye(len(theta))
             try:
                 step_ = np.linalg.solve(hess, grad)
@@ -355,8 +583,8 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             mi = ex + Ti
             v = np.sum((n_tot - mi) ** 2 - mi)
             inv_alpha = min(max(v / max(np.sum(ex ** 2), 1e-12), 0.02), 20.0)
-            alpha = 1.0 / inv_alpha
-            b = (n0 + alpha) / (Ei + alpha / mu_i)
+            alpha = 1.0 / inv_alpha if alpha_fixed is None else alpha_fixed
+            b = (n0 + SB + alpha) / (Ei + SD + alpha / mu_i)
         else:
             b = mu_i.copy()
         # multipliers
@@ -379,7 +607,14 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             log(f"  EM converged at {it}: loglik {ll:.2f}")
             break
         ll_prev = ll
-    return {"S": S.reshape(NG, K), "mu": float(mu), "alpha": float(alpha), "multipliers": [x.tolist() for x in m],
+    extra = {"x_theta": [round(float(x), 3) for x in theta], "x_alpha": round(float(alpha), 3)}
+    if use_sensors:
+        extra["x_sensors"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": round(float(c), 3)
+                              for g, c in zip(gk, c_k)}
+    if use_mirror:
+        extra["S_mirror"] = S[NG * K:].reshape(NG, K)
+        S = S[:NG * K]
+    return {**extra, "S": S.reshape(NG, K), "mu": float(mu), "alpha": float(alpha), "multipliers": [x.tolist() for x in m],
             "baseline_glm_theta": theta.tolist(),
             "iterations": it + 1, "loglik": ll, "events": int(n_e), "controls": int(len(w))}
 

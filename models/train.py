@@ -9,7 +9,8 @@ ignored). Labels come from the log itself. Writes, under --out:
                       and P(cart abandoned) after 10 min .. 10 h of inactivity (abandon_checks.py)
   attribution/        the attribution model: by default (--attribution-method hazard) the additive-hazard
                       survival model fitted by EM (hazard_mta.py: per-touch effects that decay with the
-                      touch's age, a customer-level baseline, no purchase-path exclusion); with
+                      touch's age, a customer-level baseline that also reads the customer's clicks
+                      before their first purchase, no purchase-path exclusion); with
                       --attribution-method classifier the P(conversion) classifier of earlier versions
                       (--attribution-select: attention by default, or the lower validation log-loss)
   attribution_cnn/    classifier method: the other classifier (attribution_attention/ when the CNN ships);
@@ -679,8 +680,14 @@ def train_hazard(lg: D.Log, args, data_desc):
                    date_at_visit=args.hazard_dating == "visit")
     log(f"hazard data: {len(data['e']['cust'])} conversions, {len(data['c']['cust'])} control points, "
         f"{data['e']['X'].nnz + data['c']['X'].nnz} design entries ({data['build_seconds']:.0f} s)")
+    if args.hazard_sensors != "off":
+        data["sensor"] = H.sensor_counts(lg, data)
     res = H.fit(data, iters=args.hazard_iters, use_multipliers=not args.hazard_no_multipliers,
-                frailty=not args.hazard_no_frailty, covariates=args.hazard_covariates, log=log)
+                frailty=not args.hazard_no_frailty, covariates=args.hazard_covariates, log=log,
+                sensors=args.hazard_sensors != "off", sensor_states=False,
+                sensor_clicks_only=args.hazard_sensors == "clicks",
+                sensor_standalone=args.hazard_sensors == "standalone")
+    res = {k: v for k, v in res.items() if not k.startswith(("x_", "S_"))}
     fit_s = time.time() - t0
     S = res.pop("S")
     model = H.torch_module(S, res["mu"])
@@ -705,7 +712,7 @@ def train_hazard(lg: D.Log, args, data_desc):
              "conversions": res["events"], "control_points": res["controls"],
              "controls_per_day": args.hazard_controls_per_day, "dating": args.hazard_dating,
              "frailty": not args.hazard_no_frailty, "covariates": args.hazard_covariates,
-             "multipliers": not args.hazard_no_multipliers,
+             "multipliers": not args.hazard_no_multipliers, "sensors": args.hazard_sensors,
              "fit_seconds": round(fit_s, 1)}
     extra = {
         # deep credit leaves P(none)/P(all) of each conversion to the customer's baseline: a
@@ -771,6 +778,14 @@ def main(argv=None):
     ap.add_argument("--hazard-covariates", choices=["own", "none", "all"], default="own",
                     help="customer-level covariates of the baseline: own = the rate of visits the customer made on "
                          "their own (default); none; all = own + the touch rate of every channel (ablation)")
+    ap.add_argument("--hazard-sensors", choices=["clicks", "standalone", "all", "off"], default="clicks",
+                    help="clicks (default): the customer's clicks before their first purchase decision are evidence of "
+                         "their baseline: each click group's count is modelled as a base rate plus a part that follows "
+                         "the customer's hazard, with a shared gamma frailty (hazard_mta.sensor_counts, "
+                         "fit(sensors=True)); this keeps intent-driven channels from being credited with the "
+                         "customer's propensity. standalone: only clicks that no impression / e-mail open of the same "
+                         "channel preceded within 30 minutes. all: impressions and opens too (ablation: their counts follow "
+                         "delivery, and slow channels lose credit); off: ablation, the model before this")
     ap.add_argument("--hazard-no-multipliers", action="store_true", help="ablation: no cart / time-of-day / post-purchase multipliers")
     ap.add_argument("--hazard-path-minutes", type=int, default=0,
                     help="ablation: a purchase-path exclusion for the hazard model too (0 = none, the default)")

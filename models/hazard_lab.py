@@ -1,0 +1,241 @@
+"""Ablation bench for the additive-hazard attribution model (hazard_mta.py).
+
+Fits variants of the model on a simulator training log and scores them on a held-out log with the
+removal-effect credit computed in NumPy (the same arithmetic as the exported ONNX graph and
+evaluate.py: credit_i proportional to exp(e_i) - 1, optionally scaled by the baseline share
+1 - P(none) / P(all) with the model's mean baseline mu). Prints, per variant, the channel-share MAE
+against the simulator's true shares, each channel's share, and the rules' shares.
+
+    python hazard_lab.py --train <log dir> --heldout <log dir with truth> \
+        --variant default --variant "lead=1" [--cache <dir>]
+
+A variant is `name` or `k=v,k=v` of hazard_mta.fit / build keyword arguments (see VARIANTS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tsdata as D  # noqa: E402
+import hazard_mta as H  # noqa: E402
+from evaluate import rule_credits  # noqa: E402
+
+BUILD_KEYS = {"controls_per_day", "date_at_visit", "tail_hours"}
+VARIANTS = {
+    "default": {},
+    "no-frailty": {"frailty": False},
+    "shared": {"frailty": False, "covariates": "none"},
+}
+
+
+def parse_variant(s: str) -> dict:
+    if s in VARIANTS:
+        return dict(VARIANTS[s])
+    out = {}
+    parts, depth, cur = [], 0, ""
+    for ch in s:  # commas inside [...] belong to a list value
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(cur); cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for kv in parts:
+        k, v = kv.split("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def heldout_journeys(path: str):
+    """Held-out conversions with touchpoints: per conversion the arrays (channel, event_type, age)
+    of its journey as the processor sends them, and the truth's channel shares."""
+    hl = D.load_log(path)
+    eid = {e: i for i, e in enumerate(hl.event_ids)}
+    tps_all, pur_all = D.customer_touch_index(hl)
+    cust_of = np.repeat(np.arange(len(hl.starts)), hl.ends - hl.starts)
+    truth = {}
+    items = []
+    for line in open(os.path.join(path, "truth_conversions.jsonl")):
+        c = json.loads(line)
+        p = eid.get(c["conversion_id"])
+        if p is None:
+            continue
+        cu = cust_of[p]
+        j = D.journey_at(hl, tps_all[cu], pur_all[cu], int(hl.ts[p]), at_purchase=p)[-64:]
+        if len(j) == 0:
+            continue
+        for t in c["touchpoints"]:
+            truth[t["channel"]] = truth.get(t["channel"], 0.0) + t["true_share"]
+        r = D.journey_arrays(hl, j, int(hl.ts[p]), 64, 0, None)
+        k = len(r[6])
+        items.append({"ch": r[0][:k].copy(), "et": r[1][:k].copy(), "age": r[3][:k].astype(np.float64),
+                      "ts": hl.ts[r[6]].copy(), "t": int(hl.ts[p]), "bshare": c["baseline_share"]})
+    return items, truth
+
+
+def score(S, mu, items, truth, baseline_share: bool):
+    chans = sorted(set(truth) | {D.CHANNELS[c] for it in items for c in it["ch"]})
+    cr = {ch: 0.0 for ch in chans}
+    for it in items:
+        e = H.effects(S, it["ch"], it["et"], it["age"])
+        E = e.sum()
+        # removal effect P(all) - P(all but i) = exp(-(mu + E)) (exp(e_i) - 1)
+        d = np.expm1(e)
+        if d.sum() <= 0:
+            if baseline_share:
+                continue
+            w = rule_credits(it["ts"], it["t"])["time_decay"]
+        else:
+            w = d / d.sum()
+            if baseline_share:
+                p_all = -np.expm1(-(mu + E))
+                p_none = -np.expm1(-mu)
+                w = w * (1.0 - min(1.0, p_none / p_all))
+        for c, x in zip(it["ch"], w):
+            cr[D.CHANNELS[c]] += x
+    s = sum(cr.values())
+    sh = {k: v / s for k, v in cr.items()}
+    ts = sum(truth.values())
+    tr = {k: truth.get(k, 0.0) / ts for k in chans}
+    mae = float(np.mean([abs(sh[k] - tr[k]) for k in chans]))
+    return mae, sh, tr
+
+
+def rule_shares(items, truth):
+    chans = sorted(set(truth) | {D.CHANNELS[c] for it in items for c in it["ch"]})
+    acc = {}
+    for it in items:
+        for m, w in rule_credits(it["ts"], it["t"]).items():
+            d = acc.setdefault(m, {ch: 0.0 for ch in chans})
+            for c, x in zip(it["ch"], w):
+                d[D.CHANNELS[c]] += x
+    ts = sum(truth.values())
+    tr = {k: truth.get(k, 0.0) / ts for k in chans}
+    out = {}
+    for m, d in acc.items():
+        s = sum(d.values())
+        sh = {k: v / s for k, v in d.items()}
+        out[m] = (float(np.mean([abs(sh[k] - tr[k]) for k in chans])), sh)
+    return out
+
+
+def cached(path, fn):
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    v = fn()
+    if path:
+        with open(path, "wb") as f:
+            pickle.dump(v, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return v
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--heldout", required=True)
+    ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--cache", default=None, help="directory for the built training data and held-out journeys")
+    ap.add_argument("--out", default=None, help="append one JSON line per variant here")
+    ap.add_argument("--iters", type=int, default=300)
+    args = ap.parse_args(argv)
+    variants = args.variant or ["default"]
+    key = lambda p: os.path.abspath(p).strip("/").replace("/", "_")  # noqa: E731
+    cdir = args.cache
+    if cdir:
+        os.makedirs(cdir, exist_ok=True)
+    t0 = time.time()
+    items, truth = cached(cdir and os.path.join(cdir, key(args.heldout) + ".heldout.pkl"),
+                          lambda: heldout_journeys(args.heldout))
+    print(f"held-out: {len(items)} conversions with touchpoints ({time.time() - t0:.0f} s)", flush=True)
+    rules = rule_shares(items, truth)
+    lg = None
+    datas = {}
+    for v in variants:
+        kw = parse_variant(v)
+        bkw = {k: kw.pop(k) for k in list(kw) if k in BUILD_KEYS}
+        bkey = json.dumps(bkw, sort_keys=True)
+        if bkey not in datas:
+            def _build():
+                nonlocal lg
+                if lg is None:
+                    lg = D.load_log(args.train)
+                return H.build(lg, **bkw)
+            suffix = "".join(f".{k}={bkw[k]}" for k in sorted(bkw))
+            datas[bkey] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".train.pkl"), _build)
+        data = datas[bkey]
+        hb, sd_ = kw.pop("hour_bins", None), kw.pop("since_d", None)
+        if hb is not None or sd_ is not None:
+            if "lp" not in data["e"]:
+                if lg is None:
+                    lg = D.load_log(args.train)
+                for kind in ("e", "c"):
+                    data[kind]["lp"] = H.last_purchase_before(lg, data[kind]["cust"], data[kind]["t"])
+            data = dict(data)
+            for kind in ("e", "c"):
+                data[kind] = dict(data[kind])
+                data[kind]["lv"] = list(data[kind]["lv"])
+            H.relevel(data, None, hb or H.HOUR_BINS, sd_ or H.SINCE_PURCHASE_D)
+        mdays = kw.pop("mirror_days", 30.0)
+        if kw.get("mirror"):
+            def _mirror():
+                nonlocal lg
+                if lg is None:
+                    lg = D.load_log(args.train)
+                return H.mirror_design(lg, data, window_days=mdays)
+            suffix = "".join(f".{k}={bkw[k]}" for k in sorted(bkw)) + f".mirror{mdays:g}"
+            data["mirror"] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".pkl"), _mirror)
+        else:
+            data.pop("mirror", None)
+        if kw.get("sensors"):
+            def _sensor():
+                nonlocal lg
+                if lg is None:
+                    lg = D.load_log(args.train)
+                return H.sensor_counts(lg, data)
+            suffix = "".join(f".{k}={bkw[k]}" for k in sorted(bkw)) + ".sensor"
+            data["sensor"] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".pkl"), _sensor)
+        t1 = time.time()
+        res = H.fit(data, iters=args.iters, log=lambda m: None, **kw)
+        fit_s = time.time() - t1
+        S, mu = res["S"], res["mu"]
+        m0, sh0, tr = score(S, mu, items, truth, False)
+        m1, sh1, _ = score(S, mu, items, truth, True)
+        best = min(rules.items(), key=lambda x: x[1][0])
+        lt = rules["last_touch"][1]
+        line = {"variant": v, "train": args.train, "heldout": args.heldout, "mae": m0, "mae_bshare": m1,
+                "best_rule": best[0], "best_rule_mae": best[1][0], "shares": sh0, "shares_bshare": sh1,
+                "truth": tr, "last_touch": lt, "iterations": res["iterations"], "fit_seconds": round(fit_s, 1),
+                "extra": {k: res[k] for k in res if k.startswith("x_")}}
+        print(f"== {v}: MAE {m0:.4f} (bshare {m1:.4f}); best rule {best[0]} {best[1][0]:.4f} -> "
+              f"{m0 / best[1][0]:.2f}x / {m1 / best[1][0]:.2f}x; it {res['iterations']}, {fit_s:.0f} s", flush=True)
+        print("   " + "  ".join(f"{k}: {100 * sh0[k]:.1f}/{100 * sh1[k]:.1f} (t {100 * tr[k]:.1f}, lt {100 * lt[k]:.1f})"
+                                for k in sorted(sh0)), flush=True)
+        for g in np.flatnonzero(S.sum(1) > 0):
+            print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
+                  + " ".join(f"{x:.4f}" for x in S[g]), flush=True)
+        if "S_mirror" in res:
+            Sn = res["S_mirror"]
+            print("   mirror (two-sided, uncredited) term:", flush=True)
+            for g in np.flatnonzero(Sn.sum(1) > 0):
+                print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
+                      + " ".join(f"{x:.4f}" for x in Sn[g]), flush=True)
+        for k, val in line["extra"].items():
+            print(f"   {k}: {val}", flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
