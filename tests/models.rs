@@ -199,7 +199,7 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
 
     // alerts: the same as the library's; model alerts at one of its checks before the rule
     assert_eq!(alerts.len(), want_alerts.len(), "no alert lost or duplicated");
-    let (mut by_model, mut by_rule) = (0, 0);
+    let (mut by_model, mut by_rule, mut with_reasons) = (0, 0, 0);
     for r in &alerts {
         let a = r.json();
         let id = a["alert_id"].as_str().unwrap();
@@ -222,8 +222,13 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
         assert!(a["conversion_probability"].is_number() && a["model_version"].is_string());
         let tops = a["top_touchpoints"].as_array().unwrap();
         assert!(tops.iter().all(|t| t["deep_credit"].is_number()), "{a}");
+        // reasons: at most 3 inputs that raised P(abandon), largest first
+        let why: Vec<f64> = a["abandonment_reasons"].as_array().unwrap().iter().map(|r| r["impact"].as_f64().unwrap()).collect();
+        assert!(why.len() <= 3 && why.iter().all(|&i| i > 0.0) && why.windows(2).all(|w| w[0] >= w[1]), "{a}");
+        with_reasons += usize::from(!why.is_empty());
     }
     assert!(by_model > 0 && by_rule > 0, "{by_model} model alerts, {by_rule} timeout alerts");
+    assert!(with_reasons > 0, "alerts name the inputs behind P(abandon)");
     eprintln!("{by_model} model alerts, {by_rule} timeout alerts, {} scored customers", want_scores.len());
 
     // scores: the latest record per customer is within min_change of the customer's final scores

@@ -12,7 +12,7 @@ use touchstream::config::Config;
 use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, Output, PartitionEngine};
 use touchstream::event::{decode, Channel, Event, EventType, Validation};
-use touchstream::inference::attribution::{AttributionRunner, DeepMode, ModelTouch};
+use touchstream::inference::deep_credit::{AttributionRunner, DeepMode, ModelTouch};
 use touchstream::inference::features;
 use touchstream::inference::step::StepRunner;
 use touchstream::inference::ModelSet;

@@ -2,7 +2,7 @@
 //! the state of input partition i. Customer records are keyed by the customer id (like the input);
 //! partition-level records use keys that start with a NUL byte, which no customer id in the input
 //! contract uses (`\0meta`, `\0w|<window_start>|<channel>`). A null value is a tombstone.
-//! Customer values are binary: a version byte ([`CUSTOMER_V1`]) then the state in postcard (serde,
+//! Customer values are binary: a version byte ([`CUSTOMER_V2`]; [`CUSTOMER_V1`] is still read) then the state in postcard (serde,
 //! varints, f32 as 4 bytes); a value that starts with `{` is the JSON of earlier versions and is
 //! still read, so a changelog written before the change restores. Window and meta values are JSON.
 
@@ -73,13 +73,15 @@ pub fn parse_key(key: &[u8]) -> Option<ChangelogKey<'_>> {
     std::str::from_utf8(key).ok().map(ChangelogKey::Customer)
 }
 
-/// Version byte of the binary customer encoding.
+/// Version bytes of the binary customer encoding. Version 2 appended `abandon_input`; a version-1
+/// state is read as version 2 with it empty (postcard writes an empty list as one zero byte).
 pub const CUSTOMER_V1: u8 = 1;
+pub const CUSTOMER_V2: u8 = 2;
 
 /// Encodes a customer's state for the changelog into `out` (cleared first).
 pub fn encode_customer<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     out.clear();
-    out.push(CUSTOMER_V1);
+    out.push(CUSTOMER_V2);
     let body = postcard::to_extend(state, std::mem::take(out)).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
     *out = body;
     Ok(())
@@ -88,7 +90,13 @@ pub fn encode_customer<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(),
 /// Decodes a customer's changelog value: binary (version 1) or the JSON of earlier versions.
 pub fn decode_customer<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
     match value.first() {
-        Some(&CUSTOMER_V1) => postcard::from_bytes(&value[1..]).map_err(|e| format!("binary customer state: {e}")),
+        Some(&CUSTOMER_V2) => postcard::from_bytes(&value[1..]).map_err(|e| format!("binary customer state: {e}")),
+        Some(&CUSTOMER_V1) => {
+            let mut body = Vec::with_capacity(value.len());
+            body.extend_from_slice(&value[1..]);
+            body.push(0);
+            postcard::from_bytes(&body).map_err(|e| format!("binary customer state (version 1): {e}"))
+        }
         Some(b'{') => serde_json::from_slice(value).map_err(|e| e.to_string()),
         Some(v) => Err(format!("unknown customer state encoding (version byte {v}); written by a newer version?")),
         None => Err("empty customer state".into()),

@@ -102,6 +102,15 @@ pub struct TopTouchpoint {
     pub deep_credit: Option<f64>,
 }
 
+/// What made P(abandon) high: a group of the step model's inputs, the customer's value of it, and
+/// how much P(abandon) falls when the group is set to a typical cart's (see `alerts::reasons`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbandonmentReason {
+    pub feature: &'static str,
+    pub value: String,
+    pub impact: f64,
+}
+
 /// `touchstream.alerts.cart-abandonment`, key = customer id.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertRecord {
@@ -120,6 +129,8 @@ pub struct AlertRecord {
     /// P(purchase within 7 days) from the step model.
     pub conversion_probability: Option<f64>,
     pub top_touchpoints: Vec<TopTouchpoint>,
+    /// Up to 3 inputs that raised P(abandon) most (empty without models or without a reference).
+    pub abandonment_reasons: Vec<AbandonmentReason>,
     pub recommended_action: String,
     /// Cart value x P(abandon) x `alerts.recovery_rate`: what a message may win back (null
     /// without a probability).

@@ -3,6 +3,8 @@
 //! with its top touchpoints, and the `recommended_action` tiers. The engine owns the timers and
 //! calls these at the right event times.
 
+pub mod reasons;
+
 use crate::attribution::conversion::{select_journey, Scratch};
 use crate::attribution::credits;
 use crate::config::ActionTier;
@@ -126,6 +128,7 @@ pub(crate) fn build_alert(
     select_journey(customer, alert_ts, cfg.lookback, scratch);
     credits::time_decay(&scratch.ts, cfg.half_life, &mut scratch.decay);
     let (mut probability, mut conversion_probability, mut model_version) = (None, None, None);
+    let mut abandonment_reasons = Vec::new();
     let with_models = scoring.is_some();
     if let Some(s) = scoring {
         if let Some(m) = &customer.model {
@@ -135,6 +138,7 @@ pub(crate) fn build_alert(
             let column = policy.checks.get(done).or(policy.checks.last()).map_or(0, |c| c.column);
             probability = Some(f64::from(abandon_probability(m, column)));
             conversion_probability = Some(f64::from(m.scores[P_PURCHASE]));
+            abandonment_reasons = s.abandon_reasons(customer, column);
         }
         model_version = Some(s.set.version.to_string());
         let fallback = scratch.decay.clone();
@@ -158,6 +162,7 @@ pub(crate) fn build_alert(
         })
         .collect();
     customer.counters.alerts += 1;
+    customer.abandon_input = Vec::new();
     let cart = customer.cart.as_mut().expect("alert needs an open cart");
     cart.alerted = true;
     let cart_value = cart.value();
@@ -173,6 +178,7 @@ pub(crate) fn build_alert(
         abandonment_probability: probability,
         conversion_probability,
         top_touchpoints,
+        abandonment_reasons,
         recommended_action: recommended_action(&cfg.actions, probability, cart_value),
         expected_recoverable_value: probability.map(|p| cart_value * p * cfg.recovery_rate),
         model_version,

@@ -300,6 +300,15 @@ impl Summary {
                 })
                 .collect();
             let _ = writeln!(out, "    top touchpoints: {}", if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") });
+            let why: Vec<String> = a["abandonment_reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!("{} = {} (+{:.2})", r["feature"].as_str().unwrap_or("?"), r["value"].as_str().unwrap_or("?"), r["impact"].as_f64().unwrap_or(0.0))
+                })
+                .collect();
+            let _ = writeln!(out, "    why P(abandon) is high: {}", if why.is_empty() { "-".to_string() } else { why.join(", ") });
         }
         if let Some(c) = &self.conversion {
             let _ = writeln!(

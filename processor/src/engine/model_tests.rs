@@ -17,11 +17,12 @@ fn f(v: &Value) -> f64 {
 
 /// Feeds `events` one at a time, flushing after each, and compares features, scores and hidden
 /// state heads with `steps`, then the deep credit of every conversion.
-fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
+fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) -> usize {
     let mut engine = engine_with_models();
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
     let mut out = Vec::new();
     let mut worst = [0f64; 5];
+    let mut explained = 0;
     for (ev, step) in events.iter().zip(steps) {
         let text = serde_json::to_string(ev).unwrap();
         let key = ev["customer_id"].as_str().unwrap();
@@ -59,7 +60,22 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
             worst[4] = worst[4].max(d);
             assert!(d <= 1e-4, "event {}: p_abandon_after[{j}] differs by {d} from ONNX Runtime", step["event_id"]);
         }
+        // an open cart keeps the model's input of its latest event, and rerunning it (the base
+        // row of the alert reasons) gives the stored probabilities
+        let c = engine.customer(key).unwrap().clone();
+        if c.cart.as_ref().is_some_and(|cart| !cart.alerted) {
+            let m = c.model.as_ref().unwrap();
+            for column in [0, m.checks.len() - 1] {
+                let p = engine.scoring.as_mut().unwrap().occlusion_probabilities(&c, column).expect("an open cart keeps its input");
+                assert_eq!(p.len(), 1 + crate::alerts::reasons::Group::ALL.len());
+                assert!((p[0] - m.checks[column]).abs() <= 1e-6, "event {}: base row gives {} not {}", step["event_id"], p[0], m.checks[column]);
+            }
+            explained += 1;
+        } else {
+            assert!(c.abandon_input.is_empty(), "event {}: no cart, no stored input", step["event_id"]);
+        }
     }
+
     let records: Vec<&ConversionRecord> = out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect();
     assert_eq!(records.len(), conversions.len(), "one conversion record per purchase");
     for want in conversions {
@@ -89,15 +105,17 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) {
         "max differences: features {:.2e}, p_purchase {:.2e}, p_abandon {:.2e}, expected value (rel) {:.2e}, p_abandon_after {:.2e}",
         worst[0], worst[1], worst[2], worst[3], worst[4]
     );
+    explained
 }
 
 #[test]
 fn features_scores_and_deep_credit_match_the_training_pipeline() {
     let doc: Value = serde_json::from_str(include_str!("../../../models/fixtures/stream_parity.json")).unwrap();
     let arr = |v: &Value| v.as_array().unwrap().clone();
-    check_stream(&arr(&doc["events"]), &arr(&doc["steps"]), &arr(&doc["conversions"]));
+    let mut explained = check_stream(&arr(&doc["events"]), &arr(&doc["steps"]), &arr(&doc["conversions"]));
     let syn = &doc["synthetic"];
-    check_stream(&arr(&syn["events"]), &arr(&syn["steps"]), &arr(&syn["conversions"]));
+    explained += check_stream(&arr(&syn["events"]), &arr(&syn["steps"]), &arr(&syn["conversions"]));
+    assert!(explained > 0, "the streams have open carts");
 }
 
 /// Scores and every output are the same whether the step model ran one event at a time or in
@@ -299,11 +317,20 @@ fn customer_state_is_binary_and_json_still_restores() {
     for e in &log {
         let Some(crate::changelog::ChangelogKey::Customer(id)) = crate::changelog::parse_key(&e.key) else { continue };
         let value = e.value.as_ref().unwrap();
-        assert_eq!(value[0], crate::changelog::CUSTOMER_V1);
+        assert_eq!(value[0], crate::changelog::CUSTOMER_V2);
         let state = engine.customer(id).unwrap();
         assert!(state.model.is_some(), "{id} has model state");
         let back: CustomerState = crate::changelog::decode_customer(value).unwrap();
         assert_eq!(&back, state, "{id} round trips");
+        // version 1 was version 2 without the trailing `abandon_input`
+        let mut without = state.clone();
+        without.abandon_input = Vec::new();
+        let mut v1 = Vec::new();
+        crate::changelog::encode_customer(&without, &mut v1).unwrap();
+        assert_eq!(v1.pop(), Some(0));
+        v1[0] = crate::changelog::CUSTOMER_V1;
+        let old: CustomerState = crate::changelog::decode_customer(&v1).unwrap();
+        assert_eq!(old, without, "{id} from version 1");
         let old = serde_json::to_vec(state).unwrap();
         let mut from_json: CustomerState = crate::changelog::decode_customer(&old).unwrap();
         // serde_json reads floats to the nearest 1e-15 or so; the binary encoding is exact.

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use foldhash::fast::RandomState;
 
-use crate::inference::attribution::{campaign_bucket, AttributionRunner, ModelTouch};
+use crate::alerts::reasons;
+use crate::inference::deep_credit::{campaign_bucket, AttributionRunner, ModelTouch};
 use crate::inference::features::{self, StepInput};
-use crate::inference::step::{StepRunner, StepScores};
+use crate::inference::step::{StepRunner, StepScores, P_ABANDON};
 use crate::inference::ModelSet;
 use crate::journey::{CustomerState, ModelState};
+use crate::output::AbandonmentReason;
 use crate::time::Millis;
 
 /// One event waiting for the step model.
@@ -134,6 +136,7 @@ impl Scoring {
         let f = features::COUNT;
         let max_batch = self.set.max_batch;
         let k = self.set.step.checks_ms.len();
+        let explain = self.set.step.reference.is_some();
         let Scoring { reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, .. } = self;
         order.clear();
         order.extend(0..reqs.len() as u32);
@@ -186,6 +189,7 @@ impl Scoring {
                             m.checks.clear();
                             m.checks.extend_from_slice(&checks[j * k..(j + 1) * k]);
                             m.scored_ts = r.ts;
+                            reasons::remember_input(c, explain, &x[j * f..(j + 1) * f], &h[j * hdim..(j + 1) * hdim]);
                         }
                     }
                 }
@@ -203,6 +207,49 @@ impl Scoring {
         }
         reqs.clear();
         feats.clear();
+    }
+
+    /// The reasons for P(abandon) of `customer`'s open cart read at `column` of the re-check head
+    /// (`p_abandon` when the model has none). Empty when the model has no reference or the input
+    /// is not stored.
+    pub fn abandon_reasons(&mut self, customer: &CustomerState, column: usize) -> Vec<AbandonmentReason> {
+        match self.occlusion_probabilities(customer, column) {
+            Some(p) => reasons::top_reasons(&p, customer, &customer.abandon_input, 3),
+            None => Vec::new(),
+        }
+    }
+
+    /// P(abandon) at `column` for the base row and each occlusion row of the customer's stored
+    /// input ([`reasons::occlusion_rows`]): one model call (more only past `max_batch` rows).
+    pub fn occlusion_probabilities(&mut self, customer: &CustomerState, column: usize) -> Option<Vec<f32>> {
+        let step = &self.set.step;
+        let (reference, hdim, k, f) = (step.reference.as_ref()?, step.hidden, step.checks_ms.len(), features::COUNT);
+        if !reasons::fits(&customer.abandon_input, hdim) {
+            return None;
+        }
+        reasons::occlusion_rows(&customer.abandon_input, reference, &mut self.x, &mut self.h);
+        let total = self.h.len() / hdim;
+        let mut p = Vec::with_capacity(total);
+        let mut start = 0;
+        while start < total {
+            let rows = (total - start).min(self.set.max_batch);
+            self.h_out.resize(rows * hdim, 0.0);
+            self.scores.resize(rows, [0.0; 3]);
+            self.checks.resize(rows * k, 0.0);
+            let t = Instant::now();
+            let ran = self.step.run(rows, &self.x[start * f..], &self.h[start * hdim..], &mut self.h_out, &mut self.scores, &mut self.checks);
+            self.stats.seconds += t.elapsed().as_secs_f64();
+            self.stats.calls += 1;
+            self.stats.rows += rows as u64;
+            if let Err(e) = ran {
+                self.stats.errors += 1;
+                tracing::warn!(error = %format!("{e:#}"), "step model failed; the alert has no reasons");
+                return None;
+            }
+            p.extend((0..rows).map(|r| if k > 0 { self.checks[r * k + column.min(k - 1)] } else { self.scores[r][P_ABANDON] }));
+            start += rows;
+        }
+        Some(p)
     }
 
     /// Deep credit for the journey `idx` (indices into `customer.touchpoints`, oldest first) ending
@@ -245,8 +292,8 @@ impl Scoring {
                 self.stats.deep_rows += self.attr.scores.len() as u64;
                 out[first..eligible].copy_from_slice(&d.credits);
                 let method = match self.set.deep_mode {
-                    crate::inference::attribution::DeepMode::Removal => "removal_effect",
-                    crate::inference::attribution::DeepMode::Shapley { .. } => "shapley",
+                    crate::inference::deep_credit::DeepMode::Removal => "removal_effect",
+                    crate::inference::deep_credit::DeepMode::Shapley { .. } => "shapley",
                 };
                 JourneyDeep { method, p_conversion: Some(d.p_conversion), baseline: model.baseline_share.then_some(d.baseline) }
             }

@@ -30,6 +30,15 @@ pub struct Metadata {
     /// on a selection run; see `alerts::Policy`).
     #[serde(default)]
     pub alert_policies: Vec<AlertPolicySpec>,
+    /// Step models: what alert reasons compare a customer's inputs with (`alerts::reasons`).
+    #[serde(default)]
+    pub explain: Option<ExplainSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExplainSpec {
+    /// The mean feature vector of the training log's events after which a cart is open.
+    pub reference: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,12 +1,12 @@
 //! The ONNX models on the stream, run with tract on the CPU: loading and validating them against
 //! their written contract (`metadata.json`), the journey step model ([`step`]) run once per event in
-//! batched waves, and deep credit from the attribution model ([`attribution`]).
+//! batched waves, and deep credit from the attribution model ([`deep_credit`]).
 //!
 //! A [`ModelSet`] is immutable and shared; each partition engine owns its own runners (tract
 //! execution state and buffers), so nothing is locked on the hot path.
 
-pub mod attribution;
 pub mod contract;
+pub mod deep_credit;
 pub mod features;
 pub mod step;
 
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::ModelsConfig;
-use attribution::{AttributionModel, DeepMode};
+use deep_credit::{AttributionModel, DeepMode};
 use step::StepModel;
 
 /// A model that cannot be used. Never retried: at start the processor exits, on a reload the old

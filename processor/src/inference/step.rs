@@ -27,6 +27,8 @@ pub struct StepModel {
     pub checks_ms: Vec<i64>,
     /// `alert_policies` of the metadata, by target delay.
     pub policies: Vec<AlertPolicy>,
+    /// `explain.reference`: a typical cart event's features, for alert reasons (none: no reasons).
+    pub reference: Option<Vec<f32>>,
 }
 
 /// The optional re-check output: P(abandon) after each of the inactivities in
@@ -134,7 +136,12 @@ impl StepModel {
         // faster than a symbolic batch.
         let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &[max_batch])?;
         let policies = policies(&meta, &checks_ms)?;
-        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms, policies };
+        let reference = match &meta.explain {
+            None => None,
+            Some(e) if e.reference.len() == f && e.reference.iter().all(|v| v.is_finite()) => Some(e.reference.clone()),
+            Some(e) => return Err(meta.err(format!("explain/reference must be {f} finite numbers (one per feature), got {}", e.reference.len()))),
+        };
+        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms, policies, reference };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
                 model.check_fixtures(fixtures)?;

@@ -129,6 +129,12 @@ pub struct CustomerState {
     /// Hashes of the latest event ids, to drop repeated events.
     #[serde(default)]
     pub seen: dedupe::SeenIds,
+    /// While a cart is open and not alerted, with models that explain: the step model's input of
+    /// the latest event (its features, then the hidden state before it), from which an alert's
+    /// reasons are computed (`alerts::reasons`). Empty otherwise. Must stay the last stored field
+    /// (the changelog reads version-1 states, which lack it, by appending its empty encoding).
+    #[serde(default)]
+    pub abandon_input: Vec<f32>,
     /// Queued for the changelog since the last drain (not part of the state itself).
     #[serde(skip)]
     pub(crate) queued: bool,
@@ -154,6 +160,7 @@ impl CustomerState {
             prev_session: 0,
             model: None,
             seen: dedupe::SeenIds::default(),
+            abandon_input: Vec::new(),
             queued: false,
             changed_idx: 0,
             pending: 0,
@@ -288,8 +295,9 @@ impl CustomerState {
             n += c.lines.iter().map(|l| l.product_id.len()).sum::<usize>();
         }
         if let Some(m) = &self.model {
-            n += size_of::<ModelState>() + m.hidden.capacity() * size_of::<f32>();
+            n += size_of::<ModelState>() + (m.hidden.capacity() + m.checks.capacity()) * size_of::<f32>();
         }
+        n += self.abandon_input.capacity() * size_of::<f32>();
         n + self.session_id.as_ref().map_or(0, |s| s.len())
     }
 }
