@@ -825,9 +825,11 @@ def main(argv=None):
         # a user's exported log gives; a simulator's truth file beside it is not read)
         from alert_policy import fit_policies
         fit_policies(os.path.join(args.out, "journey_step"), lg, sd, keep=split_customers(len(lg.customer_ids), args.seed))
-        # what alert reasons compare a customer's inputs with (explain_reference.py)
-        from explain_reference import write_reference
+        # what alert reasons compare a customer's inputs with, and the features' distribution for
+        # drift (log_stats.py)
+        from log_stats import write_drift, write_reference
         write_reference(os.path.join(args.out, "journey_step"), sd)
+        write_drift(os.path.join(args.out, "journey_step"), sd)
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
         log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
     if not args.skip_attr and args.attribution_method == "hazard":

@@ -27,7 +27,7 @@ fn promtool(args: &[&str]) -> String {
 fn alert_rules_pass_promtool_and_their_unit_tests() {
     let rules = deploy("prometheus/alerts.yml");
     let text = promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
     promtool(&["check", "config", deploy("prometheus/prometheus.yml").to_str().unwrap()]);
     let text = promtool(&["test", "rules", deploy("prometheus/alerts_test.yml").to_str().unwrap()]);
     assert!(text.contains("SUCCESS"), "{text}");
@@ -191,8 +191,10 @@ fn the_local_topology_script_runs_replicas_that_share_the_input_under_prometheus
     });
     produce_stream(&events, 6000, 5, 0.0);
     let deadline = Instant::now() + Duration::from_secs(25);
-    let (mut up, mut rules) = (0, Vec::new());
+    let (mut up, mut rules, mut drift) = (0, Vec::new(), 0.0);
     while Instant::now() < deadline {
+        // the models' drift sample (1 in 8 scored events) fills on both replicas
+        drift = replicas.iter().map(|r| metric(r, "touchstream_model_drift_sampled_events").unwrap_or(0.0)).fold(drift, f64::max);
         let v = query("/api/v1/query?query=up");
         up = v["data"]["result"].as_array().map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
         let v = query("/api/v1/rules");
@@ -206,7 +208,7 @@ fn the_local_topology_script_runs_replicas_that_share_the_input_under_prometheus
         if !now.is_empty() {
             rules = now;
         }
-        if up == 2 && rules.len() == 9 && rules.iter().all(|(_, h)| h == "ok") {
+        if up == 2 && rules.len() == 10 && rules.iter().all(|(_, h)| h == "ok") && drift > 0.0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -215,7 +217,8 @@ fn the_local_topology_script_runs_replicas_that_share_the_input_under_prometheus
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the script failed:\n{stdout}\n{stderr}");
     assert_eq!(up, 2, "Prometheus scrapes both replicas:\n{stderr}");
-    assert!(rules.len() == 9 && rules.iter().all(|(_, h)| h == "ok"), "every rule evaluates against the replicas: {rules:?}");
+    assert!(rules.len() == 10 && rules.iter().all(|(_, h)| h == "ok"), "every rule evaluates against the replicas: {rules:?}");
+    assert!(drift > 0.0, "the replicas sample their models' input for drift");
     let processed: Vec<f64> = stdout.lines().filter_map(|l| l.strip_prefix("replica ")?.split("events ").nth(1)?.split(',').next()?.parse().ok()).collect();
     assert_eq!(processed.len(), 2, "{stdout}");
     assert!(processed.iter().all(|n| *n > 0.0), "both replicas process input (each owns some partitions): {stdout}");

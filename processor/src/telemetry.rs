@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::inference::drift::{DriftSpec, DriftWindow};
+use crate::inference::features;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram};
 
 use crate::event::{Channel, EventType, InvalidEvent};
@@ -109,6 +111,12 @@ impl Telemetry {
         describe_counter!("touchstream_input_misrouted_total", "Keyed input records on another partition than topics.partitioner gives for their key");
         describe_counter!("touchstream_duplicates_total", "Repeated events dropped (event_id already in the customer's state)");
         describe_counter!("touchstream_poison_records_total", "Input records isolated because a record they produce is larger than the broker accepts");
+        describe_gauge!(
+            "touchstream_model_drift_psi",
+            "Population-stability index of a step-model feature: live sample vs the training log (above drift.psi_threshold, 0.2: retrain)"
+        );
+        describe_gauge!("touchstream_model_drift_max_psi", "The largest touchstream_model_drift_psi");
+        describe_gauge!("touchstream_model_drift_sampled_events", "Sampled events in the drift window (1 in 8 scored events, latest 100 000)");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
         gauge!("touchstream_stalled").set(0.0);
         describe_gauge!("touchstream_stuck_partitions", "Input partitions that have not moved for processing.stall_timeout with records waiting");
@@ -244,6 +252,34 @@ impl Telemetry {
         self.deep_fallbacks.increment(s.deep_fallbacks);
         if s.resets > 0 {
             self.hidden_resets(s.resets);
+        }
+    }
+
+    /// PSI per feature of the models' input over the drift window (when it has enough events), and
+    /// one log line each time the largest crosses the model's threshold (up or down).
+    pub fn drift(&self, window: &mut DriftWindow, spec: &DriftSpec, psi: &mut Vec<f64>) {
+        gauge!("touchstream_model_drift_sampled_events").set(window.events() as f64);
+        if !window.psi(spec, psi) {
+            // not enough sampled events yet: unknown, not "no drift"
+            gauge!("touchstream_model_drift_max_psi").set(f64::NAN);
+            return;
+        }
+        let (mut max, mut worst) = (0.0f64, 0);
+        for (i, &p) in psi.iter().enumerate() {
+            gauge!("touchstream_model_drift_psi", "feature" => features::NAMES[i]).set(p);
+            if p > max {
+                (max, worst) = (p, i);
+            }
+        }
+        gauge!("touchstream_model_drift_max_psi").set(max);
+        let above = max > spec.threshold;
+        if above != window.alarmed {
+            window.alarmed = above;
+            if above {
+                tracing::warn!(psi = max, feature = features::NAMES[worst], threshold = spec.threshold, version = %window.version, "live input has drifted from the models' training data: retraining is due");
+            } else {
+                tracing::info!(psi = max, threshold = spec.threshold, "live input is back within the models' training distribution");
+            }
         }
     }
 

@@ -212,6 +212,15 @@ impl PartitionEngine {
         self.scoring.as_ref().map(|s| &s.set)
     }
 
+    /// Moves this partition's drift sample into `window` (the loop's, over all partitions).
+    pub fn take_drift(&mut self, window: &mut crate::inference::drift::DriftWindow) {
+        if let Some(s) = self.scoring.as_mut() {
+            if let Some(spec) = &s.set.step.drift {
+                window.absorb(&s.set.version, spec, &mut s.drift);
+            }
+        }
+    }
+
     /// Model counters and per-call durations since the last call (`durations` is cleared first).
     pub fn take_scoring_stats(&mut self, durations: &mut Vec<(bool, f32)>) -> ScoringStats {
         durations.clear();

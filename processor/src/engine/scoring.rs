@@ -10,6 +10,7 @@ use foldhash::fast::RandomState;
 
 use crate::alerts::reasons;
 use crate::inference::deep_credit::{campaign_bucket, AttributionRunner, ModelTouch};
+use crate::inference::drift::DriftCounts;
 use crate::inference::features::{self, StepInput};
 use crate::inference::step::{StepRunner, StepScores, P_ABANDON};
 use crate::inference::ModelSet;
@@ -57,6 +58,8 @@ pub struct Scoring {
     scores: Vec<StepScores>,
     checks: Vec<f32>,
     touches: Vec<ModelTouch>,
+    /// This partition's sample of features for drift, taken by the loop.
+    pub drift: DriftCounts,
     /// Pending events that trigger a flush by themselves.
     pub flush_at: usize,
     pub stats: ScoringStats,
@@ -93,6 +96,7 @@ impl Scoring {
             scores: Vec::new(),
             checks: Vec::new(),
             touches: Vec::new(),
+            drift: DriftCounts::default(),
             flush_at,
             stats: ScoringStats::default(),
             durations: Vec::new(),
@@ -116,6 +120,9 @@ impl Scoring {
         let at = self.feats.len();
         self.feats.resize(at + features::COUNT, 0.0);
         features::encode(input, &mut self.feats[at..]);
+        if let Some(spec) = &self.set.step.drift {
+            self.drift.observe(spec, &self.feats[at..]);
+        }
         #[cfg(test)]
         {
             self.last = self.feats[at..].to_vec();

@@ -33,6 +33,9 @@ pub struct Metadata {
     /// Step models: what alert reasons compare a customer's inputs with (`alerts::reasons`).
     #[serde(default)]
     pub explain: Option<ExplainSpec>,
+    /// Step models: the training log's feature distribution (`inference::drift`).
+    #[serde(default)]
+    pub drift: Option<super::drift::DriftSpecJson>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod deep_credit;
+pub mod drift;
 pub mod features;
 pub mod step;
 

@@ -4,6 +4,7 @@
 use tract_onnx::prelude::*;
 
 use super::contract::{self, Dim, Metadata, PlanStates, Plans};
+use super::drift::DriftSpec;
 use super::{features, ModelError, ModelFiles};
 
 /// Index of each score in [`StepScores`].
@@ -29,6 +30,8 @@ pub struct StepModel {
     pub policies: Vec<AlertPolicy>,
     /// `explain.reference`: a typical cart event's features, for alert reasons (none: no reasons).
     pub reference: Option<Vec<f32>>,
+    /// `drift`: the training log's feature distribution (none: no drift metrics).
+    pub drift: Option<DriftSpec>,
 }
 
 /// The optional re-check output: P(abandon) after each of the inactivities in
@@ -141,7 +144,8 @@ impl StepModel {
             Some(e) if e.reference.len() == f && e.reference.iter().all(|v| v.is_finite()) => Some(e.reference.clone()),
             Some(e) => return Err(meta.err(format!("explain/reference must be {f} finite numbers (one per feature), got {}", e.reference.len()))),
         };
-        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms, policies, reference };
+        let drift = meta.drift.as_ref().map(DriftSpec::from_json).transpose().map_err(|e| meta.err(e))?;
+        let model = StepModel { plans, meta, hidden, abandon_check_ms: (check_minutes * 60_000.0) as i64, checks_ms, policies, reference, drift };
         if let Some(fixtures) = &files.fixtures {
             if files.check_fixtures {
                 model.check_fixtures(fixtures)?;

@@ -155,6 +155,10 @@ impl Processor {
             }
             let stats = engine.take_scoring_stats(&mut self.durations);
             self.telemetry.inference(&stats, &self.durations);
+            engine.take_drift(&mut self.drift);
+        }
+        if let Some(spec) = self.models.as_ref().and_then(|m| m.step.drift.as_ref()) {
+            self.telemetry.drift(&mut self.drift, spec, &mut self.drift_psi);
         }
         self.ship_score_tombstones()?;
         self.telemetry.scores(&self.scores);

@@ -161,6 +161,9 @@ struct Processor {
     reload: Arc<AtomicBool>,
     scores: Vec<ScoreRecord>,
     durations: Vec<(bool, f32)>,
+    /// Drift of the models' input over the latest sampled events of all partitions.
+    drift: crate::inference::drift::DriftWindow,
+    drift_psi: Vec<f64>,
     /// Redoing a batch that was too large for the broker in smaller transactions.
     isolation: Option<poison::Isolation>,
     /// Last successful commit, or last moment without input waiting.
@@ -258,6 +261,8 @@ impl Runner {
             reload: Arc::new(AtomicBool::new(false)),
             scores: Vec::new(),
             durations: Vec::new(),
+            drift: Default::default(),
+            drift_psi: Vec::new(),
             input_format: cfg.formats.events,
             avro,
             schema_fetches: 0,
