@@ -18,7 +18,9 @@ the model was trained on. It is written as `explain.reference` (one number per f
 Drift: for each feature, bin edges (one bin per value for features with at most 10 distinct
 values, else the deciles) and the share of the training events in each bin. The processor bins a
 sample of live events the same way and reports a population-stability index per feature
-(`touchstream_model_drift_psi`; `processor/src/inference/drift.rs`).
+(`touchstream_model_drift_psi`; `processor/src/inference/drift.rs`). The same for the model's
+outputs (`scores`: deciles of P(purchase) after every event and of P(abandon) after events that
+leave a cart open, from the exported model run over the log with ONNX Runtime).
 """
 from __future__ import annotations
 
@@ -76,7 +78,15 @@ def feature_bins(col: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(np.float32(e)) for e in edges], [round(float(s), 6) for s in shares]
 
 
-def write_drift(model_dir: str, sd: "D.StepData") -> None:
+def score_bins(col: np.ndarray) -> tuple[list[float], list[float]]:
+    """Deciles of a probability."""
+    edges = np.unique(np.quantile(col, np.linspace(0.1, 0.9, 9)).astype(np.float32))
+    bins = np.searchsorted(edges.astype(np.float64), col.astype(np.float32).astype(np.float64), side="right")
+    shares = np.bincount(bins, minlength=len(edges) + 1) / max(len(col), 1)
+    return [float(e) for e in edges], [round(float(s), 6) for s in shares]
+
+
+def write_drift(model_dir: str, lg: "D.Log", sd: "D.StepData") -> None:
     path = os.path.join(model_dir, "metadata.json")
     with open(path) as f:
         meta = json.load(f)
@@ -85,9 +95,18 @@ def write_drift(model_dir: str, sd: "D.StepData") -> None:
     for j, name in enumerate(names):
         edges, shares = feature_bins(sd.x[:, j].astype(np.float64))
         features.append({"name": name, "edges": edges, "shares": shares})
+    # the model's own outputs on the log (every customer's events in order, as the processor runs
+    # it): P(purchase) after every event, P(abandon) after events that leave a cart open
+    from evaluate import run_step_onnx
+    out, _ = run_step_onnx(os.path.join(model_dir, "model.onnx"), lg, sd.x, meta["hidden_size"])
+    scores = []
+    for name, col in (("purchase_probability", out[:, 0]), ("abandonment_probability", out[sd.cart_open, 1])):
+        edges, shares = score_bins(col)
+        scores.append({"name": name, "edges": edges, "shares": shares})
     meta["drift"] = {
         "rows": int(sd.x.shape[0]),
         "features": features,
+        "scores": scores,
         "psi_threshold": 0.2,
         "note": "per feature: bin edges (x < edges[0] is bin 0, edges[i-1] <= x < edges[i] bin i) and the share of the "
                 "training log's events in each bin; a population-stability index above psi_threshold means retrain",
@@ -105,7 +124,7 @@ def main(argv=None):
     lg = D.load_log(args.log)
     sd = D.step_features(lg)
     ref = write_reference(os.path.join(args.models, "journey_step"), sd)
-    write_drift(os.path.join(args.models, "journey_step"), sd)
+    write_drift(os.path.join(args.models, "journey_step"), lg, sd)
     print(f"explain.reference ({len(ref)} features) from {int(sd.cart_open.sum())} cart events of {lg.n}")
 
 

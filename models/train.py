@@ -829,7 +829,7 @@ def main(argv=None):
         # drift (log_stats.py)
         from log_stats import write_drift, write_reference
         write_reference(os.path.join(args.out, "journey_step"), sd)
-        write_drift(os.path.join(args.out, "journey_step"), sd)
+        write_drift(os.path.join(args.out, "journey_step"), lg, sd)
         summary["journey_step"] = {"metrics": metrics, "ops": ops, "parity": diff, "seconds": round(time.time() - t0, 1)}
         log(f"journey_step exported (ops {ops}, parity {diff:.2e}) in {time.time() - t0:.0f} s")
     if not args.skip_attr and args.attribution_method == "hazard":

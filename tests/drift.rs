@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use touchstream::config::Config;
 use touchstream::engine::{EngineConfig, PartitionEngine};
 use touchstream::event::{decode, Validation};
-use touchstream::inference::drift::DriftWindow;
+use touchstream::inference::drift::{self, DriftWindow};
 use touchstream::inference::{features, ModelSet};
 use touchstream_sim::run::{run, Options};
 use touchstream_sim::{Model, World};
@@ -17,6 +17,12 @@ use touchstream_sim::{Model, World};
 /// PSI per feature after scoring `world`'s stream with every timestamp moved by `shift_ms`, and
 /// the model's threshold.
 fn psi_of(world: World, shift_ms: i64) -> (Vec<f64>, f64) {
+    let (psi, _, threshold) = psi_and_names(world, shift_ms);
+    (psi, threshold)
+}
+
+/// PSI per column (the features, then the scores), the column names and the threshold.
+fn psi_and_names(world: World, shift_ms: i64) -> (Vec<f64>, Vec<&'static str>, f64) {
     let mut events = Vec::new();
     run(&Model::new(world).unwrap(), &Options::default(), Some(&mut events), None).unwrap();
     let mut cfg = Config::defaults();
@@ -41,7 +47,7 @@ fn psi_of(world: World, shift_ms: i64) -> (Vec<f64>, f64) {
     engine.take_drift(&mut window);
     let mut psi = Vec::new();
     assert!(window.psi(&spec, &mut psi), "{} sampled events", window.events());
-    (psi, spec.threshold)
+    (psi, spec.names.clone(), spec.threshold)
 }
 
 fn world(name: &str, seed: u64, customers: u64) -> World {
@@ -58,7 +64,8 @@ fn world(name: &str, seed: u64, customers: u64) -> World {
 }
 
 fn report(name: &str, psi: &[f64]) -> f64 {
-    let mut ranked: Vec<(f64, &str)> = psi.iter().copied().zip(features::NAMES).collect();
+    let names = features::NAMES.iter().chain(&drift::SCORES);
+    let mut ranked: Vec<(f64, &str)> = psi.iter().copied().zip(names.copied()).filter(|(p, _)| !p.is_nan()).collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     eprintln!("{name}: largest PSI {}", ranked.iter().take(4).map(|(p, n)| format!("{n} {p:.3}")).collect::<Vec<_>>().join(", "));
     ranked[0].0
@@ -66,9 +73,12 @@ fn report(name: &str, psi: &[f64]) -> f64 {
 
 #[test]
 fn drift_stays_low_on_the_training_world_and_rises_on_another() {
-    let (own, threshold) = psi_of(world("default", 4242, 3_000), 0);
+    let (own, names, threshold) = psi_and_names(world("default", 4242, 3_000), 0);
     let own_max = report("default (held out)", &own);
     assert!(own_max < threshold / 10.0, "the training world's own held-out stream drifts by {own_max}");
+    // the model's outputs are binned too, and match their training distribution as well
+    assert_eq!(&names[features::COUNT..], &drift::SCORES);
+    assert!(own[features::COUNT..].iter().all(|p| *p < threshold / 10.0), "{own:?}");
     // other worlds of the family: other customers, same contract; the shift is moderate but plain
     for name in ["slow_upper_funnel", "intent_search"] {
         let (psi, _) = psi_of(world(name, 4242, 3_000), 0);

@@ -115,7 +115,11 @@ impl Telemetry {
             "touchstream_model_drift_psi",
             "Population-stability index of a step-model feature: live sample vs the training log (above drift.psi_threshold, 0.2: retrain)"
         );
-        describe_gauge!("touchstream_model_drift_max_psi", "The largest touchstream_model_drift_psi");
+        describe_gauge!(
+            "touchstream_model_drift_score_psi",
+            "Population-stability index of a step-model output (P(purchase), P(abandon) with a cart open): live sample vs the training log"
+        );
+        describe_gauge!("touchstream_model_drift_max_psi", "The largest touchstream_model_drift_psi or touchstream_model_drift_score_psi");
         describe_gauge!("touchstream_model_drift_sampled_events", "Sampled events in the drift window (1 in 8 scored events, latest 100 000)");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
         gauge!("touchstream_stalled").set(0.0);
@@ -266,7 +270,12 @@ impl Telemetry {
         }
         let (mut max, mut worst) = (0.0f64, 0);
         for (i, &p) in psi.iter().enumerate() {
-            gauge!("touchstream_model_drift_psi", "feature" => features::NAMES[i]).set(p);
+            let name = spec.names[i];
+            if i < features::COUNT {
+                gauge!("touchstream_model_drift_psi", "feature" => name).set(p);
+            } else {
+                gauge!("touchstream_model_drift_score_psi", "score" => name).set(p);
+            }
             if p > max {
                 (max, worst) = (p, i);
             }
@@ -276,7 +285,7 @@ impl Telemetry {
         if above != window.alarmed {
             window.alarmed = above;
             if above {
-                tracing::warn!(psi = max, feature = features::NAMES[worst], threshold = spec.threshold, version = %window.version, "live input has drifted from the models' training data: retraining is due");
+                tracing::warn!(psi = max, input = spec.names[worst], threshold = spec.threshold, version = %window.version, "live input has drifted from the models' training data: retraining is due");
             } else {
                 tracing::info!(psi = max, threshold = spec.threshold, "live input is back within the models' training distribution");
             }

@@ -12,7 +12,7 @@ use crate::alerts::reasons;
 use crate::inference::deep_credit::{campaign_bucket, AttributionRunner, ModelTouch};
 use crate::inference::drift::DriftCounts;
 use crate::inference::features::{self, StepInput};
-use crate::inference::step::{StepRunner, StepScores, P_ABANDON};
+use crate::inference::step::{StepRunner, StepScores, P_ABANDON, P_PURCHASE};
 use crate::inference::ModelSet;
 use crate::journey::{CustomerState, ModelState};
 use crate::output::AbandonmentReason;
@@ -26,6 +26,8 @@ struct Request {
     /// The customer's n-th pending event: wave n runs after wave n-1.
     wave: u32,
     ts: Millis,
+    /// A cart is open after the event (its P(abandon) counts for drift).
+    cart_open: bool,
 }
 
 /// Counters for telemetry (drained by the runner).
@@ -127,7 +129,7 @@ impl Scoring {
         {
             self.last = self.feats[at..].to_vec();
         }
-        self.reqs.push(Request { customer: customer.changed_idx, wave: customer.pending, ts: input.ts });
+        self.reqs.push(Request { customer: customer.changed_idx, wave: customer.pending, ts: input.ts, cart_open: input.cart.is_some() });
         customer.pending += 1;
         self.stats.events += 1;
     }
@@ -144,7 +146,8 @@ impl Scoring {
         let max_batch = self.set.max_batch;
         let k = self.set.step.checks_ms.len();
         let explain = self.set.step.reference.is_some();
-        let Scoring { reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, .. } = self;
+        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, .. } = self;
+        let drift_spec = set.step.drift.as_ref();
         order.clear();
         order.extend(0..reqs.len() as u32);
         order.sort_by_key(|&i| reqs[i as usize].wave);
@@ -186,6 +189,9 @@ impl Scoring {
                 Ok(()) => {
                     for (j, &i) in order[start..end].iter().enumerate() {
                         let r = reqs[i as usize];
+                        if let Some(spec) = drift_spec {
+                            drift.observe_scores(spec, scores[j][P_PURCHASE], r.cart_open.then_some(scores[j][P_ABANDON]));
+                        }
                         if let Some(c) = customers.get_mut(&changed[r.customer as usize]) {
                             let m = c.model.get_or_insert_with(|| Box::new(ModelState::new(hdim)));
                             if m.hidden.len() != hdim {

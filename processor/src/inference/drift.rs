@@ -1,9 +1,10 @@
-//! Drift: how far live traffic's step-model features are from the training log's. The step model's
-//! metadata carries, per feature, bin edges and the training events' share in each bin (`drift`,
-//! written by `models/log_stats.py`). Each partition engine bins a sample of its events
-//! ([`DriftCounts`], arithmetic only, no allocation per event); the loop merges them into one
+//! Drift: how far live traffic's step-model features and scores are from the training log's. The
+//! step model's metadata carries, per feature and per score (P(purchase) after every event,
+//! P(abandon) after events that leave a cart open), bin edges and the training events' share in
+//! each bin (`drift`, written by `models/log_stats.py`). Each partition engine bins a sample of its
+//! events ([`DriftCounts`], arithmetic only, no allocation per event); the loop merges them into one
 //! [`DriftWindow`] over the latest sampled events and reports a population-stability index per
-//! feature: PSI = Σ (live − train) · ln(live / train) over the bins, shares floored at 1e-4. Above
+//! column: PSI = Σ (live − train) · ln(live / train) over the bins, shares floored at 1e-4. Above
 //! the metadata's `psi_threshold` (0.2 by convention) the model is due for retraining.
 
 use serde::Deserialize;
@@ -22,6 +23,9 @@ const FLOOR: f64 = 1e-4;
 #[derive(Debug, Clone, Deserialize)]
 pub struct DriftSpecJson {
     pub features: Vec<FeatureBinsJson>,
+    /// `purchase_probability` and `abandonment_probability` (optional).
+    #[serde(default)]
+    pub scores: Vec<FeatureBinsJson>,
     #[serde(default = "default_threshold")]
     pub psi_threshold: f64,
 }
@@ -37,12 +41,18 @@ pub struct FeatureBinsJson {
     pub shares: Vec<f64>,
 }
 
-/// The training distribution, validated: per feature, edges and shares, flattened.
+/// The scores a drift spec may bin, in column order after the features.
+pub const SCORES: [&str; 2] = ["purchase_probability", "abandonment_probability"];
+
+/// The training distribution, validated: per column (the features, then the scores), edges and
+/// shares, flattened.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriftSpec {
-    /// Per feature: its edges (increasing).
+    /// Column names: the feature names, then the scores present.
+    pub names: Vec<&'static str>,
+    /// Per column: its edges (increasing).
     edges: Vec<Vec<f32>>,
-    /// Per feature: offset of its first bin in the flat bin arrays.
+    /// Per column: offset of its first bin in the flat bin arrays.
     offsets: Vec<usize>,
     /// Training share per bin (flat).
     expected: Vec<f64>,
@@ -55,15 +65,20 @@ impl DriftSpec {
         if spec.features.len() != features::COUNT {
             return Err(format!("drift/features has {} entries, the model has {} features", spec.features.len(), features::COUNT));
         }
-        let (mut edges, mut offsets, mut expected) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, f) in spec.features.iter().enumerate() {
-            if f.name != features::NAMES[i] {
-                return Err(format!("drift/features[{i}] is `{}`, the model's feature {i} is `{}`", f.name, features::NAMES[i]));
+        if spec.scores.len() > SCORES.len() || spec.scores.iter().zip(SCORES).any(|(s, want)| s.name != want) {
+            return Err(format!("drift/scores must name {SCORES:?} in that order"));
+        }
+        let (mut edges, mut offsets, mut expected, mut names) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, f) in spec.features.iter().chain(&spec.scores).enumerate() {
+            let name = if i < features::COUNT { features::NAMES[i] } else { SCORES[i - features::COUNT] };
+            if f.name != name {
+                return Err(format!("drift/features[{i}] is `{}`, the model's feature {i} is `{name}`", f.name));
             }
+            names.push(name);
             let increasing = f.edges.iter().all(|e| e.is_finite()) && f.edges.windows(2).all(|w| w[0] < w[1]);
             let sum: f64 = f.shares.iter().sum();
             if !increasing || f.shares.len() != f.edges.len() + 1 || f.shares.iter().any(|s| !(0.0..=1.0).contains(s)) || (sum - 1.0).abs() > 1e-3 {
-                return Err(format!("drift/features[{i}] (`{}`): edges must increase and shares (one more than edges) must sum to 1", f.name));
+                return Err(format!("drift column {i} (`{}`): edges must increase and shares (one more than edges) must sum to 1", f.name));
             }
             offsets.push(expected.len());
             edges.push(f.edges.clone());
@@ -72,7 +87,16 @@ impl DriftSpec {
         if !(spec.psi_threshold.is_finite() && spec.psi_threshold > 0.0) {
             return Err(format!("drift/psi_threshold must be > 0, got {}", spec.psi_threshold));
         }
-        Ok(DriftSpec { edges, offsets, expected, threshold: spec.psi_threshold })
+        Ok(DriftSpec { names, edges, offsets, expected, threshold: spec.psi_threshold })
+    }
+
+    pub fn columns(&self) -> usize {
+        self.edges.len()
+    }
+
+    #[inline]
+    fn bin(&self, column: usize, x: f32) -> usize {
+        self.offsets[column] + self.edges[column].partition_point(|&e| e <= x)
     }
 
     pub fn bins(&self) -> usize {
@@ -84,8 +108,12 @@ impl DriftSpec {
 #[derive(Debug, Default)]
 pub struct DriftCounts {
     pub counts: Vec<u32>,
+    /// Sampled values per column.
+    pub totals: Vec<u32>,
+    /// Sampled events (feature rows).
     pub events: u64,
     seen: u64,
+    seen_scores: u64,
 }
 
 impl DriftCounts {
@@ -96,14 +124,37 @@ impl DriftCounts {
         if self.seen % SAMPLE_EVERY != 0 {
             return;
         }
-        if self.counts.len() != spec.bins() {
-            self.counts = vec![0; spec.bins()];
-        }
-        for (i, edges) in spec.edges.iter().enumerate() {
-            let bin = edges.partition_point(|&e| e <= x[i]);
-            self.counts[spec.offsets[i] + bin] += 1;
+        self.fit(spec);
+        for (i, &v) in x.iter().enumerate().take(features::COUNT) {
+            self.counts[spec.bin(i, v)] += 1;
+            self.totals[i] += 1;
         }
         self.events += 1;
+    }
+
+    /// Bins one scored event's P(purchase) and, when it leaves a cart open, P(abandon), when it
+    /// falls on the sample (a sample of its own, of the same rate).
+    #[inline]
+    pub fn observe_scores(&mut self, spec: &DriftSpec, purchase: f32, abandon: Option<f32>) {
+        self.seen_scores += 1;
+        if self.seen_scores % SAMPLE_EVERY != 0 || spec.columns() == features::COUNT {
+            return;
+        }
+        self.fit(spec);
+        for (j, v) in [Some(purchase), abandon].into_iter().enumerate() {
+            let column = features::COUNT + j;
+            if let (Some(v), true) = (v, column < spec.columns()) {
+                self.counts[spec.bin(column, v)] += 1;
+                self.totals[column] += 1;
+            }
+        }
+    }
+
+    fn fit(&mut self, spec: &DriftSpec) {
+        if self.counts.len() != spec.bins() || self.totals.len() != spec.columns() {
+            self.counts = vec![0; spec.bins()];
+            self.totals = vec![0; spec.columns()];
+        }
     }
 }
 
@@ -112,8 +163,10 @@ impl DriftCounts {
 pub struct DriftWindow {
     /// Which model's spec the counts belong to (its version).
     pub version: String,
-    blocks: std::collections::VecDeque<(Vec<u64>, u64)>,
+    /// Full blocks: (bin counts, column totals, events).
+    blocks: std::collections::VecDeque<(Vec<u64>, Vec<u64>, u64)>,
     current: Vec<u64>,
+    current_totals: Vec<u64>,
     current_events: u64,
     /// Whether the largest PSI was last above the threshold (telemetry logs the crossings).
     pub alarmed: bool,
@@ -123,13 +176,14 @@ impl DriftWindow {
     /// Adds a partition's counts (taken and reset); a new model version starts the window over.
     pub fn absorb(&mut self, version: &str, spec: &DriftSpec, part: &mut DriftCounts) {
         if self.version != version || self.current.len() != spec.bins() {
-            *self = DriftWindow { version: version.to_string(), current: vec![0; spec.bins()], ..DriftWindow::default() };
+            *self =
+                DriftWindow { version: version.to_string(), current: vec![0; spec.bins()], current_totals: vec![0; spec.columns()], ..DriftWindow::default() };
         }
-        if part.events == 0 || part.counts.len() != spec.bins() {
+        if part.counts.len() != spec.bins() || part.totals.len() != spec.columns() {
             part.events = 0;
             return;
         }
-        for (c, p) in self.current.iter_mut().zip(part.counts.iter_mut()) {
+        for (c, p) in self.current.iter_mut().zip(part.counts.iter_mut()).chain(self.current_totals.iter_mut().zip(part.totals.iter_mut())) {
             *c += u64::from(*p);
             *p = 0;
         }
@@ -137,7 +191,8 @@ impl DriftWindow {
         part.events = 0;
         if self.current_events >= BLOCK {
             let full = std::mem::replace(&mut self.current, vec![0; spec.bins()]);
-            self.blocks.push_back((full, self.current_events));
+            let totals = std::mem::replace(&mut self.current_totals, vec![0; spec.columns()]);
+            self.blocks.push_back((full, totals, self.current_events));
             self.current_events = 0;
             if self.blocks.len() > BLOCKS {
                 self.blocks.pop_front();
@@ -147,17 +202,22 @@ impl DriftWindow {
 
     /// Sampled events in the window.
     pub fn events(&self) -> u64 {
-        self.current_events + self.blocks.iter().map(|b| b.1).sum::<u64>()
+        self.current_events + self.blocks.iter().map(|b| b.2).sum::<u64>()
     }
 
-    /// PSI per feature over the window (None below [`MIN_EVENTS`]).
+    /// PSI per column over the window (false below [`MIN_EVENTS`] sampled events; NaN for a score
+    /// column with fewer than [`MIN_EVENTS`] / 4 sampled values).
     pub fn psi(&self, spec: &DriftSpec, out: &mut Vec<f64>) -> bool {
         out.clear();
-        let n = self.events();
-        if n < MIN_EVENTS || self.current.len() != spec.bins() {
+        if self.events() < MIN_EVENTS || self.current.len() != spec.bins() {
             return false;
         }
         for (i, edges) in spec.edges.iter().enumerate() {
+            let n = self.current_totals[i] + self.blocks.iter().map(|blk| blk.1[i]).sum::<u64>();
+            if n < MIN_EVENTS / 4 {
+                out.push(f64::NAN);
+                continue;
+            }
             let start = spec.offsets[i];
             let mut psi = 0.0;
             for b in start..start + edges.len() + 1 {
@@ -179,7 +239,8 @@ mod tests {
     fn spec() -> DriftSpec {
         let features =
             (0..features::COUNT).map(|i| FeatureBinsJson { name: features::NAMES[i].to_string(), edges: vec![0.5], shares: vec![0.8, 0.2] }).collect();
-        DriftSpec::from_json(&DriftSpecJson { features, psi_threshold: 0.2 }).unwrap()
+        let scores = SCORES.iter().map(|s| FeatureBinsJson { name: s.to_string(), edges: vec![0.5], shares: vec![0.5, 0.5] }).collect();
+        DriftSpec::from_json(&DriftSpecJson { features, scores, psi_threshold: 0.2 }).unwrap()
     }
 
     fn window_of(spec: &DriftSpec, share_of_ones: f64, events: u64) -> DriftWindow {
@@ -188,6 +249,7 @@ mod tests {
         for n in 0..events * SAMPLE_EVERY {
             let one = ((n / SAMPLE_EVERY) as f64 * share_of_ones).fract() + share_of_ones >= 1.0;
             part.observe(spec, &[if one { 1.0 } else { 0.0 }; features::COUNT]);
+            part.observe_scores(spec, if one { 0.9 } else { 0.1 }, None);
         }
         w.absorb("v1", spec, &mut part);
         w
@@ -199,7 +261,10 @@ mod tests {
         let mut psi = Vec::new();
         assert!(!window_of(&spec, 0.2, 100).psi(&spec, &mut psi), "too few events for a PSI");
         assert!(window_of(&spec, 0.2, 5_000).psi(&spec, &mut psi));
-        assert!(psi.iter().all(|&p| p < 0.01), "{psi:?}");
+        assert!(psi[..features::COUNT].iter().all(|&p| p < 0.01), "{psi:?}");
+        // P(purchase) is 0.9 for a fifth of the events against half in training; no P(abandon)
+        assert!((psi[features::COUNT] - 0.416).abs() < 0.01, "{psi:?}");
+        assert!(psi[features::COUNT + 1].is_nan());
         window_of(&spec, 0.5, 5_000).psi(&spec, &mut psi);
         // (0.5-0.8) ln(0.5/0.8) + (0.5-0.2) ln(0.5/0.2) = 0.416
         assert!((psi[0] - 0.416).abs() < 0.01, "{}", psi[0]);
@@ -226,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_spec_that_does_not_match_the_features_is_refused() {
-        let mut bad = DriftSpecJson { features: Vec::new(), psi_threshold: 0.2 };
+        let mut bad = DriftSpecJson { features: Vec::new(), scores: Vec::new(), psi_threshold: 0.2 };
         assert!(DriftSpec::from_json(&bad).unwrap_err().contains("features"));
         bad.features = (0..features::COUNT)
             .map(|i| FeatureBinsJson { name: features::NAMES[i].to_string(), edges: vec![0.5, 0.1], shares: vec![0.3, 0.3, 0.4] })
