@@ -88,7 +88,7 @@ impl Write for KafkaSink {
 }
 
 /// The `customer_id` of one event line (the simulator writes it second, unescaped).
-fn customer_id(line: &[u8]) -> Option<&[u8]> {
+pub fn customer_id(line: &[u8]) -> Option<&[u8]> {
     const FIELD: &[u8] = b"\"customer_id\":\"";
     let at = line.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
     let end = line[at..].iter().position(|b| *b == b'"')?;

@@ -1,5 +1,7 @@
-//! The embedded demo: librdkafka's in-process mock cluster, a generator of realistic journeys
-//! feeding it, the real processor against it, and a live summary read back from the output topics.
+//! The embedded demo: librdkafka's in-process mock cluster, the simulator's default world (the one
+//! the shipped models were trained on) feeding it, the real processor against it, and a live
+//! summary read back from the output topics. (`generator` is the older journey generator, still
+//! used by tests and benchmarks.)
 
 pub mod generator;
 
@@ -20,7 +22,6 @@ use crate::attribution::Rule;
 use crate::config::Config;
 use crate::http::Health;
 use crate::pipeline::{RunError, RunStats, Runner};
-use generator::{GeneratorConfig, JourneyGenerator};
 
 #[derive(Debug, Clone, Copy)]
 pub struct DemoOptions {
@@ -58,7 +59,7 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
     // records stay visible, zombies are not fenced): the demo runs at-least-once.
     cfg.kafka.guarantee = crate::config::Guarantee::AtLeastOnce;
     println!("touchstream demo: in-process Kafka at {brokers}, {PARTITIONS} partitions, {} events/s", opts.rate);
-    println!("generated journeys -> {} -> touchstream -> {}, {}, {}", t.events, t.conversions, t.alerts, t.channels);
+    println!("simulated journeys (the simulator's default world) -> {} -> touchstream -> {}, {}, {}", t.events, t.conversions, t.alerts, t.channels);
 
     let runner_stop = Arc::new(AtomicBool::new(false));
     let runner = {
@@ -73,28 +74,27 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
         let (rate, seed) = (opts.rate.max(1), opts.seed);
         thread::spawn(move || -> Result<(), KafkaError> {
             let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").set("partitioner", "murmur2_random").create()?;
-            let mut gen = JourneyGenerator::new(GeneratorConfig { seed, ..GeneratorConfig::default() });
-            let (mut json, mut customer) = (Vec::with_capacity(512), String::new());
-            let started = Instant::now();
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Acquire) {
-                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-                while sent < due {
-                    gen.next_into(&mut json, &mut customer);
-                    let mut rec = BaseRecord::<str, [u8]>::to(&topic).key(customer.as_str()).payload(&json[..]);
-                    loop {
-                        match p.send(rec) {
-                            Ok(()) => break,
-                            Err((_, r)) => {
-                                rec = r;
-                                p.poll(Duration::from_millis(5));
-                            }
-                        }
-                    }
-                    sent += 1;
+            let mut feed = Feed {
+                producer: &p,
+                topic: &topic,
+                line: Vec::with_capacity(512),
+                rate: rate as f64,
+                started: Instant::now(),
+                sent: 0,
+                produced: &produced,
+                stop: &stop,
+            };
+            // the simulator's default world (the one the shipped models were trained on), from a
+            // year ago, until the demo stops (the run ends with the feed's "stopped" error)
+            let mut world = touchstream_sim::World::default_world();
+            world.seed = seed;
+            world.customers = 1_000_000;
+            world.start_ms = crate::time::wall_clock_ms() - 365 * 86_400_000;
+            match touchstream_sim::Model::new(world) {
+                Ok(model) => {
+                    let _ = touchstream_sim::run::run(&model, &touchstream_sim::run::Options::default(), Some(&mut feed), None);
                 }
-                produced.store(sent, Ordering::Relaxed);
-                p.poll(Duration::from_millis(10));
+                Err(e) => eprintln!("demo: the simulator's default world does not load: {e}"),
             }
             p.flush(Duration::from_secs(10))
         })
@@ -136,6 +136,64 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
     drop(summary);
     drop(mock);
     Ok(())
+}
+
+/// The simulator's event lines into the demo's input topic, keyed by customer, at `rate` events/s;
+/// fails with "stopped" once the demo stops (which ends the simulator's run).
+struct Feed<'a> {
+    producer: &'a BaseProducer,
+    topic: &'a str,
+    line: Vec<u8>,
+    rate: f64,
+    started: Instant,
+    sent: u64,
+    produced: &'a AtomicU64,
+    stop: &'a AtomicBool,
+}
+
+impl Feed<'_> {
+    fn send_line(&mut self) -> std::io::Result<()> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("stopped"));
+        }
+        let Some(key) = touchstream_sim::kafka::customer_id(&self.line) else { return Ok(()) };
+        let mut rec = BaseRecord::<[u8], [u8]>::to(self.topic).key(key).payload(&self.line[..]);
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        self.sent += 1;
+        self.produced.store(self.sent, Ordering::Relaxed);
+        let due = self.started + Duration::from_secs_f64(self.sent as f64 / self.rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+}
+
+impl Write for Feed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.send_line()?;
+                self.line.clear();
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads the output topics back and keeps what the summary shows.
