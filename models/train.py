@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,10 @@ import torch.nn.functional as Fn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tsdata as D  # noqa: E402
 
-VERSION = "2026.11.29-2"
+# Stamped on every output the models touch (`model_version`); set per run in main(): --version, or
+# the training date and a hash of the run (log, its size, seed, arguments), so a model trained on a
+# user's stream never carries the shipped models' version.
+VERSION = "unset"
 OPSET = 17
 VALUE_SCALE = 100.0  # the revenue head predicts log(E[revenue] / VALUE_SCALE)
 
@@ -792,6 +796,8 @@ def main(argv=None):
     ap.add_argument("--attribution-select", choices=["attention", "cnn", "logloss"], default="attention",
                     help="classifiers: which one ships as attribution/ (logloss = lower validation log-loss)")
     ap.add_argument("--no-context", action="store_true", help="no previous-purchase token in the attribution input")
+    ap.add_argument("--version", default=None,
+                    help="the models' version (outputs' model_version); default: <UTC date>-<hash of this run>")
     ap.add_argument("--skip-step", action="store_true", help="only the attribution models")
     ap.add_argument("--skip-attr", action="store_true", help="only the step model")
     args = ap.parse_args(argv)
@@ -805,6 +811,12 @@ def main(argv=None):
     data_desc = {"log": os.path.basename(os.path.normpath(args.log)), "events": int(lg.n),
                  "customers": len(lg.customer_ids), "purchases": int((lg.etype == D.PURCHASE).sum()),
                  "seed": args.seed, "trained_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    global VERSION
+    run_id = json.dumps({k: v for k, v in data_desc.items() if k != "trained_at"} | {"args": sorted(vars(args).items(), key=str)},
+                        sort_keys=True, default=str)
+    VERSION = args.version or (dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d") + "-"
+                               + hashlib.sha256(run_id.encode()).hexdigest()[:8])
+    log(f"models version {VERSION}")
     summary = {}
     if not args.skip_step:
         t0 = time.time()

@@ -27,6 +27,10 @@ fn bad_config_fails_at_start_naming_the_key() {
     std::fs::remove_file(&dir).ok();
     assert!(!ok);
     assert!(out.contains("kafka.guarantee"), "{out}");
+
+    let (ok, out) = touchstream(&["check-config", "--set", "models.candidate=/nonexistent/candidate-models"], &[]);
+    assert!(!ok);
+    assert!(out.contains("models.candidate") && out.contains("/nonexistent/candidate-models"), "{out}");
 }
 
 #[test]

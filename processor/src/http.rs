@@ -1,5 +1,7 @@
 //! The HTTP endpoint (hyper, HTTP/1.1, a connection cap and timeouts): `/metrics` (Prometheus text), `/healthz` (the process runs) and
-//! `/readyz` (partitions assigned and state loaded).
+//! `/readyz` (partitions assigned and state loaded), and the model comparison: `GET /models` (the
+//! shadow report, JSON), `POST /models/promote` and `POST /models/rollback` (swap the candidate and
+//! the active models at the next batch boundary).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub struct Health {
     registry_down: AtomicBool,
     /// Input is waiting but nothing has been committed for `processing.stall_timeout`.
     stalled: AtomicBool,
+    /// The shadow comparison and swap requests (`models.candidate`).
+    pub models: crate::lifecycle::compare::ModelsControl,
 }
 
 impl Health {
@@ -93,7 +97,7 @@ pub async fn serve_with(listener: TcpListener, health: Arc<Health>, metrics: Opt
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, body, ctype) = route(req.uri().path(), &health, metrics.as_ref());
+                let (status, body, ctype) = route(req.method(), req.uri().path(), &health, metrics.as_ref());
                 let response = Response::builder()
                     .status(status)
                     .header("content-type", ctype)
@@ -112,10 +116,23 @@ pub async fn serve_with(listener: TcpListener, health: Arc<Health>, metrics: Opt
     }
 }
 
-fn route(path: &str, health: &Health, metrics: Option<&PrometheusHandle>) -> (StatusCode, String, &'static str) {
+fn route(method: &hyper::Method, path: &str, health: &Health, metrics: Option<&PrometheusHandle>) -> (StatusCode, String, &'static str) {
     const TEXT: &str = "text/plain; charset=utf-8";
     const DOWN: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+    let post = method == hyper::Method::POST;
     match path {
+        "/models" => match health.models.report() {
+            Some(json) => (StatusCode::OK, json, "application/json"),
+            None => (StatusCode::NOT_FOUND, "no candidate models (models.candidate)\n".into(), TEXT),
+        },
+        "/models/promote" | "/models/rollback" if !post => (StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into(), TEXT),
+        "/models/promote" | "/models/rollback" if health.models.report().is_none() => {
+            (StatusCode::CONFLICT, "no candidate models to swap with (models.candidate)\n".into(), TEXT)
+        }
+        "/models/promote" | "/models/rollback" => {
+            health.models.request_swap();
+            (StatusCode::ACCEPTED, "swap requested: the candidate and the active models change roles at the next batch boundary\n".into(), TEXT)
+        }
         "/healthz" if health.is_failed() => (DOWN, "failed\n".into(), TEXT),
         "/healthz" => (StatusCode::OK, "ok\n".into(), TEXT),
         "/readyz" if health.is_ready() => (StatusCode::OK, "ready\n".into(), TEXT),
@@ -137,21 +154,29 @@ mod tests {
     #[test]
     fn routes_health_and_readiness() {
         let h = Health::default();
-        assert_eq!(route("/healthz", &h, None).0, StatusCode::OK);
-        assert_eq!(route("/readyz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(route(&hyper::Method::GET, "/healthz", &h, None).0, StatusCode::OK);
+        assert_eq!(route(&hyper::Method::GET, "/readyz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
         h.set_ready(true);
-        assert_eq!(route("/readyz", &h, None).0, StatusCode::OK);
+        assert_eq!(route(&hyper::Method::GET, "/readyz", &h, None).0, StatusCode::OK);
         h.set_registry_down(true);
         assert_eq!(
-            route("/readyz", &h, None),
+            route(&hyper::Method::GET, "/readyz", &h, None),
             (StatusCode::SERVICE_UNAVAILABLE, "not ready: schema registry unavailable\n".into(), "text/plain; charset=utf-8")
         );
         h.set_registry_down(false);
-        assert_eq!(route("/readyz", &h, None).0, StatusCode::OK);
+        assert_eq!(route(&hyper::Method::GET, "/readyz", &h, None).0, StatusCode::OK);
         h.set_failed();
-        assert_eq!(route("/readyz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(route("/healthz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(route("/nope", &h, None).0, StatusCode::NOT_FOUND);
+        assert_eq!(route(&hyper::Method::GET, "/readyz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(route(&hyper::Method::GET, "/healthz", &h, None).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(route(&hyper::Method::GET, "/nope", &h, None).0, StatusCode::NOT_FOUND);
+        assert_eq!(route(&hyper::Method::GET, "/models", &h, None).0, StatusCode::NOT_FOUND);
+        assert_eq!(route(&hyper::Method::POST, "/models/promote", &h, None).0, StatusCode::CONFLICT);
+        h.models.publish(Some(&crate::lifecycle::compare::Board::default().report("a", "b")));
+        assert_eq!(route(&hyper::Method::GET, "/models", &h, None).0, StatusCode::OK);
+        assert_eq!(route(&hyper::Method::GET, "/models/promote", &h, None).0, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(!h.models.take_swap_request());
+        assert_eq!(route(&hyper::Method::POST, "/models/rollback", &h, None).0, StatusCode::ACCEPTED);
+        assert!(h.models.take_swap_request() && !h.models.take_swap_request());
     }
 
     /// Reads until the peer closes the connection; the bytes read.

@@ -37,6 +37,24 @@ enum Command {
     /// Write the input topic (JSON or registry Avro, read_committed) to a JSON-lines file in the
     /// input contract: the log `models/train.py --log` trains on.
     Export(ExportArgs),
+    /// The candidate models scored in shadow (`models.candidate`) against the active ones, on a
+    /// running replica's HTTP endpoint: `report` prints the comparison on realised outcomes,
+    /// `promote` swaps the candidate in at the next batch boundary, `rollback` swaps back.
+    Models(ModelsArgs),
+}
+
+#[derive(Args)]
+struct ModelsArgs {
+    /// report, promote or rollback.
+    #[arg(value_parser = ["report", "promote", "rollback"])]
+    action: String,
+    /// host:port of the replica's `http.listen` (each replica compares its own partitions; swap
+    /// every replica of the group).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    addr: String,
+    /// `report`: print the JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -80,18 +98,44 @@ struct ProbeArgs {
 
 /// GET `path` from `addr` with a 3 s budget; true on HTTP 200.
 fn probe(args: &ProbeArgs) -> Result<bool> {
+    let (status, _) = http_call(&args.addr, "GET", &args.path)?;
+    Ok(status == 200)
+}
+
+/// One HTTP/1.1 request to a replica's endpoint: (status, body).
+fn http_call(addr: &str, method: &str, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let timeout = std::time::Duration::from_secs(3);
-    let addr = args.addr.to_socket_addrs()?.next().with_context(|| format!("no address for {}", args.addr))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let sock = addr.to_socket_addrs()?.next().with_context(|| format!("no address for {addr}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     // One write: a server may answer and close as soon as the request head is complete.
-    s.write_all(format!("GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", args.path, args.addr).as_bytes())?;
-    let mut head = [0u8; 32];
-    let n = s.read(&mut head)?;
-    Ok(head[..n].starts_with(b"HTTP/1.1 200"))
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())?;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP answer from {addr}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn models_command(args: &ModelsArgs) -> Result<()> {
+    let (method, path) = match args.action.as_str() {
+        "report" => ("GET", "/models"),
+        "promote" => ("POST", "/models/promote"),
+        _ => ("POST", "/models/rollback"),
+    };
+    let (status, body) = http_call(&args.addr, method, path).with_context(|| format!("{method} {}{path}", args.addr))?;
+    anyhow::ensure!((200..300).contains(&status), "{method} {}{path}: HTTP {status}: {}", args.addr, body.trim());
+    if args.action == "report" && !args.json {
+        let report: touchstream::lifecycle::compare::Report = serde_json::from_str(&body).context("reading the report")?;
+        print!("{}", touchstream::lifecycle::compare::render(&report));
+    } else {
+        print!("{body}");
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -227,6 +271,7 @@ fn main() -> Result<()> {
             init_logging(&cfg);
             rt.block_on(run(cfg))
         }
+        Command::Models(args) => models_command(&args),
         Command::Probe(args) => match probe(&args) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
@@ -281,6 +326,10 @@ fn main() -> Result<()> {
             touchstream::alerts::Policy::check(&engine_cfg, models.as_deref()).context("config section `alerts`")?;
             if let Some(m) = models {
                 eprintln!("models ok: {} (step {}, attribution {})", m.version, m.step.meta.name, m.attribution.meta.name);
+            }
+            if let Some(c) = touchstream::inference::ModelSet::load_candidate(&cfg.models)? {
+                touchstream::alerts::Policy::check(&engine_cfg, Some(&c)).context("config key `models.candidate`")?;
+                eprintln!("candidate models ok: {} (scored in shadow)", c.version);
             }
             eprintln!("config ok");
             Ok(())

@@ -119,6 +119,18 @@ impl Telemetry {
             "touchstream_model_drift_score_psi",
             "Population-stability index of a step-model output (P(purchase), P(abandon) with a cart open): live sample vs the training log"
         );
+        describe_counter!("touchstream_model_swaps_total", "Promotions and rollbacks: the candidate and the active models changed roles");
+        describe_gauge!("touchstream_shadow_auc", "Shadow comparison: AUC of realised outcomes, by role (active, candidate) and target");
+        describe_gauge!("touchstream_shadow_log_loss", "Shadow comparison: log-loss of realised outcomes, by role and target");
+        describe_gauge!("touchstream_shadow_calibration_error", "Shadow comparison: expected calibration error, by role and target");
+        describe_gauge!("touchstream_shadow_outcomes", "Shadow comparison: predictions whose outcome is known, by target");
+        describe_gauge!("touchstream_shadow_events", "Shadow comparison: events scored by both roles");
+        describe_gauge!(
+            "touchstream_shadow_credit_divergence",
+            "Shadow comparison: mean total-variation distance of deep credit's channel shares per conversion"
+        );
+        describe_gauge!("touchstream_shadow_step_seconds_per_event", "Shadow comparison: step-model seconds per event, by role");
+        describe_gauge!("touchstream_shadow_deep_seconds_per_conversion", "Shadow comparison: deep-credit seconds per conversion, by role");
         describe_gauge!("touchstream_model_drift_max_psi", "The largest touchstream_model_drift_psi or touchstream_model_drift_score_psi");
         describe_gauge!("touchstream_model_drift_sampled_events", "Sampled events in the drift window (1 in 8 scored events, latest 100 000)");
         describe_gauge!("touchstream_stalled", "1 while input waits and nothing has been committed for processing.stall_timeout");
@@ -301,6 +313,39 @@ impl Telemetry {
         tracing::info!(version, reload, "models loaded");
         if reload {
             counter!("touchstream_model_reloads_total", "result" => "loaded").increment(1);
+        }
+    }
+
+    /// The candidate and the active models changed roles (a promotion or a rollback).
+    pub fn models_swapped(&self, active: &str, candidate: &str, resets: u64) {
+        tracing::warn!(
+            active,
+            candidate,
+            hidden_states_reset = resets,
+            "models swapped: the former candidate is active, the former active models run in shadow"
+        );
+        counter!("touchstream_model_swaps_total").increment(1);
+    }
+
+    /// The shadow comparison (`models.candidate`): quality per role and target, credit
+    /// divergence and cost; labels are the bounded role and target names.
+    pub fn shadow(&self, r: &crate::lifecycle::compare::Report) {
+        use crate::inference::outcomes::ROLES;
+        let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        for t in &r.targets {
+            let target = t.target.clone();
+            gauge!("touchstream_shadow_outcomes", "target" => target.clone()).set(t.outcomes as f64);
+            for (role, q) in ROLES.iter().zip([&t.active, &t.candidate]) {
+                gauge!("touchstream_shadow_auc", "role" => *role, "target" => target.clone()).set(nan(q.auc));
+                gauge!("touchstream_shadow_log_loss", "role" => *role, "target" => target.clone()).set(nan(q.log_loss));
+                gauge!("touchstream_shadow_calibration_error", "role" => *role, "target" => target.clone()).set(nan(q.calibration_error));
+            }
+        }
+        gauge!("touchstream_shadow_credit_divergence").set(nan(r.credit_divergence));
+        gauge!("touchstream_shadow_events").set(r.events as f64);
+        for (role, c) in ROLES.iter().zip(&r.cost) {
+            gauge!("touchstream_shadow_step_seconds_per_event", "role" => *role).set(nan(c.step_us_per_event.map(|v| v / 1e6)));
+            gauge!("touchstream_shadow_deep_seconds_per_conversion", "role" => *role).set(nan(c.deep_ms_per_conversion.map(|v| v / 1e3)));
         }
     }
 

@@ -6,7 +6,7 @@
 //! markdown and writes JSON. Speed is reported, never asserted.
 //!
 //!     touchstream-load --brokers HOST:PORT [--partitions 4] [--customers 10000] [--events 300000]
-//!         [--modes passthrough,defaults,models_off,at_least_once] [--replicas 1]
+//!         [--modes passthrough,defaults,models_off,at_least_once,shadow] [--replicas 1]
 //!         [--touchstream target/release/touchstream] [--out load-tests/report.json]
 
 mod kafka;
@@ -47,9 +47,9 @@ struct Cli {
     /// The processor binary.
     #[arg(long, default_value = "target/release/touchstream")]
     touchstream: PathBuf,
-    /// Runs, in order: passthrough, defaults, models_off, at_least_once, or a processor mode
+    /// Runs, in order: passthrough, defaults, models_off, at_least_once, shadow, or a processor mode
     /// written as settings (`processing.commit_interval=1s`, several joined by `+`).
-    #[arg(long, default_value = "passthrough,defaults,models_off,at_least_once")]
+    #[arg(long, default_value = "passthrough,defaults,models_off,at_least_once,shadow")]
     modes: String,
     /// Processor replicas of one group per run (their numbers are summed).
     #[arg(long, default_value_t = 1)]

@@ -18,8 +18,11 @@ pub fn mode_settings(mode: &str) -> Result<Vec<String>> {
         "defaults" => vec![],
         "models_off" => vec!["models.enabled=false".into()],
         "at_least_once" => vec!["kafka.guarantee=at_least_once".into()],
+        // defaults plus candidate models scored in shadow (the shipped ones again: the same cost
+        // as any candidate of the same architecture)
+        "shadow" => vec![format!("models.candidate={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))],
         m if m.contains('=') => m.split('+').map(str::to_string).collect(),
-        m => bail!("unknown mode {m:?}: passthrough, defaults, models_off, at_least_once, or settings such as processing.commit_interval=1s"),
+        m => bail!("unknown mode {m:?}: passthrough, defaults, models_off, at_least_once, shadow, or settings such as processing.commit_interval=1s"),
     })
 }
 
@@ -218,6 +221,7 @@ mod tests {
         assert!(mode_settings("defaults").unwrap().is_empty());
         assert_eq!(mode_settings("models_off").unwrap(), ["models.enabled=false"]);
         assert_eq!(mode_settings("a.b=1+c.d=x").unwrap(), ["a.b=1", "c.d=x"]);
+        assert!(mode_settings("shadow").unwrap()[0].starts_with("models.candidate="));
         assert!(mode_settings("nope").is_err());
     }
 }

@@ -235,6 +235,11 @@ pub struct ModelsConfig {
     pub check_fixtures: bool,
     /// Watch `dir` and reload on change (SIGHUP always reloads).
     pub watch: bool,
+    /// A folder like `dir` with candidate models scored in shadow beside the active ones (their
+    /// outputs are never written); empty: none. `touchstream models report` compares them,
+    /// `touchstream models promote` swaps them in.
+    #[serde(default)]
+    pub candidate: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

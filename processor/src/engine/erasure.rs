@@ -26,6 +26,9 @@ impl PartitionEngine {
         let key: Box<str> = customer.into();
         // the scores topic is tombstoned whether or not a score was written: it is idempotent
         self.score_tombstones.push(key.clone());
+        if let Some(sh) = self.scoring.as_mut().and_then(|s| s.shadow.as_mut()) {
+            sh.forget(customer);
+        }
         let Some(c) = self.customers.remove(customer) else { return Erased::default() };
         self.forgotten.push(key);
         Erased { found: true, touchpoints: c.touchpoints.len(), open_cart: c.cart.is_some(), model_state: c.model.is_some() }

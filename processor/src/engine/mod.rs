@@ -10,6 +10,7 @@ pub mod erasure;
 #[cfg(test)]
 mod model_tests;
 pub mod scoring;
+pub mod shadow;
 mod state_io;
 #[cfg(test)]
 mod tests;
@@ -57,6 +58,8 @@ pub struct EngineConfig {
     pub scores_min_change: f64,
     /// The models, when enabled (see [`EngineConfig::with_models`]).
     pub models: Option<Arc<ModelSet>>,
+    /// Candidate models scored in shadow (`models.candidate`).
+    pub candidate: Option<Arc<ModelSet>>,
 }
 
 impl EngineConfig {
@@ -78,11 +81,17 @@ impl EngineConfig {
             allowed_lateness: c.event_time.allowed_lateness.ms(),
             scores_min_change: c.scores.min_change,
             models: None,
+            candidate: None,
         }
     }
 
     pub fn with_models(mut self, models: Option<Arc<ModelSet>>) -> Self {
         self.models = models;
+        self
+    }
+
+    pub fn with_candidate(mut self, candidate: Option<Arc<ModelSet>>) -> Self {
+        self.candidate = candidate;
         self
     }
 }
@@ -154,7 +163,7 @@ fn policy_for(cfg: &EngineConfig, scoring: Option<&Scoring>, partition: i32) -> 
 
 impl PartitionEngine {
     pub fn new(partition: i32, cfg: EngineConfig) -> Self {
-        let scoring = cfg.models.as_ref().and_then(|m| match Scoring::new(m.clone()) {
+        let scoring = cfg.models.as_ref().and_then(|m| match Scoring::new(m.clone(), cfg.candidate.clone()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, partition, "cannot run the models; this partition runs rules only");
@@ -235,8 +244,8 @@ impl PartitionEngine {
 
     /// Swaps the models (a reload): pending events finish on the old ones first. When the step
     /// model's hidden size changes, every hidden state is reset; returns how many were.
-    pub fn set_models(&mut self, models: Option<Arc<ModelSet>>) -> Result<usize, String> {
-        let next = models.as_ref().map(|m| Scoring::new(m.clone())).transpose()?;
+    pub fn set_models(&mut self, models: Option<Arc<ModelSet>>, candidate: Option<Arc<ModelSet>>) -> Result<usize, String> {
+        let next = models.as_ref().map(|m| Scoring::new(m.clone(), candidate.clone())).transpose()?;
         self.flush();
         let old_hidden = self.scoring.as_ref().map(|s| s.set.step.hidden);
         let new_hidden = models.as_ref().map(|m| m.step.hidden);
@@ -255,10 +264,38 @@ impl PartitionEngine {
             }
         }
         self.cfg.models = models;
+        self.cfg.candidate = candidate;
         self.windows.deep = next.is_some();
         self.policy = policy_for(&self.cfg, next.as_ref(), self.partition);
         self.scoring = next;
         Ok(reset)
+    }
+
+    /// Swaps the candidate models in at this point of the partition ([`Scoring::promote`]); every
+    /// customer with model state goes to the changelog again. Returns the hidden states reset
+    /// (customers the candidate had not seen), or None without a candidate.
+    pub fn promote(&mut self) -> Option<usize> {
+        self.flush();
+        let scoring = self.scoring.as_mut()?;
+        let reset = scoring.promote(&mut self.customers)?;
+        self.cfg.models = Some(scoring.set.clone());
+        self.cfg.candidate = scoring.shadow.as_ref().map(|s| s.set.clone());
+        self.policy = policy_for(&self.cfg, self.scoring.as_ref(), self.partition);
+        let keys: Vec<Box<str>> = self.customers.keys().cloned().collect();
+        for key in keys {
+            self.mark_changed(&key);
+        }
+        Some(reset)
+    }
+
+    /// What the shadow measured since the last call (none without a candidate).
+    pub fn take_shadow(&mut self) -> Option<shadow::ShadowCounts> {
+        self.scoring.as_mut()?.shadow.as_mut().map(|s| s.take())
+    }
+
+    /// Predictions of the shadow waiting for their outcome.
+    pub fn shadow_open_predictions(&self) -> usize {
+        self.scoring.as_ref().and_then(|s| s.shadow.as_ref()).map_or(0, |s| s.open_predictions())
     }
 
     /// Approximate bytes of state (customers, timers, windows).
@@ -532,6 +569,7 @@ impl PartitionEngine {
         // (the queue ran just before, in `on_watermark`: what expires does not depend on when
         // the models last ran)
         let before = self.customers.len();
+        let first_forgotten = self.forgotten.len();
         let (forgotten, score_tombstones) = (&mut self.forgotten, &mut self.score_tombstones);
         self.customers.retain(|k, c| {
             let keep = c.last_event_ts >= horizon;
@@ -544,5 +582,8 @@ impl PartitionEngine {
             keep
         });
         self.expired_customers += (before - self.customers.len()) as u64;
+        if let Some(sh) = self.scoring.as_mut().and_then(|s| s.shadow.as_mut()) {
+            self.forgotten[first_forgotten..].iter().for_each(|k| sh.forget(k));
+        }
     }
 }

@@ -173,12 +173,12 @@ fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
     assert_eq!(stats.resets, 1);
     assert_eq!(engine.customer("a").unwrap().model.as_ref().unwrap().hidden.len(), 64);
 
-    assert_eq!(engine.set_models(Some(test_models())).unwrap(), 0, "same layout: nothing reset");
-    assert_eq!(engine.set_models(None).unwrap(), 1, "models off: the hidden state is dropped");
+    assert_eq!(engine.set_models(Some(test_models()), None).unwrap(), 0, "same layout: nothing reset");
+    assert_eq!(engine.set_models(None, None).unwrap(), 1, "models off: the hidden state is dropped");
     send(&mut engine, &mut out, "3", 1_767_225_720_000, "purchase");
     let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };
     assert!(c.deep_method.is_none() && c.model_version.is_none() && c.touchpoints.iter().all(|t| t.deep.is_none()));
-    engine.set_models(Some(test_models())).unwrap();
+    engine.set_models(Some(test_models()), None).unwrap();
     send(&mut engine, &mut out, "4", 1_767_225_780_000, "click");
     send(&mut engine, &mut out, "5", 1_767_225_840_000, "purchase");
     let Some(Output::Conversion(c)) = out.last() else { panic!("a conversion") };

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use foldhash::fast::RandomState;
 
+use super::shadow::{select_touches, Shadow};
 use crate::alerts::reasons;
-use crate::inference::deep_credit::{campaign_bucket, AttributionRunner, ModelTouch};
+use crate::inference::deep_credit::{AttributionRunner, ModelTouch};
 use crate::inference::drift::DriftCounts;
 use crate::inference::features::{self, StepInput};
 use crate::inference::step::{StepRunner, StepScores, P_ABANDON, P_PURCHASE};
@@ -28,6 +29,9 @@ struct Request {
     ts: Millis,
     /// A cart is open after the event (its P(abandon) counts for drift).
     cart_open: bool,
+    /// ... and has not alerted yet: where the processor reads P(abandon) (shadow outcomes).
+    cart_unalerted: bool,
+    purchase: bool,
 }
 
 /// Counters for telemetry (drained by the runner).
@@ -67,6 +71,8 @@ pub struct Scoring {
     pub stats: ScoringStats,
     /// Seconds per model call since the last drain: (is deep credit, seconds); bounded.
     pub durations: Vec<(bool, f32)>,
+    /// The candidate models, scored beside these and never written (`models.candidate`).
+    pub shadow: Option<Shadow>,
     #[cfg(test)]
     last: Vec<f32>,
 }
@@ -81,7 +87,8 @@ pub struct JourneyDeep {
 }
 
 impl Scoring {
-    pub fn new(set: Arc<ModelSet>) -> Result<Scoring, String> {
+    pub fn new(set: Arc<ModelSet>, candidate: Option<Arc<ModelSet>>) -> Result<Scoring, String> {
+        let shadow = candidate.map(Shadow::new).transpose()?;
         let step = StepRunner::new(&set.step).map_err(|e| format!("{e:#}"))?;
         let attr = AttributionRunner::new(&set.attribution).map_err(|e| format!("{e:#}"))?;
         let flush_at = set.max_batch * 64;
@@ -102,6 +109,7 @@ impl Scoring {
             flush_at,
             stats: ScoringStats::default(),
             durations: Vec::new(),
+            shadow,
             #[cfg(test)]
             last: Vec::new(),
         })
@@ -129,7 +137,14 @@ impl Scoring {
         {
             self.last = self.feats[at..].to_vec();
         }
-        self.reqs.push(Request { customer: customer.changed_idx, wave: customer.pending, ts: input.ts, cart_open: input.cart.is_some() });
+        self.reqs.push(Request {
+            customer: customer.changed_idx,
+            wave: customer.pending,
+            ts: input.ts,
+            cart_open: input.cart.is_some(),
+            cart_unalerted: customer.cart.as_ref().is_some_and(|c| !c.alerted),
+            purchase: input.event_type == crate::event::EventType::Purchase,
+        });
         customer.pending += 1;
         self.stats.events += 1;
     }
@@ -146,7 +161,7 @@ impl Scoring {
         let max_batch = self.set.max_batch;
         let k = self.set.step.checks_ms.len();
         let explain = self.set.step.reference.is_some();
-        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, .. } = self;
+        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, shadow, .. } = self;
         let drift_spec = set.step.drift.as_ref();
         order.clear();
         order.extend(0..reqs.len() as u32);
@@ -187,6 +202,13 @@ impl Scoring {
             stats.rows += rows as u64;
             match ran {
                 Ok(()) => {
+                    if let Some(sh) = shadow.as_mut() {
+                        let wave = &order[start..end];
+                        let keys: Vec<&str> = wave.iter().map(|&i| &*changed[reqs[i as usize].customer as usize]).collect();
+                        let events: Vec<(Millis, bool, bool)> =
+                            wave.iter().map(|&i| (reqs[i as usize].ts, reqs[i as usize].purchase, reqs[i as usize].cart_unalerted)).collect();
+                        sh.wave(&keys, x, &events, &scores[..rows], took);
+                    }
                     for (j, &i) in order[start..end].iter().enumerate() {
                         let r = reqs[i as usize];
                         if let Some(spec) = drift_spec {
@@ -220,6 +242,34 @@ impl Scoring {
         }
         reqs.clear();
         feats.clear();
+        if let Some(sh) = shadow.as_mut() {
+            sh.expire();
+        }
+    }
+
+    /// Swaps the candidate in ([`Shadow`]): the candidate's per-customer states become the active
+    /// ones and the active ones the candidate's, so the old models stay in shadow (a rollback is
+    /// another swap). Customers the candidate has not seen start from a zero state: returns how
+    /// many. None without a candidate. Call after a flush.
+    pub fn promote(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>) -> Option<usize> {
+        let sh = self.shadow.as_mut()?;
+        std::mem::swap(&mut self.set, &mut sh.set);
+        std::mem::swap(&mut self.step, &mut sh.step);
+        std::mem::swap(&mut self.attr, &mut sh.attr);
+        let mut theirs = std::mem::take(&mut sh.states);
+        let mut reset = 0;
+        for (key, c) in customers.iter_mut() {
+            let next = theirs.remove(key);
+            reset += usize::from(next.is_none() && c.model.is_some());
+            if let Some(old) = std::mem::replace(&mut c.model, next) {
+                sh.states.insert(key.clone(), old);
+            }
+            // the stored input of an open cart holds the old model's hidden state
+            c.abandon_input.clear();
+        }
+        sh.restart_comparison();
+        self.flush_at = self.set.max_batch * 64;
+        Some(reset)
     }
 
     /// The reasons for P(abandon) of `customer`'s open cart read at `column` of the re-check head
@@ -271,16 +321,7 @@ impl Scoring {
     /// model sees no lift.
     pub fn deep_credit(&mut self, customer: &CustomerState, idx: &[usize], until: Millis, fallback: &[f64], seed: u64, out: &mut Vec<f64>) -> JourneyDeep {
         let model = &self.set.attribution;
-        let previous = (customer.last_purchase_ts != Millis::MIN && customer.last_purchase_ts <= until).then_some(customer.last_purchase_ts);
-        let cut = until.saturating_sub(model.purchase_path_ms);
-        let eligible = idx.iter().take_while(|&&i| customer.touchpoints[i].ts <= cut).count();
-        let room = model.len - usize::from(model.previous_purchase_token && previous.is_some());
-        let first = eligible.saturating_sub(room);
-        self.touches.clear();
-        for &i in &idx[first..eligible] {
-            let t = &customer.touchpoints[i];
-            self.touches.push(ModelTouch { channel: t.channel, event_type: t.event_type, campaign_bucket: campaign_bucket(t.campaign.as_deref()), ts: t.ts });
-        }
+        let (first, eligible, previous) = select_touches(model, customer, idx, until, &mut self.touches);
         out.clear();
         out.resize(idx.len(), 0.0);
         let fall_back = |out: &mut Vec<f64>| {
@@ -300,6 +341,26 @@ impl Scoring {
             self.durations.push((true, took as f32));
         }
         self.stats.deep_calls += 1;
+        let deep = self.credit_of(result, first, eligible, fallback, out);
+        if let Some(sh) = self.shadow.as_mut() {
+            sh.deep_credit(customer, idx, until, seed, out, took);
+        }
+        deep
+    }
+
+    fn credit_of(
+        &mut self,
+        result: tract_onnx::prelude::TractResult<crate::inference::deep_credit::DeepCredit>,
+        first: usize,
+        eligible: usize,
+        fallback: &[f64],
+        out: &mut Vec<f64>,
+    ) -> JourneyDeep {
+        let model = &self.set.attribution;
+        let fall_back = |out: &mut Vec<f64>| {
+            out.clear();
+            out.extend_from_slice(fallback);
+        };
         match result {
             Ok(d) if !d.credits.is_empty() => {
                 self.stats.deep_rows += self.attr.scores.len() as u64;

@@ -9,6 +9,7 @@ pub mod contract;
 pub mod deep_credit;
 pub mod drift;
 pub mod features;
+pub mod outcomes;
 pub mod step;
 
 use std::path::Path;
@@ -34,6 +35,8 @@ pub enum ModelError {
     Parity { model: String, index: usize, message: String },
     #[error("model {model}: {message}")]
     AlertPolicy { model: String, message: String },
+    #[error("config key `models.candidate`: {0}")]
+    Candidate(Box<ModelError>),
 }
 
 /// The files of one model.
@@ -93,11 +96,11 @@ impl ModelFiles {
         Ok(ModelFiles { name: name.to_string(), onnx: onnx.to_vec(), metadata: metadata.to_vec(), fixtures: Some(fixtures.to_vec()), check_fixtures })
     }
 
-    fn load(cfg: &ModelsConfig, name: &str) -> Result<ModelFiles, ModelError> {
-        if cfg.dir.trim().is_empty() {
+    fn load(cfg: &ModelsConfig, dir: &str, name: &str) -> Result<ModelFiles, ModelError> {
+        if dir.trim().is_empty() {
             ModelFiles::builtin(name, cfg.check_fixtures)
         } else {
-            ModelFiles::from_dir(Path::new(&cfg.dir), name, cfg.check_fixtures)
+            ModelFiles::from_dir(Path::new(dir), name, cfg.check_fixtures)
         }
     }
 }
@@ -120,8 +123,20 @@ impl ModelSet {
         if !cfg.enabled {
             return Ok(None);
         }
-        let step = StepModel::load(&ModelFiles::load(cfg, &cfg.step)?, cfg.max_batch)?;
-        let attribution = AttributionModel::load(&ModelFiles::load(cfg, &cfg.attribution)?)?;
+        ModelSet::load_dir(cfg, &cfg.dir).map(Some)
+    }
+
+    /// Loads the candidate models (`models.candidate`), or `None` when there are none.
+    pub fn load_candidate(cfg: &ModelsConfig) -> Result<Option<Arc<ModelSet>>, ModelError> {
+        if !cfg.enabled || cfg.candidate.trim().is_empty() {
+            return Ok(None);
+        }
+        ModelSet::load_dir(cfg, &cfg.candidate).map(Some).map_err(|e| ModelError::Candidate(Box::new(e)))
+    }
+
+    fn load_dir(cfg: &ModelsConfig, dir: &str) -> Result<Arc<ModelSet>, ModelError> {
+        let step = StepModel::load(&ModelFiles::load(cfg, dir, &cfg.step)?, cfg.max_batch)?;
+        let attribution = AttributionModel::load(&ModelFiles::load(cfg, dir, &cfg.attribution)?)?;
         let version: Arc<str> = if step.version() == attribution.version() {
             step.version().into()
         } else {
@@ -131,7 +146,7 @@ impl ModelSet {
             crate::config::DeepCreditMode::Removal => DeepMode::Removal,
             crate::config::DeepCreditMode::Shapley => DeepMode::Shapley { samples: cfg.shapley_samples, exact_max: cfg.shapley_exact_max },
         };
-        Ok(Some(Arc::new(ModelSet { step, attribution, deep_mode, max_batch: cfg.max_batch, version })))
+        Ok(Arc::new(ModelSet { step, attribution, deep_mode, max_batch: cfg.max_batch, version }))
     }
 }
 

@@ -160,6 +160,7 @@ impl Processor {
         if let Some(spec) = self.models.as_ref().and_then(|m| m.step.drift.as_ref()) {
             self.telemetry.drift(&mut self.drift, spec, &mut self.drift_psi);
         }
+        self.compare_models();
         self.ship_score_tombstones()?;
         self.telemetry.scores(&self.scores);
         for rec in self.scores.drain(..) {

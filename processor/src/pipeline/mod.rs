@@ -164,6 +164,8 @@ struct Processor {
     /// Drift of the models' input over the latest sampled events of all partitions.
     drift: crate::inference::drift::DriftWindow,
     drift_psi: Vec<f64>,
+    /// The shadow comparison of the candidate models with the active ones.
+    board: crate::lifecycle::compare::Board,
     /// Redoing a batch that was too large for the broker in smaller transactions.
     isolation: Option<poison::Isolation>,
     /// Last successful commit, or last moment without input waiting.
@@ -250,8 +252,13 @@ impl Runner {
         }
         let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         let models = ModelSet::load(&cfg.models)?;
-        let engine_cfg = EngineConfig::from_config(&cfg).with_models(models.clone());
+        let candidate = ModelSet::load_candidate(&cfg.models)?;
+        let engine_cfg = EngineConfig::from_config(&cfg).with_models(models.clone()).with_candidate(candidate.clone());
         crate::alerts::Policy::check(&engine_cfg, models.as_deref())?;
+        crate::alerts::Policy::check(&engine_cfg, candidate.as_deref()).map_err(|e| crate::inference::ModelError::Candidate(Box::new(e)))?;
+        if let Some(c) = &candidate {
+            tracing::info!(version = %c.version, "candidate models loaded: scored in shadow, never written");
+        }
         if let Some(m) = &models {
             telemetry.models_loaded(&m.version, false);
         }
@@ -263,6 +270,7 @@ impl Runner {
             durations: Vec::new(),
             drift: Default::default(),
             drift_psi: Vec::new(),
+            board: Default::default(),
             input_format: cfg.formats.events,
             avro,
             schema_fetches: 0,
@@ -341,6 +349,9 @@ impl Runner {
                         state.commit(&consumer)?;
                         if state.reload.swap(false, Ordering::AcqRel) {
                             state.reload_models();
+                        }
+                        if state.health.models.take_swap_request() {
+                            state.swap_models();
                         }
                     }
                     Ok(())
@@ -495,13 +506,17 @@ impl Processor {
         if !self.cfg.models.enabled {
             return;
         }
-        let set = match ModelSet::load(&self.cfg.models).and_then(|set| crate::alerts::Policy::check(&self.engine_cfg, set.as_deref()).map(|()| set)) {
-            Ok(set) => set,
-            Err(e) => return self.telemetry.models_rejected(&e.to_string()),
+        let loaded = ModelSet::load(&self.cfg.models).and_then(|set| crate::alerts::Policy::check(&self.engine_cfg, set.as_deref()).map(|()| set));
+        let candidate = ModelSet::load_candidate(&self.cfg.models).and_then(|set| {
+            crate::alerts::Policy::check(&self.engine_cfg, set.as_deref()).map_err(|e| crate::inference::ModelError::Candidate(Box::new(e))).map(|()| set)
+        });
+        let (set, candidate) = match (loaded, candidate) {
+            (Ok(set), Ok(candidate)) => (set, candidate),
+            (Err(e), _) | (_, Err(e)) => return self.telemetry.models_rejected(&e.to_string()),
         };
         let mut resets = 0;
         for engine in self.engines.values_mut() {
-            match engine.set_models(set.clone()) {
+            match engine.set_models(set.clone(), candidate.clone()) {
                 Ok(n) => resets += n as u64,
                 Err(e) => return self.telemetry.models_rejected(&e),
             }
@@ -512,8 +527,46 @@ impl Processor {
         if let Some(m) = &set {
             self.telemetry.models_loaded(&m.version, true);
         }
-        self.engine_cfg = self.engine_cfg.clone().with_models(set.clone());
+        self.engine_cfg = self.engine_cfg.clone().with_models(set.clone()).with_candidate(candidate);
         self.models = set;
+        self.board.restart();
+    }
+
+    /// Swaps the candidate and the active models (`POST /models/promote` or `/rollback`) right
+    /// after a commit, so the outputs of each transaction come from one model set: every
+    /// partition's outputs switch `model_version` once, at the same input position.
+    fn swap_models(&mut self) {
+        let (Some(active), Some(candidate)) = (self.models.clone(), self.engine_cfg.candidate.clone()) else {
+            return tracing::warn!("a model swap was requested, but there are no candidate models (models.candidate)");
+        };
+        let mut resets = 0;
+        for engine in self.engines.values_mut() {
+            resets += engine.promote().unwrap_or(0) as u64;
+        }
+        self.telemetry.models_swapped(&candidate.version, &active.version, resets);
+        self.engine_cfg = self.engine_cfg.clone().with_models(Some(candidate.clone())).with_candidate(Some(active));
+        self.models = Some(candidate);
+        self.drift = Default::default();
+        self.board.restart();
+        self.board.swaps += 1;
+    }
+
+    /// Merges what the partitions' shadows measured and publishes the comparison.
+    fn compare_models(&mut self) {
+        let (Some(active), Some(candidate)) = (&self.models, &self.engine_cfg.candidate) else {
+            return self.health.models.publish(None);
+        };
+        let mut open = 0;
+        for engine in self.engines.values_mut() {
+            if let Some(c) = engine.take_shadow() {
+                self.board.add(&c);
+            }
+            open += engine.shadow_open_predictions() as u64;
+        }
+        self.board.set_open(open);
+        let report = self.board.report(&active.version, &candidate.version);
+        self.telemetry.shadow(&report);
+        self.health.models.publish(Some(&report));
     }
 
     fn report_state(&mut self, now_ms: i64, lag: Vec<(i32, i64, i64)>) {
