@@ -50,6 +50,7 @@ impl Passthrough<'_> {
             .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            .set("delivery.report.only.error", "true") // as the processor's producer
             .set("transactional.id", format!("{}-tx", self.group))
             .set("transaction.timeout.ms", "10000")
             .create()

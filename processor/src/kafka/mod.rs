@@ -40,6 +40,9 @@ pub fn client_config(cfg: &Config, role: Role) -> ClientConfig {
         Role::Producer => {
             // Java-compatible partitioning by key, idempotent delivery, no reordering on retry.
             c.set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "5");
+            // The sink only counts failed deliveries: without a report per delivered record the
+            // commit's wait for outstanding records serves one event per failure, not per record.
+            c.set("delivery.report.only.error", "true");
             if cfg.kafka.guarantee == Guarantee::ExactlyOnce {
                 c.set("transactional.id", cfg.kafka.effective_transactional_id()).set("transaction.timeout.ms", cfg.kafka.transaction_timeout.ms().to_string());
             }
