@@ -116,7 +116,7 @@ impl Passthrough<'_> {
     }
 }
 
-/// Serves delivery reports in 1 ms steps until nothing is outstanding, as the processor does
+/// Serves delivery reports every 250 µs until nothing is outstanding, as the processor does
 /// before its commit: rust-rdkafka's own flush (inside `commit_transaction`) polls in 100 ms
 /// steps, which would make every transaction of this baseline take at least 100 ms.
 fn deliver_all(producer: &BaseProducer) -> Result<()> {
@@ -124,7 +124,10 @@ fn deliver_all(producer: &BaseProducer) -> Result<()> {
     loop {
         match producer.flush(Duration::ZERO) {
             Ok(()) => return Ok(()),
-            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => producer.poll(Duration::from_millis(1)),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_micros(250));
+            }
             Err(e) => bail!("passthrough flush: {e}"),
         }
     }
