@@ -357,7 +357,10 @@ fn a_registry_too_slow_to_answer_pauses_consumption_and_nothing_is_lost() {
     wait_logged(Some(&proc), "not ready", Duration::from_secs(30), || get(&http, "/readyz") == (503, "not ready: schema registry unavailable\n".into()));
     assert_eq!(metric(&http, "touchstream_registry_available"), Some(0.0));
     assert_eq!(metric(&http, "touchstream_registry_paused_partitions"), Some(1.0));
-    std::thread::sleep(Duration::from_secs(3));
+    // the loop goes on retrying the registry while the record waits
+    let errors = |h: &str| metric(h, "touchstream_registry_errors_total").unwrap_or(0.0);
+    let before = errors(&http);
+    wait_for("two more registry retries while the record waits", Duration::from_secs(30), || errors(&http) >= before + 2.0);
     assert_eq!(committed_offsets(&topics.group, &topics.events, &[0]), [(0, 1)], "nothing past the waiting record is committed");
     assert!(read_all(&topics.conversions, Duration::from_millis(500)).is_empty());
     assert!(read_all(&topics.dlq, Duration::from_millis(500)).is_empty(), "an outage is not the record's fault");

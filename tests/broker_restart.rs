@@ -13,7 +13,8 @@ use common::*;
 fn broker_restart_mid_stream() {
     let topics = Topics::new("brokerrestart");
     create_topic(&topics.events, 4);
-    produce_stream(&topics.events, 6_000, 21, 0.0);
+    let events = simulated(12_000, 21);
+    produce_events(&topics.events, &events[..6000], 0.0);
     let mut proc = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
     // let it get going (a first commit), then restart the broker underneath it
     wait_until("a first commit", Duration::from_secs(60), Some(&proc), || committed_total(&topics) > 0);
@@ -21,7 +22,7 @@ fn broker_restart_mid_stream() {
     let status = Command::new("bash").arg("scripts/kafka.sh").arg("restart-broker").current_dir(root).status().expect("restart the broker");
     assert!(status.success(), "broker restarted");
     // more input after the restart
-    produce_stream(&topics.events, 6_000, 22, 5.0);
+    produce_events(&topics.events, &events[6000..], 5.0);
     // a supervisor: restart the processor if it gave up while the broker was away
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut restarts = 0;

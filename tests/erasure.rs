@@ -149,25 +149,28 @@ fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
 #[test]
 fn erasure_mid_stream_with_two_replicas_and_kills_changes_nothing_else() {
     use std::collections::HashMap;
-    use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
     let topics = Topics::new("erasure-two");
     create_topic(&topics.events, 4);
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 77, active_customers: 300, mean_gap_ms: 2_000.0, ..GeneratorConfig::default() });
-    let events: Vec<(String, Vec<u8>)> = (0..8000)
-        .map(|_| {
-            let (mut json, mut customer) = (Vec::new(), String::new());
-            gen.next_into(&mut json, &mut customer);
-            (customer, json)
-        })
-        .collect();
-    let (first, second) = events.split_at(4000);
-    // the victim: the first half's busiest customer who does not come back in the second half
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (c, _) in first {
-        *counts.entry(c.as_str()).or_default() += 1;
+    // customers who stay 4 days (one arriving every hour), so that some are done by mid-stream
+    let mut world = touchstream_sim::stream::default_world(77, 3000, 125.0);
+    world.customer_days = 4.0;
+    world.concurrency = 96;
+    let records = touchstream_sim::stream::events(world, 16_000).unwrap();
+    let first_end = records[7999].ts;
+    let events: Vec<(String, Vec<u8>)> = records.into_iter().map(|r| (r.customer_id, r.json)).collect();
+    let (first, second) = events.split_at(8000);
+    // the victim: the first half's busiest customer who does not come back in the second half and
+    // was active in its last 10 days (still inside customer_ttl when the erasure comes)
+    let recent = |json: &[u8]| serde_json::from_slice::<serde_json::Value>(json).unwrap()["ts"].as_i64().unwrap() > first_end - 10 * DAY;
+    let mut counts: HashMap<&str, (usize, bool)> = HashMap::new();
+    for (c, json) in first {
+        let e = counts.entry(c.as_str()).or_default();
+        e.0 += 1;
+        e.1 |= recent(json);
     }
     let later: std::collections::HashSet<&str> = second.iter().map(|(c, _)| c.as_str()).collect();
-    let victim = counts.iter().filter(|(c, _)| !later.contains(*c)).max_by_key(|(c, n)| (**n, *c)).map(|(c, _)| c.to_string()).unwrap();
+    let victim =
+        counts.iter().filter(|(c, (_, active))| *active && !later.contains(*c)).max_by_key(|(c, (n, _))| (*n, *c)).map(|(c, _)| c.to_string()).unwrap();
     let p = producer();
     let produce = |part: &[(String, Vec<u8>)]| {
         for (c, json) in part {

@@ -69,7 +69,7 @@ fn kill9_replicas_at_random_moments() {
 fn aborted_transactions_are_invisible_and_redone_once() {
     let topics = Topics::new("abort");
     create_topic(&topics.events, PARTITIONS);
-    produce_stream(&topics.events, 8_000, 12, 0.0);
+    produce_stream(&topics.events, 12_000, 12, 0.0);
     let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_ABORT_EVERY", "3")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
     let got = collect_outputs(&topics);
@@ -181,7 +181,7 @@ fn read_uncommitted_count(topic: &str) -> usize {
 fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
     let topics = Topics::new("fatal");
     create_topic(&topics.events, PARTITIONS);
-    produce_stream(&topics.events, 8_000, 15, 0.0);
+    produce_stream(&topics.events, 12_000, 15, 0.0);
     let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
     assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
     let got = collect_outputs(&topics);

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, PartitionEngine};
 use touchstream::event::{decode, Validation};
 
@@ -21,15 +20,16 @@ fn restore_one_million_customers() {
 
     // realistic states: generated journeys through the real engine
     let t0 = Instant::now();
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 5, active_customers: n, mean_gap_ms: 1.0, ..GeneratorConfig::default() });
+    // the simulator's default world, every customer arriving within a day, until n are resident
     let mut engine = PartitionEngine::new(0, EngineConfig::default());
     let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
-    let (mut json, mut customer, mut out) = (Vec::new(), String::new(), Vec::new());
-    while engine.customers() < n {
-        gen.next_into(&mut json, &mut customer);
-        engine.process(&decode(Some(customer.as_bytes()), &json, &check).unwrap(), &mut out);
+    let mut out = Vec::new();
+    touchstream_sim::stream::for_each_event(touchstream_sim::stream::default_world(5, n as u64, 1.0), None, |customer, _, json| {
+        engine.process(&decode(Some(customer.as_bytes()), json, &check).unwrap(), &mut out);
         out.clear();
-    }
+        engine.customers() < n
+    })
+    .unwrap();
     let (mut windows, mut log) = (Vec::new(), Vec::new());
     engine.drain_changed_windows(&mut windows);
     engine.drain_changelog(&windows, &mut log).unwrap();

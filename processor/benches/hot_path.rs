@@ -8,7 +8,6 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dashmap::DashMap;
 use touchstream::codec::registry::{RegistryError, SchemaSource};
-use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, PartitionEngine};
 use touchstream::event::{decode, Event, Validation};
 use touchstream::journey::CustomerState;
@@ -16,14 +15,8 @@ use touchstream::journey::CustomerState;
 const N: usize = 100_000;
 
 fn stream() -> Vec<(String, Vec<u8>)> {
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 7, active_customers: 5_000, ..GeneratorConfig::default() });
-    (0..N)
-        .map(|_| {
-            let (mut json, mut customer) = (Vec::new(), String::new());
-            gen.next_into(&mut json, &mut customer);
-            (customer, json)
-        })
-        .collect()
+    // the simulator's default world (the shipped models' training world), 5 000 customers
+    touchstream_sim::stream::default_events(7, 5_000, 1.0, N as u64).into_iter().map(|r| (r.customer_id, r.json)).collect()
 }
 
 const CHECK: Validation = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };

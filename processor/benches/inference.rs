@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use touchstream::config::Config;
-use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
 use touchstream::engine::{EngineConfig, Output, PartitionEngine};
 use touchstream::event::{decode, Channel, Event, EventType, Validation};
 use touchstream::inference::deep_credit::{AttributionRunner, DeepMode, ModelTouch};
@@ -116,14 +115,7 @@ fn deep(c: &mut Criterion) {
 
 fn per_event(c: &mut Criterion) {
     const N: usize = 20_000;
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 7, active_customers: 5_000, ..GeneratorConfig::default() });
-    let raw: Vec<(String, Vec<u8>)> = (0..N)
-        .map(|_| {
-            let (mut json, mut customer) = (Vec::new(), String::new());
-            gen.next_into(&mut json, &mut customer);
-            (customer, json)
-        })
-        .collect();
+    let raw: Vec<(String, Vec<u8>)> = touchstream_sim::stream::default_events(7, 5_000, 1.0, N as u64).into_iter().map(|r| (r.customer_id, r.json)).collect();
     let mut g = c.benchmark_group("per_event_path");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(10);

@@ -18,6 +18,7 @@ pub mod journey;
 pub mod kafka;
 pub mod lifecycle;
 pub mod output;
+pub mod outputs;
 pub mod pipeline;
 pub mod telemetry;
 pub mod time;

@@ -165,7 +165,7 @@ struct DemoArgs {
     /// Seconds between summaries.
     #[arg(long, default_value_t = 3)]
     every: u64,
-    /// Seed of the journey generator.
+    /// Seed of the simulated world.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[command(flatten)]
@@ -248,8 +248,8 @@ async fn run(mut cfg: Config) -> Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     start_http(&cfg, health.clone()).await?;
     on_shutdown_signal(shutdown.clone());
-    kafka::admin::ensure_topics(&cfg).await.context("preparing output topics")?;
-    let limits = kafka::admin::record_limits(&cfg).await;
+    kafka::admin::ensure_topics(&cfg, touchstream::outputs::topic_specs).await.context("preparing output topics")?;
+    let limits = kafka::admin::record_limits(&cfg, &touchstream::outputs::topic_specs(&cfg, 1)).await;
     kafka::admin::fit_batches(&mut cfg, &limits);
     tracing::info!(group = %cfg.kafka.group_id, input = %cfg.topics.events, guarantee = ?cfg.kafka.guarantee, "starting");
     let reload = Arc::new(AtomicBool::new(false));

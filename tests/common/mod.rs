@@ -355,16 +355,26 @@ pub fn send_keyed(p: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
     }
 }
 
-/// Produces `n` generated events (seeded) to `topic`, spread over about `seconds`.
+/// The first `n` events of the simulator's default world (seeded; 400 customers arriving within
+/// half a day) as (customer id, JSON).
+pub fn simulated(n: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    touchstream_sim::stream::default_events(seed, 400, 0.5, n as u64).into_iter().map(|r| (r.customer_id, r.json)).collect()
+}
+
+/// Produces `n` simulated events (seeded, [`simulated`]) to `topic`, spread over about `seconds`.
 pub fn produce_stream(topic: &str, n: usize, seed: u64, seconds: f64) {
-    use touchstream::demo::generator::{GeneratorConfig, JourneyGenerator};
+    produce_events(topic, &simulated(n, seed), seconds);
+}
+
+/// Produces `events` (customer id, JSON) to `topic` in order, spread over about `seconds`. A test
+/// that produces in phases splits one stream, so that every phase goes on in event time where
+/// the previous one stopped.
+pub fn produce_events(topic: &str, events: &[(String, Vec<u8>)], seconds: f64) {
     let p = producer();
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed, active_customers: 400, mean_gap_ms: 2_000.0, ..GeneratorConfig::default() });
-    let (mut json, mut customer) = (Vec::new(), String::new());
     let start = Instant::now();
-    for i in 0..n {
-        gen.next_into(&mut json, &mut customer);
-        send_keyed(&p, topic, customer.as_bytes(), &json);
+    let n = events.len().max(1);
+    for (i, (customer, json)) in events.iter().enumerate() {
+        send_keyed(&p, topic, customer.as_bytes(), json);
         let due = start + Duration::from_secs_f64(seconds * (i + 1) as f64 / n as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             p.poll(wait);
@@ -457,7 +467,7 @@ pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[track_caller]
 pub fn assert_same_outputs(got: &Outputs, want: &Outputs) {
     assert!(
-        want.conversion_records > 50 && want.alert_records > 10,
+        want.conversion_records > 30 && want.alert_records > 10,
         "the reference run has work: {} conversions, {} alerts",
         want.conversion_records,
         want.alert_records
@@ -483,7 +493,9 @@ pub fn assert_same_outputs(got: &Outputs, want: &Outputs) {
     for (k, v) in &want.alerts {
         assert!(same_json(v, &got.alerts[k]), "alert {k} differs:\nwant {v}\ngot  {}", got.alerts[k]);
     }
-    assert_eq!(got.channels.len(), want.channels.len(), "channel window keys");
+    let missing: Vec<&String> = want.channels.keys().filter(|k| !got.channels.contains_key(*k)).take(10).collect();
+    let extra: Vec<&String> = got.channels.keys().filter(|k| !want.channels.contains_key(*k)).take(10).collect();
+    assert_eq!(got.channels.len(), want.channels.len(), "channel window keys: missing {missing:?}, extra {extra:?}");
     for (k, v) in &want.channels {
         let g = got.channels.get(k).unwrap_or_else(|| panic!("channel window {k} missing"));
         assert!(same_json(v, g), "channel window {k} differs:\nwant {v}\ngot  {g}");

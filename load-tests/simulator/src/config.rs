@@ -24,6 +24,7 @@ pub struct World {
     pub concurrency: u64,
     pub step_minutes: u32,
     pub currency: String,
+    pub id_prefix: String,
     pub diurnal_amplitude: f64,
     pub diurnal_peak_hour: f64,
     pub synergy_days: f64,
@@ -267,6 +268,9 @@ impl World {
         }
         if self.step_minutes == 0 || 1440 % self.step_minutes != 0 {
             return Err("`step_minutes` must divide a day (1, 2, 5, 10, 15, 20, 30, 60, 120, ...)".into());
+        }
+        if self.id_prefix.is_empty() || !self.id_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err("`id_prefix` must be non-empty ASCII letters, digits or _".into());
         }
         if self.currency.is_empty() || !self.currency.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err("`currency` must be a non-empty ASCII code such as EUR".into());

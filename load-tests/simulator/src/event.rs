@@ -180,24 +180,26 @@ pub fn push_cents(out: &mut Vec<u8>, cents: i64) {
     out.push(b'0' + (frac % 10) as u8);
 }
 
-/// `c<customer>`.
-pub fn customer_id(customer: u64) -> String {
-    format!("c{customer}")
+/// `<prefix><customer>` (the world's `id_prefix`, `c` by default).
+pub fn customer_id(prefix: &str, customer: u64) -> String {
+    format!("{prefix}{customer}")
 }
 
-/// `c<customer>-<seq>`.
-pub fn event_id(customer: u64, seq: u32) -> String {
-    format!("c{customer}-{seq}")
+/// `<prefix><customer>-<seq>`.
+pub fn event_id(prefix: &str, customer: u64, seq: u32) -> String {
+    format!("{prefix}{customer}-{seq}")
 }
 
 /// Writes one event as a JSON object followed by a newline. All strings written are plain ASCII
 /// identifiers, so no escaping is needed (the currency is validated when the world is loaded).
-pub fn write_json(out: &mut Vec<u8>, customer: u64, ev: &Event, currency: &str) {
-    out.extend_from_slice(b"{\"event_id\":\"c");
+pub fn write_json(out: &mut Vec<u8>, prefix: &str, customer: u64, ev: &Event, currency: &str) {
+    out.extend_from_slice(b"{\"event_id\":\"");
+    out.extend_from_slice(prefix.as_bytes());
     push_u64(out, customer);
     out.push(b'-');
     push_u64(out, ev.seq as u64);
-    out.extend_from_slice(b"\",\"customer_id\":\"c");
+    out.extend_from_slice(b"\",\"customer_id\":\"");
+    out.extend_from_slice(prefix.as_bytes());
     push_u64(out, customer);
     out.extend_from_slice(b"\",\"ts\":");
     push_i64(out, ev.ts);
@@ -217,7 +219,8 @@ pub fn write_json(out: &mut Vec<u8>, customer: u64, ev: &Event, currency: &str) 
         }
     }
     if ev.session != 0 {
-        out.extend_from_slice(b",\"session_id\":\"c");
+        out.extend_from_slice(b",\"session_id\":\"");
+        out.extend_from_slice(prefix.as_bytes());
         push_u64(out, customer);
         out.extend_from_slice(b"-s");
         push_u64(out, ev.session as u64);
@@ -259,7 +262,7 @@ mod tests {
         ev.value_cents = 1905;
         ev.quantity = 2;
         let mut out = Vec::new();
-        write_json(&mut out, 12, &ev, "EUR");
+        write_json(&mut out, "c", 12, &ev, "EUR");
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -273,7 +276,7 @@ mod tests {
         ev.channel = Some(Channel::Display);
         ev.campaign = Campaign::Retargeting;
         let mut out = Vec::new();
-        write_json(&mut out, 0, &ev, "EUR");
+        write_json(&mut out, "c", 0, &ev, "EUR");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["campaign"], "display_retargeting");
         assert_eq!(v["channel"], "display");
@@ -281,7 +284,7 @@ mod tests {
         let mut ev = Event::new(5, 1, EventType::Search);
         ev.query = 10;
         let mut out = Vec::new();
-        write_json(&mut out, 0, &ev, "EUR");
+        write_json(&mut out, "c", 0, &ev, "EUR");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["properties"]["query"], "term9");
     }

@@ -10,6 +10,7 @@ pub mod model;
 pub mod rng;
 pub mod rules;
 pub mod run;
+pub mod stream;
 
 pub use config::World;
 pub use model::Model;

@@ -357,7 +357,7 @@ impl<'m, 'w> Driver<'m, 'w> {
     fn emit(&mut self, a: &mut Active<'m>, ev: &Event) -> io::Result<()> {
         let idx = a.sim.idx;
         if self.events.is_some() {
-            write_json(&mut self.buf, idx, ev, &self.m.world.currency);
+            write_json(&mut self.buf, &self.m.world.id_prefix, idx, ev, &self.m.world.currency);
             if self.buf.len() >= 1 << 20 {
                 self.flush_events()?;
             }
@@ -425,8 +425,8 @@ impl<'m, 'w> Driver<'m, 'w> {
         }
         if let Some(tr) = self.truth.as_mut() {
             let out = ConversionOut {
-                conversion_id: event_id(idx, c.purchase_seq),
-                customer_id: customer_id(idx),
+                conversion_id: event_id(&self.m.world.id_prefix, idx, c.purchase_seq),
+                customer_id: customer_id(&self.m.world.id_prefix, idx),
                 conversion_ts: c.ts,
                 decision_ts: c.decision_ts,
                 value,
@@ -441,7 +441,7 @@ impl<'m, 'w> Driver<'m, 'w> {
                     .touches
                     .iter()
                     .map(|t| TouchOut {
-                        event_id: event_id(idx, t.seq),
+                        event_id: event_id(&self.m.world.id_prefix, idx, t.seq),
                         channel: t.channel.as_str(),
                         event_type: t.etype.as_str(),
                         ts: t.ts,
@@ -472,8 +472,8 @@ impl<'m, 'w> Driver<'m, 'w> {
             self.carts_alert_expected += 1;
         }
         if let Some(tr) = self.truth.as_mut() {
-            let cid = customer_id(idx);
-            let eid = event_id(idx, cart.seq);
+            let cid = customer_id(&self.m.world.id_prefix, idx);
+            let eid = event_id(&self.m.world.id_prefix, idx, cart.seq);
             let out = CartOut {
                 alert_id: format!("{cid}:{eid}"),
                 customer_id: cid,

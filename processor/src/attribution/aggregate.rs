@@ -43,6 +43,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct ChannelAggregator {
     retention: Millis,
+    /// How many source (input) partitions publish partials (0: unknown, count those seen).
+    sources: usize,
     entries: HashMap<(Millis, Channel), Entry, RandomState>,
     dirty: Vec<(Millis, Channel)>,
     /// Newest window end reported by each source partition: windows older than the slowest
@@ -51,16 +53,36 @@ pub struct ChannelAggregator {
     /// Partials that arrived for windows already forgotten (dropped rather than written as a
     /// wrong total).
     pub dropped_late: u64,
+    /// Still replaying its partials partition from the beginning: no total is written until it
+    /// has read to the end ([`Self::caught_up`]), so that a rebuilt aggregator never writes the
+    /// sum of only the partials it has read so far.
+    replaying: bool,
 }
 
 impl ChannelAggregator {
     /// `retention`: totals are forgotten once they end this long before the newest window of the
-    /// slowest source partition.
-    pub fn new(retention: Millis) -> Self {
-        ChannelAggregator { retention, entries: HashMap::default(), dirty: Vec::new(), newest_by_source: Vec::new(), dropped_late: 0 }
+    /// slowest of the `sources` source partitions. Nothing is forgotten before every source has
+    /// published: a source that has not started yet (a replay where one input partition is read
+    /// before another) is the slowest of all. (An input partition that never gets an event keeps
+    /// every window: at most one entry per window and channel.)
+    pub fn new(retention: Millis, sources: usize) -> Self {
+        ChannelAggregator { retention, sources, entries: HashMap::default(), dirty: Vec::new(), newest_by_source: Vec::new(), dropped_late: 0, replaying: true }
+    }
+
+    /// The partials partition has been read to its end: totals are written from now on.
+    pub fn caught_up(&mut self) {
+        self.replaying = false;
+    }
+
+    /// Whether it is still replaying its partition (writes nothing yet).
+    pub fn replaying(&self) -> bool {
+        self.replaying
     }
 
     fn horizon(&self) -> Millis {
+        if self.newest_by_source.len() < self.sources {
+            return Millis::MIN;
+        }
         self.newest_by_source.iter().map(|(_, w)| *w).min().unwrap_or(Millis::MIN).saturating_sub(self.retention)
     }
 
@@ -93,6 +115,9 @@ impl ChannelAggregator {
 
     /// Writes the total of every key changed since the last call; forgets expired windows.
     pub fn drain_changed(&mut self, out: &mut Vec<ChannelWindowRecord>) {
+        if self.replaying {
+            return;
+        }
         for key in self.dirty.drain(..) {
             if let Some(e) = self.entries.get_mut(&key) {
                 e.dirty = false;
@@ -127,12 +152,15 @@ mod tests {
 
     #[test]
     fn sums_latest_partial_of_each_source_idempotently() {
-        let mut a = ChannelAggregator::new(86_400_000);
+        let mut a = ChannelAggregator::new(86_400_000, 2);
         a.apply(&partial(0, 1, 0.5));
+        let mut out = Vec::new();
+        a.drain_changed(&mut out);
+        assert!(out.is_empty() && a.replaying(), "nothing is written while the partition is replayed");
+        a.caught_up();
         a.apply(&partial(1, 2, 0.25));
         a.apply(&partial(0, 3, 1.5)); // newer partial of source 0 replaces the old one
         a.apply(&partial(1, 2, 0.25)); // a replayed partial changes nothing
-        let mut out = Vec::new();
         a.drain_changed(&mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].touchpoints, 5);
@@ -147,15 +175,20 @@ mod tests {
     #[test]
     fn a_lagging_source_holds_old_windows_and_forgotten_ones_are_never_rewritten() {
         let day = 86_400_000;
-        let mut a = ChannelAggregator::new(day);
+        let mut a = ChannelAggregator::new(day, 2);
+        a.caught_up();
         let at = |src: i32, start: Millis, td: f64| {
             let n = WindowNumbers { touchpoints: 1, conversions: [td, 0.0, 0.0, 0.0, 0.0], revenue: [0.0; 5], deep: None };
             ChannelWindowRecord::new(start, 3_600_000, Channel::Email, &n, Some(src))
         };
         a.apply(&at(0, 0, 1.0));
         a.apply(&at(0, 10 * day, 1.0));
-        a.apply(&at(1, 0, 2.0)); // source 1 is far behind: window 0 must still sum both
+        // source 1 has not published at all yet (its input partition is read later): nothing is forgotten
         let mut out = Vec::new();
+        a.drain_changed(&mut out);
+        assert_eq!(a.len(), 2);
+        a.apply(&at(1, 0, 2.0)); // source 1 is far behind: window 0 must still sum both
+        out.clear();
         a.drain_changed(&mut out);
         let w0 = out.iter().find(|r| r.window_start == 0).unwrap();
         assert_eq!(w0.credited_conversions.time_decay, 3.0);

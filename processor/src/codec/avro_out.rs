@@ -91,70 +91,10 @@ pub fn encode<T: Serialize + ?Sized>(record: &T, target: &AvroTarget, buf: &mut 
     Ok(())
 }
 
-/// The codecs of the output topics that can be Avro.
-#[derive(Debug, Clone)]
-pub struct OutputCodecs {
-    pub conversions: OutputCodec,
-    pub channels: OutputCodec,
-    pub alerts: OutputCodec,
-    pub scores: OutputCodec,
-}
-
-impl OutputCodecs {
-    pub fn json() -> OutputCodecs {
-        OutputCodecs { conversions: OutputCodec::Json, channels: OutputCodec::Json, alerts: OutputCodec::Json, scores: OutputCodec::Json }
-    }
-
-    /// Registers (or, without `registry.auto_register`, looks up) the schema of every Avro output
-    /// topic under `<topic>-value` (and `<topic>-key` for Avro keys). Waits with backoff while the
-    /// registry is unavailable (until `stop` is set); an incompatible or refused schema is an error
-    /// that says which subject and why.
-    pub fn prepare(
-        cfg: &crate::config::Config,
-        client: Option<&crate::codec::registry::RegistryClient>,
-        stop: &std::sync::atomic::AtomicBool,
-        watch: &dyn RegistryWatch,
-    ) -> Result<OutputCodecs, CodecError> {
-        use crate::config::{KeyFormat, OutputFormat};
-        let mut backoff = crate::codec::registry::Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration());
-        let mut codec = |format: OutputFormat, topic: &str, file: &str, text: &str| -> Result<OutputCodec, CodecError> {
-            if format == OutputFormat::Json {
-                return Ok(OutputCodec::Json);
-            }
-            let client = client.ok_or(CodecError::NoRegistry)?;
-            let value = register(client, cfg.registry.auto_register, &format!("{topic}-value"), file, text, stop, watch, &mut backoff)?;
-            let key = match cfg.formats.keys {
-                KeyFormat::String => None,
-                KeyFormat::Avro => Some(register(
-                    client,
-                    cfg.registry.auto_register,
-                    &format!("{topic}-key"),
-                    "the string key schema",
-                    STRING_KEY_SCHEMA,
-                    stop,
-                    watch,
-                    &mut backoff,
-                )?),
-            };
-            Ok(OutputCodec::Avro { value, key })
-        };
-        let f = &cfg.formats;
-        let t = &cfg.topics;
-        Ok(OutputCodecs {
-            conversions: codec(f.conversions, &t.conversions, "schemas/attribution_conversion.avsc", CONVERSION_SCHEMA)?,
-            channels: codec(f.channels, &t.channels, "schemas/attribution_channel_window.avsc", CHANNEL_WINDOW_SCHEMA)?,
-            alerts: codec(f.alerts, &t.alerts, "schemas/cart_abandonment_alert.avsc", ALERT_SCHEMA)?,
-            scores: if cfg.models.enabled && cfg.scores.enabled {
-                codec(f.scores, &t.scores, "schemas/customer_score.avsc", SCORE_SCHEMA)?
-            } else {
-                OutputCodec::Json
-            },
-        })
-    }
-}
-
+/// Registers (or looks up) one output subject's schema, waiting with backoff while the registry is
+/// unavailable.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn register(
+pub(crate) fn register(
     client: &crate::codec::registry::RegistryClient,
     auto_register: bool,
     subject: &str,

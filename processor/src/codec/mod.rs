@@ -17,7 +17,7 @@ pub mod registry;
 mod tests;
 
 pub use avro_in::AvroDecoder;
-pub use avro_out::{encode, AvroTarget, CodecError, OutputCodec, OutputCodecs, RegistryWatch};
+pub use avro_out::{encode, AvroTarget, CodecError, OutputCodec, RegistryWatch};
 
 /// Our reader schema of the input contract (the source of truth, versioned in git).
 pub const JOURNEY_EVENT_SCHEMA: &str = include_str!("../../../schemas/journey_event.avsc");

@@ -272,16 +272,14 @@ fn schemas_evolve_compatibly_from_every_released_version() {
     assert!(SchemaCompatibility::can_read(&a, &b).is_err());
 }
 
-/// Events of the demo generator in our schema, framed under id 1.
+/// Simulated events in our schema, framed under id 1.
 fn generated(n: usize) -> Vec<(String, Vec<u8>)> {
-    use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
     let schema = Schema::parse_str(JOURNEY_EVENT_SCHEMA).unwrap();
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 50, ..GeneratorConfig::default() });
-    (0..n)
-        .map(|_| {
-            let (mut json, mut customer) = (Vec::new(), String::new());
-            gen.next_into(&mut json, &mut customer);
-            let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    touchstream_sim::stream::default_events(3, 50, 0.2, n as u64)
+        .into_iter()
+        .map(|r| {
+            let customer = r.customer_id;
+            let json: serde_json::Value = serde_json::from_slice(&r.json).unwrap();
             let value = Value::from(json).resolve(&schema).unwrap();
             let mut out = Vec::new();
             frame(1, &apache_avro::to_avro_datum(&schema, value).unwrap(), &mut out);

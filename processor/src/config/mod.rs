@@ -333,7 +333,11 @@ pub enum KeyFormat {
 impl FormatsConfig {
     /// Whether any topic needs the schema registry.
     pub fn uses_registry(&self) -> bool {
-        self.events != InputFormat::Json || [self.conversions, self.channels, self.alerts, self.scores].contains(&OutputFormat::Avro)
+        // every entry but `events` and `keys` is an output topic's OutputFormat
+        let table = toml::Value::try_from(self).ok();
+        let avro_output =
+            table.as_ref().and_then(toml::Value::as_table).is_some_and(|t| t.iter().any(|(k, v)| k != "events" && k != "keys" && v.as_str() == Some("avro")));
+        self.events != InputFormat::Json || avro_output
     }
 }
 
@@ -373,19 +377,16 @@ impl Config {
         not_blank("kafka.brokers", &self.kafka.brokers)?;
         not_blank("kafka.group_id", &self.kafka.group_id)?;
         not_blank("kafka.client_id", &self.kafka.client_id)?;
-        let mut topics = vec![
-            ("topics.events", &self.topics.events),
-            ("topics.conversions", &self.topics.conversions),
-            ("topics.channels", &self.topics.channels),
-            ("topics.alerts", &self.topics.alerts),
-            ("topics.dlq", &self.topics.dlq),
-            ("topics.channel_partials", &self.topics.channel_partials),
-            ("topics.changelog", &self.topics.changelog),
-            ("topics.scores", &self.topics.scores),
-        ];
-        if !self.topics.erasure.is_empty() {
-            topics.extend([("topics.erasure", &self.topics.erasure), ("topics.erasure_audit", &self.topics.erasure_audit)]);
-        }
+        // every topic name under [topics] (the erasure pair only when erasure is on)
+        let table = toml::Value::try_from(&self.topics).map_err(|e| key_err("topics", e.to_string()))?;
+        let erasure_on = !self.topics.erasure.is_empty();
+        let topics: Vec<(String, &str)> = table
+            .as_table()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "partitioner" && (erasure_on || !k.starts_with("erasure")))
+            .filter_map(|(k, v)| Some((format!("topics.{k}"), v.as_str()?)))
+            .collect();
         for (i, (key, name)) in topics.iter().enumerate() {
             not_blank(key, name)?;
             if name.len() > 249 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {

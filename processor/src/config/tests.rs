@@ -96,7 +96,7 @@ fn retention_of_created_topics() {
     assert_eq!(kept["topics.retention.conversions"], Some(90 * 86_400_000));
     assert_eq!(kept["topics.retention.dlq"], Some(7 * 86_400_000), "the default");
     assert_eq!(kept["topics.retention.erasure_audit"], Some(-1));
-    let specs = crate::kafka::admin::output_topics(&cfg, 4);
+    let specs = crate::outputs::topic_specs(&cfg, 4);
     let of = |name: &str| specs.iter().find(|s| s.name == name).unwrap().retention_ms;
     assert_eq!(of(&cfg.topics.conversions), Some(90 * 86_400_000));
     assert_eq!(of(&cfg.topics.dlq), Some(7 * 86_400_000));

@@ -1,9 +1,6 @@
 //! The embedded demo: librdkafka's in-process mock cluster, the simulator's default world (the one
 //! the shipped models were trained on) feeding it, the real processor against it, and a live
-//! summary read back from the output topics. (`generator` is the older journey generator, still
-//! used by tests and benchmarks.)
-
-pub mod generator;
+//! summary read back from the output topics.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -48,7 +45,8 @@ pub fn run(mut cfg: Config, opts: DemoOptions, health: Arc<Health>, stop: Arc<At
     let mock = MockCluster::new(1)?;
     let brokers = mock.bootstrap_servers();
     let t = cfg.topics.clone();
-    for topic in [&t.events, &t.conversions, &t.alerts, &t.dlq, &t.channels, &t.channel_partials, &t.changelog, &t.scores, &t.erasure, &t.erasure_audit] {
+    let outputs = crate::outputs::OUTPUTS.iter().map(|s| (s.topic)(&t));
+    for topic in std::iter::once(t.events.as_str()).chain(outputs) {
         if !topic.is_empty() {
             mock.create_topic(topic, PARTITIONS, 1)?;
         }

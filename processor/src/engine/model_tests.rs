@@ -122,9 +122,7 @@ fn features_scores_and_deep_credit_match_the_training_pipeline() {
 /// large waves of many customers.
 #[test]
 fn outputs_do_not_depend_on_inference_batching() {
-    use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
-    let mut gen = JourneyGenerator::new(GeneratorConfig { active_customers: 300, ..GeneratorConfig::default() });
-    let events: Vec<_> = (0..6000).map(|_| gen.next_event()).collect();
+    let events = touchstream_sim::stream::default_events(42, 300, 0.5, 6000);
     let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
     let run = |flush_each: bool| {
         // thresholds low enough that the model alerts too, beside the rule
@@ -146,7 +144,8 @@ fn outputs_do_not_depend_on_inference_batching() {
     let (one, one_scores, one_stats) = run(true);
     let (batched, batched_scores, batched_stats) = run(false);
     assert_eq!(one_stats.rows, batched_stats.rows);
-    assert!(batched_stats.calls * 8 < one_stats.calls, "batched: {} calls for {} rows", batched_stats.calls, batched_stats.rows);
+    // the simulated stream's waves are cut by cart decisions that need a score (~6 rows a call)
+    assert!(batched_stats.calls * 4 < one_stats.calls, "batched: {} calls for {} rows", batched_stats.calls, batched_stats.rows);
     assert_eq!(one_scores, batched_scores);
     assert_eq!(super::tests::as_set(&one), super::tests::as_set(&batched));
     let alerts = |reason: &str| one.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == reason)).count();

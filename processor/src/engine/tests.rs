@@ -184,15 +184,7 @@ fn model_alerts_replay_exactly_after_a_restore() {
 /// Runs the demo stream whole and with a commit every 97 events and a crash + restore after the
 /// commits at `crashes`; asserts the same outputs and returns them.
 fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
-    use crate::demo::generator::{GeneratorConfig, JourneyGenerator};
-    let mut gen = JourneyGenerator::new(GeneratorConfig { seed: 3, active_customers: 300, ..GeneratorConfig::default() });
-    let raw: Vec<(String, Vec<u8>)> = (0..30_000)
-        .map(|_| {
-            let (mut j, mut c) = (Vec::new(), String::new());
-            gen.next_into(&mut j, &mut c);
-            (c, j)
-        })
-        .collect();
+    let raw: Vec<(String, Vec<u8>)> = touchstream_sim::stream::default_events(3, 300, 0.5, 30_000).into_iter().map(|r| (r.customer_id, r.json)).collect();
     let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
     let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &check).unwrap()).collect();
 

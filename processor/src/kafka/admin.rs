@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 /// The largest record each output topic accepts from this processor: the topic's
 /// `max.message.bytes` (read from the broker) and the producer's `message.max.bytes`, whichever is
 /// smaller. A topic the broker says nothing about gets the producer's limit.
-pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
+pub async fn record_limits(cfg: &Config, out: &[TopicSpec]) -> HashMap<String, usize> {
     let producer = cfg
         .kafka
         .producer
@@ -46,7 +46,6 @@ pub async fn record_limits(cfg: &Config) -> HashMap<String, usize> {
         .or_else(|| cfg.kafka.options.get("message.max.bytes"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    let out = output_topics(cfg, 1);
     let specs_by_name: HashMap<&str, Option<i64>> = out.iter().map(|t| (t.name.as_str(), t.retention_ms)).collect();
     let topics: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
     let mut limits: HashMap<String, usize> = topics.iter().map(|t| (t.clone(), producer)).collect();
@@ -96,38 +95,11 @@ pub struct TopicSpec {
     pub partitions: Option<i32>,
 }
 
-/// The topics the processor writes: event topics (conversions, alerts, DLQ) are not compacted;
-/// upsert topics (channel totals, scores, internal partials, state changelog) are. The changelog gets the
-/// input topic's partition count.
-pub fn output_topics(cfg: &Config, input_partitions: i32) -> Vec<TopicSpec> {
-    let t = &cfg.topics;
-    let partial_retention = cfg.attribution.window_retention.ms() + cfg.attribution.window.ms() + 86_400_000;
-    let spec = |name: &String, compacted, retention_ms, partitions| TopicSpec { name: name.clone(), compacted, retention_ms, partitions };
-    // validated at load: a bad value never gets here
-    let kept = t.retention.parsed().map(|r| r.map(|(_, ms)| ms)).unwrap_or_default();
-    let [conversions, alerts, dlq, erasure, audit] = kept;
-    let mut topics = vec![
-        spec(&t.conversions, false, conversions, None),
-        spec(&t.alerts, false, alerts, None),
-        spec(&t.dlq, false, dlq, None),
-        spec(&t.channels, true, None, None),
-        spec(&t.channel_partials, true, Some(partial_retention), None),
-        spec(&t.changelog, true, None, Some(input_partitions)),
-    ];
-    if cfg.models.enabled && cfg.scores.enabled {
-        topics.push(spec(&t.scores, true, None, None));
-    }
-    if !t.erasure.is_empty() {
-        topics.push(spec(&t.erasure, false, erasure, Some(input_partitions)));
-        topics.push(spec(&t.erasure_audit, false, audit, None));
-    }
-    topics
-}
-
-/// Creates missing output topics (when `topics.create`), or checks that they exist.
-pub async fn ensure_topics(cfg: &Config) -> Result<(), AdminError> {
+/// Creates missing output topics (when `topics.create`), or checks that they exist; `specs` gives
+/// them for the input's partition count.
+pub async fn ensure_topics(cfg: &Config, specs: impl Fn(&Config, i32) -> Vec<TopicSpec>) -> Result<(), AdminError> {
     let input_partitions = partition_count(cfg, &cfg.topics.events)?.ok_or_else(|| AdminError::NoInput { topic: cfg.topics.events.clone() })?;
-    let specs = output_topics(cfg, input_partitions);
+    let specs = specs(cfg, input_partitions);
     create_missing(cfg, &specs).await?;
     let found = appeared(cfg, &cfg.topics.changelog).await?;
     if !cfg.topics.erasure.is_empty() {

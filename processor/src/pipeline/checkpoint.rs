@@ -125,7 +125,7 @@ impl Processor {
                 tpl.add_partition_offset(&self.cfg.topics.channel_partials, *p, Offset::Beginning).map_err(RunError::Consumer)?;
             }
             for agg in self.aggregators.values_mut() {
-                *agg = ChannelAggregator::new(self.cfg.attribution.window_retention.ms());
+                *agg = ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize);
             }
             if let Some(partials) = &self.partials {
                 partials.seek_partitions(tpl, CALL_TIMEOUT).map_err(RunError::Consumer)?;
@@ -164,56 +164,28 @@ impl Processor {
         self.ship_score_tombstones()?;
         self.telemetry.scores(&self.scores);
         for rec in self.scores.drain(..) {
-            self.buf.clear();
-            self.keybuf.clear();
-            self.codecs.scores.encode_value(&rec, &mut self.buf)?;
-            self.codecs.scores.encode_key(&rec.customer_id, &mut self.keybuf)?;
-            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
+            self.writer.record(&mut self.sink, Kind::Scores, None, &rec.customer_id, &rec)?;
         }
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
             engine.drain_changelog(&self.windows[from..], &mut self.changelog)?;
             for entry in self.changelog.drain(..) {
-                self.sink.send(OutRecord {
-                    topic: &self.cfg.topics.changelog,
-                    partition: Some(*p),
-                    key: Some(&entry.key),
-                    payload: entry.value.as_deref(),
-                    headers: None,
-                })?;
+                self.writer.raw(&mut self.sink, Kind::Changelog, Some(*p), &entry.key, entry.value.as_deref())?;
             }
         }
         for rec in self.windows.drain(..) {
             let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
             let src = rec.source_partition.unwrap_or_default();
-            self.buf.clear();
-            serde_json::to_writer(&mut self.buf, &rec)?;
-            let key = partial_key(rec.window_start, channel, src);
-            self.sink.send(OutRecord {
-                topic: &self.cfg.topics.channel_partials,
-                partition: Some(partials_partition(rec.window_start, channel, self.partials_partitions)),
-                key: Some(key.as_bytes()),
-                payload: Some(&self.buf),
-                headers: None,
-            })?;
+            let partition = Some(partials_partition(rec.window_start, channel, self.partials_partitions));
+            self.writer.record(&mut self.sink, Kind::ChannelPartials, partition, &partial_key(rec.window_start, channel, src), &rec)?;
         }
         for agg in self.aggregators.values_mut() {
             agg.drain_changed(&mut self.windows);
         }
         self.telemetry.window_updates(self.windows.len());
         for rec in self.windows.drain(..) {
-            self.buf.clear();
-            self.keybuf.clear();
-            self.codecs.channels.encode_value(&rec, &mut self.buf)?;
-            self.codecs.channels.encode_key(&total_key(rec.window_start, &rec.channel), &mut self.keybuf)?;
-            self.sink.send(OutRecord {
-                topic: &self.cfg.topics.channels,
-                partition: None,
-                key: Some(&self.keybuf),
-                payload: Some(&self.buf),
-                headers: None,
-            })?;
+            self.writer.record(&mut self.sink, Kind::Channels, None, &total_key(rec.window_start, &rec.channel), &rec)?;
         }
 
         let mut tpl = TopicPartitionList::new();

@@ -45,7 +45,7 @@ impl Processor {
             }
         }
         self.sink.send(OutRecord {
-            topic: &self.cfg.topics.dlq,
+            topic: self.writer.topic(Kind::Dlq),
             partition: None,
             key: key.map(|k| cut(k, whole, excerpt)),
             payload: msg.payload().map(|b| cut(b, whole, excerpt)),
@@ -56,34 +56,24 @@ impl Processor {
 
     pub(super) fn ship_outputs(&mut self) -> Result<(), RunError> {
         for out in self.outputs.drain(..) {
-            self.buf.clear();
-            self.keybuf.clear();
-            let topic = match &out {
+            match &out {
                 Output::Conversion(c) => {
                     match self.cfg.privacy.analytics_id(&c.customer_id) {
                         Some(id) => {
                             let pseudonymous = ConversionRecord { customer_id: id, ..c.clone() };
-                            self.codecs.conversions.encode_value(&pseudonymous, &mut self.buf)?;
-                            self.codecs.conversions.encode_key(&pseudonymous.customer_id, &mut self.keybuf)?;
+                            self.writer.record(&mut self.sink, Kind::Conversions, None, &pseudonymous.customer_id, &pseudonymous)?;
                         }
-                        None => {
-                            self.codecs.conversions.encode_value(c, &mut self.buf)?;
-                            self.codecs.conversions.encode_key(&c.customer_id, &mut self.keybuf)?;
-                        }
+                        None => self.writer.record(&mut self.sink, Kind::Conversions, None, &c.customer_id, c)?,
                     }
                     self.telemetry.conversion(c);
                     self.stats.conversions += 1;
-                    &self.cfg.topics.conversions
                 }
                 Output::Alert(a) => {
-                    self.codecs.alerts.encode_value(a, &mut self.buf)?;
-                    self.codecs.alerts.encode_key(&a.customer_id, &mut self.keybuf)?;
+                    self.writer.record(&mut self.sink, Kind::Alerts, None, &a.customer_id, a)?;
                     self.telemetry.alert(a);
                     self.stats.alerts += 1;
-                    &self.cfg.topics.alerts
                 }
-            };
-            self.sink.send(OutRecord { topic, partition: None, key: Some(&self.keybuf), payload: Some(&self.buf), headers: None })?;
+            }
         }
         Ok(())
     }

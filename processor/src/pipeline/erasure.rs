@@ -116,15 +116,7 @@ impl Processor {
                 scores_tombstoned: customer.is_some() && self.cfg.models.enabled && self.cfg.scores.enabled,
             };
             self.telemetry.erased(status, p, offset);
-            self.buf.clear();
-            serde_json::to_writer(&mut self.buf, &audit)?;
-            self.sink.send(OutRecord {
-                topic: &self.cfg.topics.erasure_audit,
-                partition: None,
-                key: Some(audit.request_id.as_bytes()),
-                payload: Some(&self.buf),
-                headers: None,
-            })?;
+            self.writer.record(&mut self.sink, Kind::ErasureAudit, None, &audit.request_id, &audit)?;
         }
         Ok(())
     }
@@ -139,9 +131,7 @@ impl Processor {
             return Ok(());
         }
         for key in keys {
-            self.keybuf.clear();
-            self.codecs.scores.encode_key(&key, &mut self.keybuf)?;
-            self.sink.send(OutRecord { topic: &self.cfg.topics.scores, partition: None, key: Some(&self.keybuf), payload: None, headers: None })?;
+            self.writer.tombstone(&mut self.sink, Kind::Scores, &key)?;
         }
         Ok(())
     }

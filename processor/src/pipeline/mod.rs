@@ -18,7 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
 use crate::changelog::{ChangelogEntry, RestoreError};
 use crate::codec::registry::{Backoff, RegistryClient};
-use crate::codec::{AvroDecoder, CodecError, DecodeError, OutputCodecs, RegistryWatch};
+use crate::codec::{AvroDecoder, CodecError, DecodeError, RegistryWatch};
 use crate::config::{Config, Guarantee, InputFormat};
 use crate::engine::{EngineConfig, Output, PartitionEngine};
 use crate::event::{Channel, InvalidEvent, Validation};
@@ -30,6 +30,7 @@ use crate::kafka::partitioner::Partitioner;
 use crate::kafka::sink::{OutRecord, Sink, SinkError, TxnClass};
 use crate::kafka::{client_config, Role};
 use crate::output::{ChannelWindowRecord, ConversionRecord, ScoreRecord};
+use crate::outputs::{Kind, WriteError, Writer};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
@@ -66,6 +67,15 @@ pub enum RunError {
     Registry(String),
     #[error("output codec: {0}")]
     Codec(#[from] CodecError),
+}
+
+impl From<WriteError> for RunError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Codec(e) => RunError::Codec(e),
+            WriteError::Sink(e) => RunError::Sink(e),
+        }
+    }
 }
 
 impl From<RestoreError> for RunError {
@@ -138,14 +148,12 @@ struct Processor {
     recreated: Vec<Instant>,
     last_input: HashMap<i32, Instant>,
     partials_partitions: i32,
-    buf: Vec<u8>,
-    keybuf: Vec<u8>,
     /// Input decoding: the format and, for avro/auto, the registry-backed decoder.
     input_format: InputFormat,
     avro: Option<AvroDecoder>,
     schema_fetches: u64,
-    /// How the conversions, channels and alerts topics are written.
-    codecs: OutputCodecs,
+    /// Every output topic's name and codec: the one send path (`outputs::OUTPUTS`).
+    writer: Writer,
     /// Input partitions paused because the writer schema (id) they need could not be fetched;
     /// each was sought back to the record that needs it.
     paused: HashMap<i32, u32>,
@@ -213,7 +221,7 @@ impl Runner {
         let registry = if cfg.formats.uses_registry() { Some(RegistryClient::new(&cfg.registry).map_err(RunError::Registry)?) } else { None };
         let telemetry = Telemetry::new();
         // Output schemas first: the member joins the group only once it can write every output.
-        let codecs = OutputCodecs::prepare(&cfg, registry.as_ref(), &shutdown, &Watch { health: &health, telemetry: &telemetry })?;
+        let writer = Writer::prepare(&cfg, registry.as_ref(), &shutdown, &Watch { health: &health, telemetry: &telemetry })?;
         let avro = match cfg.formats.events {
             InputFormat::Json => None,
             InputFormat::Avro | InputFormat::Auto => registry.clone().map(|r| AvroDecoder::new(Box::new(r))),
@@ -228,7 +236,9 @@ impl Runner {
             client_config(&cfg, Role::Consumer).create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
         consumer.subscribe(&[cfg.topics.events.as_str()]).map_err(RunError::Consumer)?;
         let mut partials_config = client_config(&cfg, Role::Consumer);
-        partials_config.set("group.id", format!("{}-partials", cfg.kafka.group_id));
+        // the end of each partials partition is reported: an aggregator writes totals only once it
+        // has replayed its partition to the end (attribution/aggregate.rs)
+        partials_config.set("group.id", format!("{}-partials", cfg.kafka.group_id)).set("enable.partition.eof", "true");
         let partials: BaseConsumer<SignallingContext> = partials_config.create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
         partials.subscribe(&[cfg.topics.channel_partials.as_str()]).map_err(RunError::Consumer)?;
         let producer_config = client_config(&cfg, Role::Producer);
@@ -274,11 +284,10 @@ impl Runner {
             input_format: cfg.formats.events,
             avro,
             schema_fetches: 0,
-            codecs,
+            writer,
             paused: HashMap::new(),
             registry_backoff: Backoff::new(cfg.registry.retry_min.as_duration(), cfg.registry.retry_max.as_duration()),
             registry_retry_at: Instant::now(),
-            keybuf: Vec::with_capacity(256),
             cfg,
             sink,
             telemetry,
@@ -296,7 +305,6 @@ impl Runner {
             recreated: Vec::new(),
             last_input: HashMap::new(),
             partials_partitions,
-            buf: Vec::with_capacity(4096),
             outputs: Vec::new(),
             windows: Vec::new(),
             batch_events: 0,
@@ -391,10 +399,18 @@ impl Processor {
             self.apply_signals(consumer, signals)?;
             match polled {
                 None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(agg) = self.aggregators.get_mut(&p) {
+                        agg.caught_up();
+                    }
+                }
                 Some(Err(e)) => self.telemetry.consumer_error(&e, "partials"),
                 Some(Ok(msg)) => {
                     let (p, offset) = (msg.partition(), msg.offset());
-                    let agg = self.aggregators.entry(p).or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
+                    let agg = self
+                        .aggregators
+                        .entry(p)
+                        .or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize));
                     match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
                         Ok(rec) if agg.apply(&rec) => {}
                         Ok(_) => self.telemetry.bad_partial(p, offset, "not a partial"),

@@ -13,7 +13,8 @@ impl Processor {
                     let events: Vec<i32> = parts.iter().filter(|(t, _)| *t == self.cfg.topics.events).map(|(_, p)| *p).collect();
                     for (topic, p) in &parts {
                         if *topic == self.cfg.topics.channel_partials {
-                            self.aggregators.insert(*p, ChannelAggregator::new(self.cfg.attribution.window_retention.ms()));
+                            self.aggregators
+                                .insert(*p, ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize));
                         }
                     }
                     self.load_partitions(consumer, &events)?;
