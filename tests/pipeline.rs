@@ -1,33 +1,20 @@
-//! End to end on a real broker: scripted journeys in, hand-computed credits, channel totals,
-//! abandonment alerts (watermark and idle paths) and the DLQ out.
+//! End to end on a real broker: the scenarios of `tests/scenarios/` (hand-computed credits and
+//! alerts, also run through the engine alone by `tests/scenarios.rs`) on one partition, an
+//! abandoned cart only the idle-partition watermark fires on another, malformed records among good
+//! ones on a third; channel totals, the DLQ, health and metrics out.
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::scenarios::{self, RULES};
 use common::*;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::Value;
 
-const RULES: [&str; 5] = ["time_decay", "last_touch", "first_touch", "linear", "position_based"];
-
 /// A malformed record: key, value and the DLQ kind it should get.
 type BadRecord<'a> = (Option<&'a [u8]>, Vec<u8>, &'a str);
-
-struct Script {
-    events: Vec<(i64, String, String)>, // (ts, customer, json)
-    n: usize,
-}
-
-impl Script {
-    fn add(&mut self, customer: &str, ts: i64, event_type: &str, extra: &str) -> String {
-        self.n += 1;
-        let id = format!("{customer}-{}", self.n);
-        self.events.push((ts, customer.to_string(), event(&id, customer, ts, event_type, extra)));
-        id
-    }
-}
 
 fn credits(tp: &Value) -> [f64; 5] {
     RULES.map(|r| tp[r].as_f64().unwrap_or_else(|| panic!("{r} missing in {tp}")))
@@ -40,37 +27,14 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
     let now = now_ms();
     let t = (now - 60 * DAY).div_euclid(HOUR) * HOUR;
 
-    // ---- partition 0: attribution and abandonment in event-time order
-    let mut s = Script { events: Vec::new(), n: 0 };
-    let alice_display = s.add("alice", t, "impression", r#","channel":"display","campaign":"spring""#);
-    s.add("alice", t + 7 * DAY, "click", r#","channel":"paid_search","campaign":"brand""#);
-    s.add("alice", t + 14 * DAY, "email_click", r#","channel":"email","campaign":"winback""#);
-    let alice_buy = s.add("alice", t + 14 * DAY, "purchase", r#","value":70.0,"currency":"EUR""#);
-    s.add("bob", t + HOUR, "click", r#","channel":"paid_social""#);
-    let bob_buy = s.add("bob", t + 7 * DAY + HOUR, "purchase", r#","value":20.0"#);
-    s.add("carol", t + 2 * HOUR, "email_open", r#","channel":"email""#);
-    s.add("carol", t + 7 * DAY + 2 * HOUR, "click", r#","channel":"sms""#);
-    let carol_buy = s.add("carol", t + 7 * DAY + 2 * HOUR, "purchase", r#","value":30.0"#);
-    let dave_buy = s.add("dave", t + 3 * DAY, "purchase", r#","value":15.0"#);
-    s.add("erin", t + 3 * HOUR, "impression", r#","channel":"affiliate""#);
-    let erin_buy1 = s.add("erin", t + DAY + 3 * HOUR, "purchase", r#","value":10.0"#);
-    s.add("erin", t + 2 * DAY, "click", r#","channel":"referral""#);
-    let erin_buy2 = s.add("erin", t + 2 * DAY + 30 * MIN, "purchase", r#","value":12.0"#);
-    s.add("frank", t + 4 * HOUR, "impression", r#","channel":"display""#);
-    let frank_buy = s.add("frank", t + 31 * DAY + 4 * HOUR, "purchase", r#","value":5.0"#);
-    // gina abandons a cart (alert at last activity + 30 min); hank buys within the timeout;
-    // iris abandons a big cart.
-    s.add("gina", t + 20 * DAY, "click", r#","channel":"display","campaign":"retarget""#);
-    let gina_cart = s.add("gina", t + 20 * DAY + MIN, "cart_add", r#","product_id":"p1","quantity":2,"value":30.0,"currency":"EUR""#);
-    s.add("gina", t + 20 * DAY + 5 * MIN, "page_view", "");
-    s.add("hank", t + 20 * DAY + 2 * MIN, "cart_add", r#","product_id":"p2","value":200.0"#);
-    let hank_buy = s.add("hank", t + 20 * DAY + 20 * MIN, "purchase", r#","value":200.0"#);
-    let iris_cart = s.add("iris", t + 21 * DAY, "cart_add", r#","product_id":"p3","value":150.0"#);
-    s.add("zed", t + 22 * DAY, "page_view", ""); // moves the watermark past both deadlines
-    s.events.sort_by_key(|(ts, _, _)| *ts); // stable: equal ts keep script order
+    // ---- partition 0: the scenarios of tests/scenarios/ (attribution and abandonment), all of
+    // them in one event-time order
+    let scenarios = scenarios::all();
+    let mut script: Vec<(i64, String, String)> = scenarios.iter().flat_map(|sc| sc.events(t)).collect();
+    script.sort_by_key(|(ts, _, _)| *ts); // stable: equal ts keep script order
 
     let p = producer();
-    for (_, customer, json) in &s.events {
+    for (_, customer, json) in &script {
         send_raw(&p, &topics.events, 0, Some(customer.as_bytes()), json.as_bytes(), None);
     }
     // ---- partition 1: a lone abandoned cart that only the idle-partition watermark can fire
@@ -101,74 +65,32 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
         &[("event_time.idle_timeout", "4s"), ("http.enabled", "true"), ("http.listen", &http), ("models.enabled", "false"), ("alerts.target_delay", "30m")],
     );
 
-    // ---- conversions: every credit column equals the hand-computed value
-    let expected_conversions = 10;
+    let expected_conversions = scenarios.iter().map(|sc| sc.expected().0).sum::<usize>() + 2;
+    let expected_alerts = scenarios.iter().map(|sc| sc.expected().1).sum::<usize>() + 1;
+    // ---- conversions and alerts: each scenario's, with every credit column; jo's two purchases
+    // around the bad records; ivy's alert via the idle partition
     let records = read_until(&topics.conversions, Duration::from_secs(90), |r| r.len() >= expected_conversions);
     assert_eq!(records.len(), expected_conversions, "conversions: {records:?}\nprocessor log:\n{}", proc.log());
-    let by_id: HashMap<String, Value> = records.iter().map(|r| (r.json()["conversion_id"].as_str().unwrap().to_string(), r.json())).collect();
-    assert_eq!(by_id.len(), expected_conversions, "no duplicates");
     for r in &records {
         assert_eq!(r.key_str(), r.json()["customer_id"].as_str().unwrap(), "keyed by customer");
     }
-    let check = |id: &str, channels: &[&str], expected: &[[f64; 5]]| {
-        let c = &by_id[id];
-        let tps = c["touchpoints"].as_array().unwrap();
-        let got: Vec<&str> = tps.iter().map(|tp| tp["channel"].as_str().unwrap()).collect();
-        assert_eq!(got, channels, "{id} journey");
-        for (tp, exp) in tps.iter().zip(expected) {
-            let cr = credits(tp);
-            for (i, rule) in RULES.iter().enumerate() {
-                assert_close(cr[i], exp[i], &format!("{id} {} {rule}", tp["channel"]));
-            }
-            assert!(tp["deep"].is_null());
-        }
+    let conversions: Vec<Value> = records.iter().map(|r| r.json()).collect();
+    let alerts_settled = {
+        read_until(&topics.alerts, Duration::from_secs(60), |r| r.len() >= expected_alerts);
+        read_all(&topics.alerts, Duration::from_secs(3))
     };
-    // alice: 14, 7 and 0 days before: decay weights 1/4, 1/2, 1 -> 1/7, 2/7, 4/7
-    check(
-        &alice_buy,
-        &["display", "paid_search", "email"],
-        &[[1.0 / 7.0, 0.0, 1.0, 1.0 / 3.0, 0.4], [2.0 / 7.0, 0.0, 0.0, 1.0 / 3.0, 0.2], [4.0 / 7.0, 1.0, 0.0, 1.0 / 3.0, 0.4]],
-    );
-    assert_eq!(by_id[&alice_buy]["touchpoints"][0]["event_id"], alice_display.as_str());
-    assert_eq!(by_id[&alice_buy]["touchpoints"][0]["campaign"], "spring");
-    assert_eq!(by_id[&alice_buy]["conversion_value"], 70.0);
-    assert_eq!(by_id[&alice_buy]["currency"], "EUR");
-    check(&bob_buy, &["paid_social"], &[[1.0; 5]]);
-    check(&carol_buy, &["email", "sms"], &[[1.0 / 3.0, 0.0, 1.0, 0.5, 0.5], [2.0 / 3.0, 1.0, 0.0, 0.5, 0.5]]);
-    check(&dave_buy, &["direct"], &[[1.0; 5]]);
-    assert!(by_id[&dave_buy]["touchpoints"][0]["event_id"].is_null());
-    check(&erin_buy1, &["affiliate"], &[[1.0; 5]]);
-    check(&erin_buy2, &["referral"], &[[1.0; 5]]); // the affiliate touch was spent by the first purchase
-    check(&frank_buy, &["direct"], &[[1.0; 5]]); // the impression is outside the 30-day lookback
-    check(&hank_buy, &["direct"], &[[1.0; 5]]);
-    check("jo-1", &["direct"], &[[1.0; 5]]);
-    check("jo-2", &["direct"], &[[1.0; 5]]);
-
-    // ---- alerts: gina and iris via the watermark, ivy via the idle partition, never hank
-    let alerts = read_until(&topics.alerts, Duration::from_secs(60), |r| r.len() >= 3);
-    let alerts_settled = read_all(&topics.alerts, Duration::from_secs(3));
-    assert_eq!(alerts_settled.len(), 3, "exactly three alerts: {alerts:?}\nlog:\n{}", proc.log());
-    let by_customer: HashMap<String, Value> = alerts_settled.iter().map(|r| (r.key_str(), r.json())).collect();
-    let gina = &by_customer["gina"];
-    assert_eq!(gina["alert_id"], format!("gina:{gina_cart}"));
-    assert_eq!(gina["alert_ts"], t + 20 * DAY + 35 * MIN);
-    assert_eq!(gina["last_activity_ts"], t + 20 * DAY + 5 * MIN);
-    assert_eq!(gina["cart_value"], 60.0);
-    assert_eq!(gina["currency"], "EUR");
-    assert_eq!(gina["items"][0]["quantity"], 2);
-    assert_eq!(gina["reason"], "inactivity_timeout");
-    assert!(gina["abandonment_probability"].is_null());
-    assert_eq!(gina["recommended_action"], "reminder");
-    assert_eq!(gina["top_touchpoints"][0]["channel"], "display");
-    assert_eq!(gina["top_touchpoints"][0]["campaign"], "retarget");
-    assert_close(gina["top_touchpoints"][0]["time_decay_credit"].as_f64().unwrap(), 1.0, "gina top credit");
-    let iris = &by_customer["iris"];
-    assert_eq!(iris["alert_id"], format!("iris:{iris_cart}"));
-    assert_eq!(iris["alert_ts"], t + 21 * DAY + 30 * MIN);
-    assert_eq!(iris["recommended_action"], "incentive");
-    let ivy = &by_customer["ivy"];
+    assert_eq!(alerts_settled.len(), expected_alerts, "alerts: {alerts_settled:?}\nlog:\n{}", proc.log());
+    let alerts: Vec<Value> = alerts_settled.iter().map(|r| r.json()).collect();
+    for sc in &scenarios {
+        sc.check(t, &conversions, &alerts);
+    }
+    for id in ["jo-1", "jo-2"] {
+        let c = conversions.iter().find(|c| c["conversion_id"] == id).unwrap_or_else(|| panic!("{id}"));
+        assert_eq!(c["touchpoints"][0]["channel"], "direct");
+    }
+    let ivy = alerts.iter().find(|a| a["customer_id"] == "ivy").expect("ivy's alert");
     assert_eq!(ivy["alert_ts"], ivy_ts + 30 * MIN, "idle path keeps the event-time alert_ts");
-    assert!(!by_customer.contains_key("hank"));
+    assert_eq!(ivy["reason"], "inactivity_timeout");
 
     // ---- DLQ: byte for byte, with reasons, while good events around them went through
     let mut dlq = read_until(&topics.dlq, Duration::from_secs(30), |r| r.len() >= bad.len());
@@ -203,7 +125,7 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
             }
         }
     }
-    for (ts, _, json) in &s.events {
+    for (ts, _, json) in &script {
         let v: Value = serde_json::from_str(json).unwrap();
         if matches!(v["event_type"].as_str(), Some("impression" | "click" | "email_open" | "email_click")) {
             let w = ts.div_euclid(HOUR) * HOUR;
@@ -242,7 +164,7 @@ fn journeys_credits_channel_totals_alerts_and_dead_letters() {
             .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
     };
     assert_eq!(metric("touchstream_conversions_total"), expected_conversions as f64);
-    assert_eq!(metric("touchstream_alerts_total{reason=\"inactivity_timeout\"}"), 3.0);
+    assert_eq!(metric("touchstream_alerts_total{reason=\"inactivity_timeout\"}"), expected_alerts as f64);
     assert_eq!(metric("touchstream_events_total{event_type=\"purchase\"}"), expected_conversions as f64);
     assert_eq!(metric("touchstream_invalid_events_total{kind=\"key_mismatch\"}"), 1.0);
     assert_eq!(metric("touchstream_registry_available"), 1.0, "no registry is needed: available");

@@ -3,6 +3,8 @@
 //! running the `touchstream` binary.
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
