@@ -5,100 +5,11 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::time::Millis;
 
-macro_rules! wire_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? } fallback $fallback:ident) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[repr(u8)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub const COUNT: usize = Self::ALL.len();
-
-            /// The wire name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            /// Parses a wire name; anything unknown is kept as the fallback.
-            pub fn parse(text: &str) -> $name {
-                match text { $($text => $name::$variant,)+ _ => $name::$fallback }
-            }
-
-            /// Parses a wire name strictly.
-            pub fn from_wire(text: &str) -> Option<$name> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-
-            #[inline]
-            pub fn index(self) -> usize { self as usize }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.as_str()) }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = Cow::<'de, str>::deserialize(d)?;
-                Ok($name::parse(&text))
-            }
-        }
-    };
-}
-
-wire_enum! {
-    /// What happened. Unknown types are kept as `other`.
-    EventType {
-        Impression => "impression",
-        Click => "click",
-        EmailOpen => "email_open",
-        EmailClick => "email_click",
-        PageView => "page_view",
-        ProductView => "product_view",
-        Search => "search",
-        CartAdd => "cart_add",
-        CartRemove => "cart_remove",
-        CheckoutStart => "checkout_start",
-        Purchase => "purchase",
-        Other => "other",
-    } fallback Other
-}
-
-wire_enum! {
-    /// Marketing channel. Unknown channels are kept as `other`.
-    Channel {
-        PaidSearch => "paid_search",
-        OrganicSearch => "organic_search",
-        PaidSocial => "paid_social",
-        OrganicSocial => "organic_social",
-        Email => "email",
-        Display => "display",
-        Affiliate => "affiliate",
-        Referral => "referral",
-        Direct => "direct",
-        Sms => "sms",
-        Push => "push",
-        Other => "other",
-    } fallback Other
-}
-
-impl EventType {
-    /// Marketing touchpoints: the events that are credited for conversions. They must carry a channel.
-    #[inline]
-    pub fn is_touchpoint(self) -> bool {
-        matches!(self, EventType::Impression | EventType::Click | EventType::EmailOpen | EventType::EmailClick)
-    }
-}
+pub use touchstream_contract::{Channel, EventType};
 
 /// A decoded and validated event. Strings borrow from the record's bytes where possible.
 #[derive(Debug, Clone, PartialEq)]

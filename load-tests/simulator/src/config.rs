@@ -195,23 +195,6 @@ fn one() -> f64 {
     1.0
 }
 
-/// Lays `over` onto `base`: tables merge key by key, anything else is replaced.
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 impl World {
     /// The built-in default world.
     pub fn default_world() -> World {
@@ -222,7 +205,7 @@ impl World {
     pub fn from_toml_str(text: &str) -> Result<World, String> {
         let mut base: toml::Value = toml::from_str(DEFAULT_WORLD).map_err(|e| format!("default world: {e}"))?;
         let over: toml::Value = toml::from_str(text).map_err(|e| format!("world file: {e}"))?;
-        merge(&mut base, over);
+        touchstream_contract::merge_toml(&mut base, over);
         let world: World = base.try_into().map_err(|e: toml::de::Error| format!("world file: {e}"))?;
         world.validate()?;
         Ok(world)

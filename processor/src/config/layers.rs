@@ -39,7 +39,7 @@ impl Config {
         let mut tree: Value = DEFAULTS.parse::<toml::Table>().map(Value::Table).expect("embedded defaults parse");
         if let Some((name, text)) = &sources.file {
             let file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: name.clone(), message: e.to_string() })?;
-            merge(&mut tree, Value::Table(file));
+            touchstream_contract::merge_toml(&mut tree, Value::Table(file));
         }
         for (name, value) in &sources.env {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
@@ -58,23 +58,6 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
-    }
-}
-
-/// Deep-merges `over` into `base` (tables merge, everything else replaces).
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Table(b), Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(existing) => merge(existing, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
     }
 }
 
