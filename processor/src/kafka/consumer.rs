@@ -35,7 +35,19 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
-impl ClientContext for SignallingContext {}
+impl ClientContext for SignallingContext {
+    /// librdkafka reports a partition's end (`enable.partition.eof`, on the partials consumer) as an
+    /// error event too; `poll` hands it to the loop, so it is not logged as an error here.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_eof(&error) {
+            tracing::error!(%error, %reason, "kafka client error");
+        }
+    }
+}
+
+fn is_eof(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_)) || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+}
 
 impl ConsumerContext for SignallingContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -80,8 +92,7 @@ pub struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_)) || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if !eof {
+        if !is_eof(&error) {
             tracing::error!(%error, %reason, "changelog reader error");
         }
     }
