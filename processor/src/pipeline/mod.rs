@@ -371,6 +371,7 @@ impl Runner {
                     Err(e) => return Err(e),
                 }
             }
+            state.finish_replays(&consumer)?;
             state.commit(&consumer)
         })();
         if result.is_err() {
@@ -389,39 +390,6 @@ impl Runner {
 }
 
 impl Processor {
-    /// Reads what the partials consumer has (up to a bound per loop turn) into the aggregators,
-    /// after applying its rebalance signals.
-    fn poll_partials(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
-        for _ in 0..1000 {
-            let Some(partials) = &self.partials else { return Ok(()) };
-            let polled = partials.poll(Duration::ZERO).map(|r| r.map(|m| m.detach()));
-            let signals = partials.context().take();
-            self.apply_signals(consumer, signals)?;
-            match polled {
-                None => break,
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(agg) = self.aggregators.get_mut(&p) {
-                        agg.caught_up();
-                    }
-                }
-                Some(Err(e)) => self.telemetry.consumer_error(&e, "partials"),
-                Some(Ok(msg)) => {
-                    let (p, offset) = (msg.partition(), msg.offset());
-                    let agg = self
-                        .aggregators
-                        .entry(p)
-                        .or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize));
-                    match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
-                        Ok(rec) if agg.apply(&rec) => {}
-                        Ok(_) => self.telemetry.bad_partial(p, offset, "not a partial"),
-                        Err(e) => self.telemetry.bad_partial(p, offset, &e.to_string()),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn handle(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let p = msg.partition();
         if self.paused.contains_key(&p) {

@@ -131,3 +131,51 @@ impl Processor {
             .collect())
     }
 }
+
+/// Channel aggregators: their partials partitions read into them, and replayed to the end on a
+/// clean stop.
+impl Processor {
+    /// Reads what the partials consumer has (up to a bound per loop turn) into the aggregators,
+    /// after applying its rebalance signals.
+    pub(super) fn poll_partials(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        for _ in 0..1000 {
+            let Some(partials) = &self.partials else { return Ok(()) };
+            let polled = partials.poll(Duration::ZERO).map(|r| r.map(|m| m.detach()));
+            let signals = partials.context().take();
+            self.apply_signals(consumer, signals)?;
+            match polled {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(agg) = self.aggregators.get_mut(&p) {
+                        agg.caught_up();
+                    }
+                }
+                Some(Err(e)) => self.telemetry.consumer_error(&e, "partials"),
+                Some(Ok(msg)) => {
+                    let (p, offset) = (msg.partition(), msg.offset());
+                    let agg = self
+                        .aggregators
+                        .entry(p)
+                        .or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize));
+                    match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
+                        Ok(rec) if agg.apply(&rec) => {}
+                        Ok(_) => self.telemetry.bad_partial(p, offset, "not a partial"),
+                        Err(e) => self.telemetry.bad_partial(p, offset, &e.to_string()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// On a clean stop: lets aggregators still replaying their partials partition read it to the
+    /// end (at most 10 s), so that the last commit writes their totals.
+    pub(super) fn finish_replays(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.aggregators.values().any(ChannelAggregator::replaying) && Instant::now() < deadline {
+            self.poll_partials(consumer)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
