@@ -205,7 +205,11 @@ wait_ready() {
     fi
     sleep 0.2
   done
-  log "broker not ready after ${START_TIMEOUT}s"; tail_logs; return 1
+  local port closed=""
+  for port in "$KAFKA_BROKER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_MTLS_PORT"; do
+    ports_open "$port" || closed="$closed $port"
+  done
+  log "broker not ready after ${START_TIMEOUT}s (ports not accepting:${closed:- none})"; tail_logs; return 1
 }
 
 ports_open() {

@@ -90,6 +90,7 @@ impl Telemetry {
         describe_gauge!("touchstream_customers", "Customers held in journey state");
         describe_gauge!("touchstream_state_bytes", "Approximate bytes of journey state");
         describe_gauge!("touchstream_assigned_partitions", "Input partitions owned by this member");
+        describe_gauge!("touchstream_channel_aggregators_replaying", "Channel aggregators replaying their partials partition (no totals written yet)");
         describe_gauge!("touchstream_watermark_lag_seconds", "Wall clock minus the lowest partition watermark");
         describe_counter!("touchstream_rebalances_total", "Partition assignment changes");
         describe_counter!("touchstream_transaction_aborts_total", "Transactions aborted and redone");
@@ -450,6 +451,11 @@ impl Telemetry {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             gauge!("touchstream_process_open_fds").set(dir.count() as f64);
         }
+    }
+
+    /// Channel aggregators still replaying their partials partition (writing no totals yet).
+    pub fn aggregators_replaying(&self, n: usize) {
+        gauge!("touchstream_channel_aggregators_replaying").set(n as f64);
     }
 
     /// Input partitions that have not moved for the stall timeout with records waiting.

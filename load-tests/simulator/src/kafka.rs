@@ -32,39 +32,37 @@ impl KafkaSink {
         Ok(KafkaSink { producer, topic: topic.to_string(), line: Vec::with_capacity(512), rate, started: Instant::now(), sent: 0 })
     }
 
-    fn send_line(&mut self) -> io::Result<()> {
-        let line = std::mem::take(&mut self.line);
-        if !line.is_empty() {
-            let key = customer_id(&line).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "event without customer_id"))?;
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).key(key).payload(&line[..]);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(io::Error::other(format!("produce to {}: {e}", self.topic))),
+    fn send_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let key = customer_id(line).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "event without customer_id"))?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).key(key).payload(line);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
                 }
-            }
-            self.sent += 1;
-            if let Some(rate) = self.rate {
-                let due = self.started + Duration::from_secs_f64(self.sent as f64 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    self.producer.poll(wait);
-                }
-            } else if self.sent % 1024 == 0 {
-                self.producer.poll(Duration::ZERO);
+                Err((e, _)) => return Err(io::Error::other(format!("produce to {}: {e}", self.topic))),
             }
         }
-        self.line = line;
-        self.line.clear();
+        self.sent += 1;
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(self.sent as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                self.producer.poll(wait);
+            }
+        } else if self.sent % 1024 == 0 {
+            self.producer.poll(Duration::ZERO);
+        }
         Ok(())
     }
 
     /// Waits until every record is acknowledged.
     pub fn finish(&mut self) -> Result<u64, String> {
-        self.send_line().map_err(|e| e.to_string())?;
+        let line = std::mem::take(&mut self.line);
+        if !line.is_empty() {
+            self.send_line(&line).map_err(|e| e.to_string())?;
+        }
         self.producer.flush(Duration::from_secs(120)).map_err(|e| format!("flushing to {}: {e}", self.topic))?;
         Ok(self.sent)
     }
@@ -72,14 +70,10 @@ impl KafkaSink {
 
 impl Write for KafkaSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
-            self.line.extend_from_slice(&rest[..i]);
-            self.send_line()?;
-            rest = &rest[i + 1..];
-        }
-        self.line.extend_from_slice(rest);
-        Ok(buf.len())
+        let mut pending = std::mem::take(&mut self.line);
+        let done = crate::stream::split_lines(&mut pending, buf, |line| self.send_line(line));
+        self.line = pending;
+        done.map(|_| buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

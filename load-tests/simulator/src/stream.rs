@@ -69,39 +69,51 @@ struct Lines<F> {
 }
 
 impl<F: FnMut(&str, i64, &[u8]) -> bool> Lines<F> {
-    fn emit(&mut self) -> io::Result<()> {
-        if self.line.is_empty() {
-            return Ok(());
-        }
+    fn emit(count: &mut u64, stopped: &mut bool, f: &mut F, line: &[u8]) -> io::Result<()> {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "an event line without customer_id or ts");
-        let customer = crate::kafka::customer_id(&self.line).ok_or_else(bad)?;
+        let customer = crate::kafka::customer_id(line).ok_or_else(bad)?;
         let customer = std::str::from_utf8(customer).map_err(|_| bad())?;
-        let ts = field_i64(&self.line, b"\"ts\":").ok_or_else(bad)?;
-        self.count += 1;
-        if !(self.f)(customer, ts, &self.line) {
-            self.stopped = true;
+        let ts = field_i64(line, b"\"ts\":").ok_or_else(bad)?;
+        *count += 1;
+        if !f(customer, ts, line) {
+            *stopped = true;
             return Err(io::Error::other("stopped by the consumer of the stream"));
         }
-        self.line.clear();
         Ok(())
     }
 }
 
 impl<F: FnMut(&str, i64, &[u8]) -> bool> Write for Lines<F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
-            self.line.extend_from_slice(&rest[..i]);
-            self.emit()?;
-            rest = &rest[i + 1..];
-        }
-        self.line.extend_from_slice(rest);
+        let Lines { line, f, count, stopped } = self;
+        split_lines(line, buf, |l| Self::emit(count, stopped, f, l))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Hands every line `buf` completes to `each` (without its newline; empty lines are skipped);
+/// `pending` holds the unfinished line between calls.
+pub(crate) fn split_lines(pending: &mut Vec<u8>, buf: &[u8], mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    let mut rest = buf;
+    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        if pending.is_empty() {
+            if i > 0 {
+                each(&rest[..i])?;
+            }
+        } else {
+            pending.extend_from_slice(&rest[..i]);
+            let done = each(pending);
+            pending.clear();
+            done?;
+        }
+        rest = &rest[i + 1..];
+    }
+    pending.extend_from_slice(rest);
+    Ok(())
 }
 
 /// The integer after `field` (e.g. `"ts":`) in one event line.
@@ -123,6 +135,21 @@ mod tests {
         assert!(a.iter().all(|r| r.json.starts_with(b"{\"event_id\":\"s9c") && r.json.ends_with(b"}") && r.customer_id.starts_with("s9c")));
         assert_eq!(a, default_events(9, 200, 2.0, 3000));
         assert_ne!(a, default_events(10, 200, 2.0, 3000));
+    }
+
+    #[test]
+    fn lines_are_split_across_writes() {
+        let mut pending = Vec::new();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        for buf in [&b"ab"[..], b"c\nd\n\ne", b"f\n"] {
+            split_lines(&mut pending, buf, |l| {
+                got.push(l.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(got, [b"abc".to_vec(), b"d".to_vec(), b"ef".to_vec()]);
+        assert!(pending.is_empty());
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct ChannelAggregator {
     /// has read to the end ([`Self::caught_up`]), so that a rebuilt aggregator never writes the
     /// sum of only the partials it has read so far.
     replaying: bool,
+    /// The partition's end (high watermark) when the replay started, once known: the replay is
+    /// over when the reader's position reaches it, even if the end-of-partition event was missed
+    /// (librdkafka re-arms it on every seek and fetch-session change, e.g. around a broker restart).
+    replay_end: Option<i64>,
 }
 
 impl ChannelAggregator {
@@ -66,12 +70,40 @@ impl ChannelAggregator {
     /// before another) is the slowest of all. (An input partition that never gets an event keeps
     /// every window: at most one entry per window and channel.)
     pub fn new(retention: Millis, sources: usize) -> Self {
-        ChannelAggregator { retention, sources, entries: HashMap::default(), dirty: Vec::new(), newest_by_source: Vec::new(), dropped_late: 0, replaying: true }
+        ChannelAggregator {
+            retention,
+            sources,
+            entries: HashMap::default(),
+            dirty: Vec::new(),
+            newest_by_source: Vec::new(),
+            dropped_late: 0,
+            replaying: true,
+            replay_end: None,
+        }
     }
 
     /// The partials partition has been read to its end: totals are written from now on.
     pub fn caught_up(&mut self) {
         self.replaying = false;
+    }
+
+    /// Whether the replay still needs its end offset (see [`Self::replay_until`]).
+    pub fn needs_replay_end(&self) -> bool {
+        self.replaying && self.replay_end.is_none()
+    }
+
+    /// The partition's end offset when the replay started.
+    pub fn replay_until(&mut self, end: i64) {
+        self.replay_end = Some(end);
+        self.reached(0);
+    }
+
+    /// The reader's position in the partition (the next offset it will read): ends the replay
+    /// once it reaches the end recorded by [`Self::replay_until`].
+    pub fn reached(&mut self, position: i64) {
+        if self.replay_end.is_some_and(|end| position >= end) {
+            self.replaying = false;
+        }
     }
 
     /// Whether it is still replaying its partition (writes nothing yet).
@@ -170,6 +202,21 @@ mod tests {
         out.clear();
         a.drain_changed(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_replay_ends_at_the_recorded_end_offset_without_an_end_event() {
+        let mut a = ChannelAggregator::new(86_400_000, 1);
+        assert!(a.needs_replay_end());
+        a.replay_until(5);
+        assert!(!a.needs_replay_end() && a.replaying());
+        a.reached(4);
+        assert!(a.replaying(), "offset 4 of 0..5 not read yet");
+        a.reached(5);
+        assert!(!a.replaying());
+        let mut empty = ChannelAggregator::new(86_400_000, 1);
+        empty.replay_until(0);
+        assert!(!empty.replaying(), "an empty partition has nothing to replay");
     }
 
     #[test]

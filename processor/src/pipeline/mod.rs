@@ -148,6 +148,8 @@ struct Processor {
     recreated: Vec<Instant>,
     last_input: HashMap<i32, Instant>,
     partials_partitions: i32,
+    /// When the ends of replaying aggregators' partitions were last asked for (restore.rs).
+    replay_probed: Option<Instant>,
     /// Input decoding: the format and, for avro/auto, the registry-backed decoder.
     input_format: InputFormat,
     avro: Option<AvroDecoder>,
@@ -239,6 +241,10 @@ impl Runner {
         // the end of each partials partition is reported: an aggregator writes totals only once it
         // has replayed its partition to the end (attribution/aggregate.rs)
         partials_config.set("group.id", format!("{}-partials", cfg.kafka.group_id)).set("enable.partition.eof", "true");
+        // a dynamic member: its partitions are re-read from the beginning anyway, and as a static
+        // member it was fenced by, or never rejoined after, its own session timeout in a broker
+        // restart (then no totals at all)
+        partials_config.remove("group.instance.id");
         let partials: BaseConsumer<SignallingContext> = partials_config.create_with_context(SignallingContext::default()).map_err(RunError::Consumer)?;
         partials.subscribe(&[cfg.topics.channel_partials.as_str()]).map_err(RunError::Consumer)?;
         let producer_config = client_config(&cfg, Role::Producer);
@@ -305,6 +311,7 @@ impl Runner {
             recreated: Vec::new(),
             last_input: HashMap::new(),
             partials_partitions,
+            replay_probed: None,
             outputs: Vec::new(),
             windows: Vec::new(),
             batch_events: 0,
@@ -340,12 +347,7 @@ impl Runner {
                     Some(Ok(msg)) => state.handle(&consumer, &msg),
                     Some(Err(e)) => {
                         state.telemetry.consumer_error(&e, "input");
-                        // A fatal consumer error (e.g. a static member fenced after a broker
-                        // restart) never heals: stop, so that the supervisor starts a fresh member.
-                        match consumer.client().fatal_error() {
-                            Some((code, reason)) => Err(RunError::ConsumerFatal(format!("{code:?}: {reason}"))),
-                            None => Ok(()),
-                        }
+                        crate::kafka::consumer::fatal(&consumer).map_or(Ok(()), |f| Err(RunError::ConsumerFatal(f)))
                     }
                     None => Ok(()),
                 });
@@ -563,5 +565,6 @@ impl Processor {
         let lag = self.engines.values().map(|e| e.watermark()).filter(|w| *w > i64::MIN / 4).min().map(|w| now_ms - w);
         let drops = self.engines.values().map(|e| e.windows().dropped_late).sum();
         self.telemetry.state(customers, bytes, self.engines.len(), lag, drops);
+        self.telemetry.aggregators_replaying(self.aggregators.values().filter(|a| a.replaying()).count());
     }
 }

@@ -104,21 +104,59 @@ impl Processor {
             tpl.add_partition_offset(&self.cfg.topics.changelog, *p, Offset::Beginning).map_err(|e| err(*p, e.to_string()))?;
         }
         self.restorer.assign(&tpl).map_err(|e| err(-1, e.to_string()))?;
+        // A partition is read when librdkafka reports its end, or when the reader's position
+        // reaches the end offset it had when the restore began: the end event is re-armed by every
+        // fetch-session reset, so one can be missed around a broker restart.
         let mut open: Vec<i32> = partitions.to_vec();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let (mut probed, mut checked) = (None::<Instant>, Instant::now());
         let deadline = Instant::now() + Duration::from_secs(600);
         while !open.is_empty() {
-            match self.restorer.poll(Duration::from_millis(100)) {
+            if ends.len() < partitions.len() && !probed.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                probed = Some(Instant::now());
+                let unknown: Vec<i32> = partitions.iter().copied().filter(|p| !ends.contains_key(p)).collect();
+                for p in &unknown {
+                    match self.restorer.fetch_watermarks(&self.cfg.topics.changelog, *p, Duration::from_secs(1)) {
+                        Ok((low, high)) => {
+                            ends.insert(*p, if low >= high { 0 } else { high });
+                        }
+                        Err(e) => self.telemetry.consumer_error(&e, "changelog end offset"),
+                    }
+                }
+                open.retain(|p| ends.get(p) != Some(&0));
+            }
+            let polled = self.restorer.poll(Duration::from_millis(100));
+            let mut read_to = None;
+            match polled {
                 Some(Ok(m)) => {
                     let p = m.partition();
                     if let Some(engine) = engines.get_mut(&p) {
                         engine.restore(m.key().unwrap_or_default(), m.payload()).map_err(|e| err(p, e.to_string()))?;
                         self.stats.restored_records += 1;
                     }
+                    read_to = Some((p, m.offset() + 1));
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|x| *x != p),
                 Some(Err(e)) => self.telemetry.consumer_error(&e, "changelog restore"),
                 None if Instant::now() > deadline => return Err(err(open[0], "no end of the changelog within 600 s".into())),
                 None => {}
+            }
+            if let Some((p, next)) = read_to {
+                if ends.get(&p).is_some_and(|end| next >= *end) {
+                    open.retain(|x| *x != p);
+                }
+            }
+            if checked.elapsed() >= Duration::from_millis(100) && !ends.is_empty() {
+                // transaction markers are never handed over as messages: positions move past them
+                checked = Instant::now();
+                let positions = self.restorer.position().map_err(|e| err(-1, e.to_string()))?;
+                for e in positions.elements() {
+                    if let (Offset::Offset(o), Some(end)) = (e.offset(), ends.get(&e.partition())) {
+                        if o >= *end {
+                            open.retain(|x| *x != e.partition());
+                        }
+                    }
+                }
             }
         }
         self.restorer.unassign().map_err(|e| err(-1, e.to_string()))?;
@@ -138,6 +176,7 @@ impl Processor {
     /// Reads what the partials consumer has (up to a bound per loop turn) into the aggregators,
     /// after applying its rebalance signals.
     pub(super) fn poll_partials(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        self.probe_replay_ends();
         for _ in 0..1000 {
             let Some(partials) = &self.partials else { return Ok(()) };
             let polled = partials.poll(Duration::ZERO).map(|r| r.map(|m| m.detach()));
@@ -150,13 +189,21 @@ impl Processor {
                         agg.caught_up();
                     }
                 }
-                Some(Err(e)) => self.telemetry.consumer_error(&e, "partials"),
+                Some(Err(e)) => {
+                    self.telemetry.consumer_error(&e, "partials");
+                    // fenced as a static member (its group is `<group_id>-partials`), it would
+                    // never be assigned its partitions again: stop like the input consumer does
+                    if let Some(fatal) = self.partials.as_ref().and_then(crate::kafka::consumer::fatal) {
+                        return Err(RunError::ConsumerFatal(format!("partials consumer: {fatal}")));
+                    }
+                }
                 Some(Ok(msg)) => {
                     let (p, offset) = (msg.partition(), msg.offset());
                     let agg = self
                         .aggregators
                         .entry(p)
                         .or_insert_with(|| ChannelAggregator::new(self.cfg.attribution.window_retention.ms(), self.input_partitions.unwrap_or(0) as usize));
+                    agg.reached(offset + 1);
                     match serde_json::from_slice::<ChannelWindowRecord>(msg.payload().unwrap_or_default()) {
                         Ok(rec) if agg.apply(&rec) => {}
                         Ok(_) => self.telemetry.bad_partial(p, offset, "not a partial"),
@@ -165,7 +212,40 @@ impl Processor {
                 }
             }
         }
+        self.replay_positions();
         Ok(())
+    }
+
+    /// Records, for aggregators that start a replay, their partition's end (high watermark):
+    /// the replay is over when the reader gets there, whether or not librdkafka reports the end.
+    /// Asked at most every 200 ms (a broker call; it fails while the broker is away).
+    fn probe_replay_ends(&mut self) {
+        let Some(partials) = &self.partials else { return };
+        if self.replay_probed.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) || !self.aggregators.values().any(ChannelAggregator::needs_replay_end) {
+            return;
+        }
+        self.replay_probed = Some(Instant::now());
+        for (p, agg) in self.aggregators.iter_mut().filter(|(_, a)| a.needs_replay_end()) {
+            match partials.fetch_watermarks(&self.cfg.topics.channel_partials, *p, Duration::from_secs(1)) {
+                Ok((_, high)) => agg.replay_until(high),
+                Err(e) => self.telemetry.consumer_error(&e, "partials end offset"),
+            }
+        }
+    }
+
+    /// Feeds the reader's positions to replaying aggregators: read_committed positions move past
+    /// transaction markers, which are never handed to the loop as messages.
+    fn replay_positions(&mut self) {
+        let Some(partials) = &self.partials else { return };
+        if !self.aggregators.values().any(ChannelAggregator::replaying) {
+            return;
+        }
+        let Ok(positions) = partials.position() else { return };
+        for e in positions.elements_for_topic(&self.cfg.topics.channel_partials) {
+            if let (Offset::Offset(o), Some(agg)) = (e.offset(), self.aggregators.get_mut(&e.partition())) {
+                agg.reached(o);
+            }
+        }
     }
 
     /// On a clean stop: lets aggregators still replaying their partials partition read it to the
