@@ -322,11 +322,12 @@ impl PartitionEngine {
         }
     }
 
-    /// Runs the pending events when the customer has some (all of them: the other customers'
-    /// events fill the same calls, which costs fewer calls than running this customer alone).
+    /// Runs the customer's pending events, if any: as many waves as it has (the other customers'
+    /// events fill the same calls; their later events stay queued).
     fn flush_for(&mut self, key: &str) {
-        if self.customers.get(key).is_some_and(|c| c.pending > 0) {
-            self.flush();
+        let waves = self.customers.get(key).map_or(0, |c| c.pending);
+        if let (true, Some(s)) = (waves > 0, &mut self.scoring) {
+            s.flush_waves(&mut self.customers, &self.changed, waves);
         }
     }
 
@@ -400,7 +401,7 @@ impl PartitionEngine {
         }
         if let Some(mut record) = conversion {
             // The expected future value after the purchase is the step model's output for it.
-            self.flush();
+            self.flush_for(key);
             let future = self.scoring.as_ref().and_then(|s| {
                 let m = self.customers.get(key)?.model.as_ref()?;
                 record.model_version = Some(s.set.version.to_string());
@@ -414,8 +415,12 @@ impl PartitionEngine {
             }
             out.push(Output::Conversion(record));
         }
-        if self.scoring.as_ref().is_some_and(|s| s.pending() >= s.flush_at) {
-            self.flush();
+        if let Some(s) = &mut self.scoring {
+            if s.pending() >= s.flush_at {
+                self.flush();
+            } else if s.first_wave_full() {
+                s.flush_waves(&mut self.customers, &self.changed, 1);
+            }
         }
 
         self.watermark.observe(ev.ts);

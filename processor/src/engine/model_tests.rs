@@ -343,3 +343,46 @@ fn customer_state_is_binary_and_json_still_restores() {
     println!("changelog customer records: {customers}, binary {binary} B, JSON {json} B ({:.2}x)", binary as f64 / json as f64);
     assert!(customers >= 5 && binary * 2 < json, "binary {binary} B vs JSON {json} B");
 }
+
+/// How the step model's queue is run (partial runs for one customer's decision, the first wave as
+/// soon as it fills a call, everything at a settle) changes neither a score nor an output: the same
+/// stream run event by event (a full run after every event) gives the same bits, in fewer calls.
+#[test]
+fn the_queue_schedule_changes_no_score_and_no_output() {
+    let raw = touchstream_sim::stream::default_events(7, 300, 0.5, 3_000);
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let run = |each_event: bool| {
+        let mut engine = engine_with_models();
+        let mut out = Vec::new();
+        for r in &raw {
+            engine.process(&decode(Some(r.customer_id.as_bytes()), &r.json, &check).unwrap(), &mut out);
+            if each_event {
+                engine.flush();
+            }
+        }
+        engine.settle(&mut out);
+        let stats = engine.take_scoring_stats(&mut Vec::new());
+        (engine, out, stats)
+    };
+    let (queued, queued_out, queued_stats) = run(false);
+    let (single, single_out, single_stats) = run(true);
+    assert_eq!(queued_stats.rows, single_stats.rows);
+    assert!(queued_stats.calls * 2 < single_stats.calls, "queued {} calls, one by one {}", queued_stats.calls, single_stats.calls);
+    assert!(queued_out.iter().any(|o| matches!(o, Output::Conversion(_))) && queued_out.iter().any(|o| matches!(o, Output::Alert(_))));
+    let sorted = |out: &[Output]| {
+        let mut v: Vec<String> = out.iter().map(|o| format!("{o:?}")).collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (sorted(&queued_out), sorted(&single_out));
+    assert_eq!(a.len(), b.len());
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        panic!("the outputs differ:\nqueued     {x}\none by one {y}");
+    }
+    assert_eq!(queued.customers(), single.customers());
+    for r in &raw {
+        let (a, b) = (queued.customer(&r.customer_id).unwrap(), single.customer(&r.customer_id).unwrap());
+        let (a, b) = (a.model.as_ref().unwrap(), b.model.as_ref().unwrap());
+        assert!(a.hidden == b.hidden && a.scores == b.scores && a.checks == b.checks, "customer {}", r.customer_id);
+    }
+}

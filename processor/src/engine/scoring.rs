@@ -57,6 +57,8 @@ pub struct Scoring {
     attr: AttributionRunner,
     feats: Vec<f32>,
     reqs: Vec<Request>,
+    /// Requests in wave 0 (customers with a pending event).
+    first_wave: usize,
     order: Vec<u32>,
     x: Vec<f32>,
     h: Vec<f32>,
@@ -98,6 +100,7 @@ impl Scoring {
             attr,
             feats: Vec::new(),
             reqs: Vec::new(),
+            first_wave: 0,
             order: Vec::new(),
             x: Vec::new(),
             h: Vec::new(),
@@ -117,6 +120,12 @@ impl Scoring {
 
     pub fn pending(&self) -> usize {
         self.reqs.len()
+    }
+
+    /// Whether the queue's first wave fills a call: then running it costs no more calls than
+    /// waiting, and keeps the customers' chains of pending events short (see [`Self::flush_waves`]).
+    pub fn first_wave_full(&self) -> bool {
+        self.first_wave >= self.set.max_batch
     }
 
     /// The feature vector of the latest event (tests).
@@ -145,6 +154,9 @@ impl Scoring {
             cart_unalerted: customer.cart.as_ref().is_some_and(|c| !c.alerted),
             purchase: input.event_type == crate::event::EventType::Purchase,
         });
+        if customer.pending == 0 {
+            self.first_wave += 1;
+        }
         customer.pending += 1;
         self.stats.events += 1;
     }
@@ -153,6 +165,15 @@ impl Scoring {
     /// order, different customers together, at most `max_batch` rows per call), and stores the
     /// new hidden states and scores in the customers' state.
     pub fn flush(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>, changed: &[Box<str>]) {
+        self.flush_waves(customers, changed, u32::MAX);
+    }
+
+    /// Runs the first `waves` waves only: every pending event of a customer with at most that
+    /// many (the other customers' first events fill the same calls). The rest stays queued, as
+    /// the customers' next waves. A decision about one customer (a purchase, a due check) then
+    /// costs as many calls as that customer has pending events, not as many as the longest chain
+    /// in the queue (on the simulator's default world a full run was ~15 calls of ~7 rows).
+    pub fn flush_waves(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>, changed: &[Box<str>], waves: u32) {
         if self.reqs.is_empty() {
             return;
         }
@@ -161,13 +182,13 @@ impl Scoring {
         let max_batch = self.set.max_batch;
         let k = self.set.step.checks_ms.len();
         let explain = self.set.step.reference.is_some();
-        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, shadow, .. } = self;
+        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, shadow, first_wave, .. } = self;
         let drift_spec = set.step.drift.as_ref();
         order.clear();
         order.extend(0..reqs.len() as u32);
         order.sort_by_key(|&i| reqs[i as usize].wave);
         let mut start = 0;
-        while start < order.len() {
+        while start < order.len() && reqs[order[start] as usize].wave < waves {
             let wave = reqs[order[start] as usize].wave;
             let mut end = start;
             while end < order.len() && end - start < max_batch && reqs[order[end] as usize].wave == wave {
@@ -240,8 +261,32 @@ impl Scoring {
                 c.pending = 0;
             }
         }
-        reqs.clear();
-        feats.clear();
+        *first_wave = 0;
+        if start == order.len() {
+            reqs.clear();
+            feats.clear();
+        } else {
+            // keep the later waves, renumbered from 0, in queue order
+            let mut kept = 0;
+            for i in 0..reqs.len() {
+                let mut r = reqs[i];
+                if r.wave < waves {
+                    continue;
+                }
+                r.wave -= waves;
+                if r.wave == 0 {
+                    *first_wave += 1;
+                }
+                if let Some(c) = customers.get_mut(&changed[r.customer as usize]) {
+                    c.pending += 1;
+                }
+                reqs[kept] = r;
+                feats.copy_within(i * f..(i + 1) * f, kept * f);
+                kept += 1;
+            }
+            reqs.truncate(kept);
+            feats.truncate(kept * f);
+        }
         if let Some(sh) = shadow.as_mut() {
             sh.expire();
         }
