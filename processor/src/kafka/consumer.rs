@@ -2,6 +2,7 @@
 //! the signals after each poll and owns all state changes.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -18,9 +19,20 @@ pub enum RebalanceSignal {
 #[derive(Default)]
 pub struct SignallingContext {
     signals: Mutex<Vec<RebalanceSignal>>,
+    /// When partitions were revoked with no assignment since (a rebalance ends with an assign
+    /// callback, possibly empty; see [`Self::unassigned_for`]).
+    revoked_at: Mutex<Option<Instant>>,
 }
 
 impl SignallingContext {
+    /// How long ago the group revoked this member's partitions without a new assignment since.
+    /// A static member whose session timed out (a broker restart) can wait forever here
+    /// (confluentinc/librdkafka#3437): the loop stops the replica after a bound, and a fresh
+    /// member with the same instance id gets the partitions back at once.
+    pub fn unassigned_for(&self) -> Option<Duration> {
+        self.revoked_at.lock().expect("revoke lock").map(|t| t.elapsed())
+    }
+
     /// Takes the signals recorded since the last call, in order.
     pub fn take(&self) -> Vec<RebalanceSignal> {
         std::mem::take(&mut *self.signals.lock().expect("signal lock"))
@@ -52,13 +64,17 @@ fn is_eof(error: &KafkaError) -> bool {
 impl ConsumerContext for SignallingContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.revoked_at.lock().expect("revoke lock").get_or_insert_with(Instant::now);
             self.push(RebalanceSignal::Revoked(list(tpl)));
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.push(RebalanceSignal::Assigned(list(tpl))),
+            Rebalance::Assign(tpl) => {
+                *self.revoked_at.lock().expect("revoke lock") = None;
+                self.push(RebalanceSignal::Assigned(list(tpl)))
+            }
             Rebalance::Error(e) => self.push(RebalanceSignal::Failed(e.to_string())),
             Rebalance::Revoke(_) => {}
         }

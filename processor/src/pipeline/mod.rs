@@ -352,6 +352,7 @@ impl Runner {
                     None => Ok(()),
                 });
                 let step = step.and_then(|_| state.poll_partials(&consumer));
+                let step = step.and_then(|_| state.check_membership(&consumer));
                 let step = step.and_then(|_| state.retry_registry(&consumer));
                 let step = step.and_then(|_| {
                     let max_batch = state.isolation.as_ref().map_or(state.cfg.processing.max_batch_events, |iso| iso.batch);

@@ -248,6 +248,23 @@ impl Processor {
         }
     }
 
+    /// Stops the replica when a consumer's partitions were revoked and nothing was assigned for
+    /// three session timeouts (at least 30 s): see [`SignallingContext::unassigned_for`].
+    pub(super) fn check_membership(&self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        let session = self.cfg.kafka.consumer.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(45_000);
+        let bound = Duration::from_millis(session * 3).max(Duration::from_secs(30));
+        let waiting = [Some(consumer.context()), self.partials.as_ref().map(|p| p.context())];
+        for (name, ctx) in ["input", "partials"].into_iter().zip(waiting) {
+            if let Some(waited) = ctx.and_then(|c| c.unassigned_for()).filter(|w| *w > bound) {
+                return Err(RunError::ConsumerFatal(format!(
+                    "the {name} consumer has had no assignment for {} s since its partitions were revoked (a static member's lost session, librdkafka#3437): stopping so that a fresh member rejoins",
+                    waited.as_secs()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// On a clean stop: lets aggregators still replaying their partials partition read it to the
     /// end (at most 10 s), so that the last commit writes their totals.
     pub(super) fn finish_replays(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
