@@ -1,9 +1,13 @@
 //! The baseline: a plain exactly-once passthrough (consume -> produce, nothing else) with the
 //! processor's batching: read_committed input, and a transaction with the input offsets
 //! (send_offsets_to_transaction) committed every commit interval or every `max_batch` records,
-//! whichever comes first. Producer and consumer settings follow processor/src/kafka/mod.rs.
+//! whichever comes first. Producer and consumer settings follow processor/src/kafka/mod.rs. As in
+//! the processor, a transaction commits on a thread of its own while the next records are read;
+//! they are produced once it committed (records read meanwhile wait in memory).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -45,16 +49,18 @@ impl Passthrough<'_> {
             .create()
             .context("passthrough consumer")?;
         consumer.subscribe(&[self.input])?;
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers)
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("delivery.report.only.error", "true") // as the processor's producer
-            .set("transactional.id", format!("{}-tx", self.group))
-            .set("transaction.timeout.ms", "10000")
-            .create()
-            .context("passthrough producer")?;
+        let producer: Arc<BaseProducer> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", self.brokers)
+                .set("partitioner", "murmur2_random")
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .set("delivery.report.only.error", "true") // as the processor's producer
+                .set("transactional.id", format!("{}-tx", self.group))
+                .set("transaction.timeout.ms", "10000")
+                .create()
+                .context("passthrough producer")?,
+        );
         producer.init_transactions(TX_TIMEOUT)?;
         producer.begin_transaction()?;
 
@@ -62,23 +68,17 @@ impl Passthrough<'_> {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let (mut pending, mut last_commit) = (0usize, Instant::now());
         let mut first: Option<(Instant, i64)> = None;
+        let mut committing: Option<(JoinHandle<Result<()>>, i64, bool)> = None;
+        // records read while a transaction commits: (key, payload)
+        let mut waiting: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::new();
         let deadline = started + self.timeout;
         loop {
             match consumer.poll(Duration::from_millis(10)) {
                 Some(Ok(m)) => {
-                    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(self.output).payload(m.payload().unwrap_or_default());
-                    if let Some(k) = m.key() {
-                        rec = rec.key(k);
-                    }
-                    loop {
-                        match producer.send(rec) {
-                            Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                                producer.poll(Duration::from_millis(5));
-                                rec = r;
-                            }
-                            Err((e, _)) => bail!("passthrough send: {e}"),
-                        }
+                    if committing.is_some() {
+                        waiting.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+                    } else {
+                        send(&producer, self.output, m.key(), m.payload().unwrap_or_default())?;
                     }
                     next.insert(m.partition(), m.offset() + 1);
                     pending += 1;
@@ -86,23 +86,36 @@ impl Passthrough<'_> {
                 Some(Err(e)) => bail!("passthrough consume: {e}"),
                 None => {}
             }
-            if pending > 0 && (pending >= self.max_batch || last_commit.elapsed() >= self.commit_interval) {
+            let due = pending > 0 && (pending >= self.max_batch || last_commit.elapsed() >= self.commit_interval);
+            if committing.as_ref().is_some_and(|(h, _, _)| h.is_finished()) || (due && committing.is_some()) {
+                let (handle, committed, done) = committing.take().expect("a commit on its way");
+                handle.join().map_err(|_| anyhow!("the commit thread panicked"))??;
+                first.get_or_insert((Instant::now(), committed));
+                if done {
+                    break;
+                }
+                producer.begin_transaction()?;
+                for (k, v) in waiting.drain(..) {
+                    send(&producer, self.output, k.as_deref(), &v)?;
+                }
+            }
+            if due && committing.is_none() {
                 let mut tpl = TopicPartitionList::new();
                 for (p, o) in &next {
                     tpl.add_partition_offset(self.input, *p, Offset::Offset(*o))?;
                 }
                 let meta = consumer.group_metadata().ok_or_else(|| anyhow!("no group metadata"))?;
-                producer.send_offsets_to_transaction(&tpl, &meta, TX_TIMEOUT)?;
-                deliver_all(&producer)?;
-                producer.commit_transaction(TX_TIMEOUT)?;
-                producer.begin_transaction()?;
-                let committed: i64 = next.values().sum();
-                first.get_or_insert((Instant::now(), committed));
+                let p = Arc::clone(&producer);
+                let handle = std::thread::spawn(move || -> Result<()> {
+                    p.send_offsets_to_transaction(&tpl, &meta, TX_TIMEOUT)?;
+                    deliver_all(&p)?;
+                    p.commit_transaction(TX_TIMEOUT)?;
+                    Ok(())
+                });
+                let done = end.iter().all(|(p, e)| next.get(p).copied().unwrap_or(0) >= *e);
+                committing = Some((handle, next.values().sum(), done));
                 pending = 0;
                 last_commit = Instant::now();
-                if end.iter().all(|(p, e)| next.get(p).copied().unwrap_or(0) >= *e) {
-                    break;
-                }
             }
             if Instant::now() > deadline {
                 bail!("the passthrough did not finish within {:?}", self.timeout);
@@ -113,6 +126,24 @@ impl Passthrough<'_> {
         let total: i64 = end.values().sum();
         let (t1, c1) = first.unwrap_or((started, 0));
         Ok(Timing { seconds: (done - started).as_secs_f64(), steady_seconds: (done - t1).as_secs_f64(), steady_events: (total - c1).max(0) as u64 })
+    }
+}
+
+/// Queues one record, waiting for room when the queue is full.
+fn send(producer: &BaseProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(5));
+                rec = r;
+            }
+            Err((e, _)) => bail!("passthrough send: {e}"),
+        }
     }
 }
 

@@ -153,6 +153,9 @@ impl RetentionConfig {
 pub struct ProcessingConfig {
     pub commit_interval: Span,
     pub max_batch_events: usize,
+    /// Exactly-once: read and compute the next batch while a transaction commits (its outputs
+    /// are sent once the commit answered). false: the loop waits for every commit.
+    pub overlap_commit: bool,
     /// Input waiting and nothing committed for this long: `/readyz` fails, `touchstream_stalled` is 1.
     pub stall_timeout: Span,
 }

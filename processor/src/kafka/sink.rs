@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -31,6 +32,8 @@ pub enum SinkError {
     Transaction { op: &'static str, class: TxnClass, source: KafkaError },
     #[error("a record for {topic} is larger than the producer accepts: {source}")]
     TooLarge { topic: String, source: KafkaError },
+    #[error("the commit thread failed: {0}")]
+    CommitThread(String),
 }
 
 /// What to do about a failed transactional call.
@@ -127,10 +130,13 @@ pub struct OutRecord<'a> {
 }
 
 pub struct Sink {
-    producer: BaseProducer<DeliveryTracker>,
+    producer: Arc<BaseProducer<DeliveryTracker>>,
     flush_timeout: Duration,
     transactional: bool,
+    /// A transaction is open: begun, or committing (until `finish_commit` says it committed).
     in_transaction: bool,
+    /// The commit of the open transaction, on a thread of its own (`start_commit`).
+    committing: Option<JoinHandle<(Result<(), SinkError>, Duration)>>,
     /// Largest record per topic the broker accepts; larger ones are refused before sending.
     limits: HashMap<String, usize>,
 }
@@ -138,8 +144,8 @@ pub struct Sink {
 impl Sink {
     /// A plain (idempotent) producer for at-least-once delivery.
     pub fn new(config: &ClientConfig, flush_timeout: Duration) -> Result<Sink, SinkError> {
-        let producer = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
-        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false, limits: HashMap::new() })
+        let producer = Arc::new(config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?);
+        Ok(Sink { producer, flush_timeout, transactional: false, in_transaction: false, committing: None, limits: HashMap::new() })
     }
 
     /// A transactional producer: `config` must carry `transactional.id`. Initialising fences any
@@ -147,7 +153,7 @@ impl Sink {
     pub fn transactional(config: &ClientConfig, timeout: Duration) -> Result<Sink, SinkError> {
         let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker::default()).map_err(SinkError::Create)?;
         retry("init", || producer.init_transactions(timeout))?;
-        Ok(Sink { producer, flush_timeout: timeout, transactional: true, in_transaction: false, limits: HashMap::new() })
+        Ok(Sink { producer: Arc::new(producer), flush_timeout: timeout, transactional: true, in_transaction: false, committing: None, limits: HashMap::new() })
     }
 
     /// Test-only fault injection: raises a fatal error inside librdkafka, as a broken producer would.
@@ -178,18 +184,8 @@ impl Sink {
         self.in_transaction
     }
 
-    /// A producer that raised a fatal error cannot go on, whatever the failed call said; when that
-    /// fatal error is a fence (a newer instance took the transactional id), it must stop rather
-    /// than recreate the producer (which would fence the newer instance in turn).
     fn refine(&self, e: SinkError) -> SinkError {
-        match e {
-            SinkError::Transaction { op, class, source } if class != TxnClass::Fenced => match self.producer.client().fatal_error() {
-                Some((code, _)) if is_fence(code) => SinkError::Transaction { op, class: TxnClass::Fenced, source },
-                Some(_) => SinkError::Transaction { op, class: TxnClass::Fatal, source },
-                None => SinkError::Transaction { op, class, source },
-            },
-            other => other,
-        }
+        refine(&self.producer, e)
     }
 
     /// Whether the producer's fatal error (if any) says that this instance was fenced.
@@ -210,11 +206,49 @@ impl Sink {
     /// Retriable failures are retried here; an error means abort (or stop, if fenced/fatal).
     pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), SinkError> {
         self.ensure_transaction()?;
-        let timeout = self.flush_timeout;
-        retry("send_offsets", || self.producer.send_offsets_to_transaction(offsets, group, timeout)).map_err(|e| self.refine(e))?;
-        // deliveries first, without the client's own flush (which polls in 100 ms steps)
-        self.deliver_all(timeout).map_err(|e| self.refine(SinkError::Transaction { op: "flush", class: classify(&e), source: e }))?;
-        retry("commit", || self.producer.commit_transaction(timeout)).map_err(|e| self.refine(e))?;
+        let result = commit_open(&self.producer, offsets, group, self.flush_timeout);
+        self.committed(result)
+    }
+
+    /// Starts committing the open transaction (offsets of `group`, as `commit_transaction`) on a
+    /// thread of its own and returns at once: the caller may go on reading and computing, but
+    /// must send nothing until `finish_commit` has returned (the next transaction begins only
+    /// after this one committed).
+    pub fn start_commit(&mut self, offsets: TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), SinkError> {
+        self.ensure_transaction()?;
+        let (producer, timeout) = (Arc::clone(&self.producer), self.flush_timeout);
+        let thread = std::thread::Builder::new().name("touchstream-commit".into());
+        let handle = thread
+            .spawn(move || {
+                let started = Instant::now();
+                (commit_open(&producer, &offsets, &group, timeout), started.elapsed())
+            })
+            .map_err(|e| SinkError::CommitThread(e.to_string()))?;
+        self.committing = Some(handle);
+        Ok(())
+    }
+
+    /// Whether a commit started by `start_commit` has not been finished yet.
+    pub fn committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Whether the commit on its way (if any) has an answer: `finish_commit` will not wait.
+    pub fn commit_answered(&self) -> bool {
+        self.committing.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// Waits for the commit started by `start_commit` (None: none was on its way); Ok holds how
+    /// long the commit took. After an error the transaction is still open: abort it (or stop, if
+    /// fenced/fatal).
+    pub fn finish_commit(&mut self) -> Option<Result<Duration, SinkError>> {
+        let handle = self.committing.take()?;
+        let (result, took) = handle.join().unwrap_or_else(|_| (Err(SinkError::CommitThread("it panicked".into())), Duration::ZERO));
+        Some(self.committed(result).map(|()| took))
+    }
+
+    fn committed(&mut self, result: Result<(), SinkError>) -> Result<(), SinkError> {
+        result?;
         self.in_transaction = false;
         self.producer.context().failed.swap(0, Ordering::AcqRel);
         Ok(())
@@ -222,6 +256,9 @@ impl Sink {
 
     /// Aborts the open transaction: nothing it wrote becomes visible to read_committed readers.
     pub fn abort_transaction(&mut self) -> Result<(), SinkError> {
+        // A commit on its way is answered first (the loop settles it before it aborts; this is
+        // for the way out after an error); if it committed, there is nothing left to abort.
+        let _ = self.finish_commit();
         if !self.in_transaction {
             return Ok(());
         }
@@ -241,6 +278,7 @@ impl Sink {
     /// Queues a record (inside the open transaction, beginning one if needed); waits for room
     /// when librdkafka's queue is full.
     pub fn send(&mut self, rec: OutRecord<'_>) -> Result<(), SinkError> {
+        debug_assert!(self.committing.is_none(), "a record sent while the last transaction commits");
         if let Some(limit) = self.limits.get(rec.topic) {
             let headers: usize = rec.headers.as_ref().map_or(0, |h| h.iter().map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 8).sum());
             let size = rec.key.map_or(0, <[u8]>::len) + rec.payload.map_or(0, <[u8]>::len) + headers + RECORD_OVERHEAD;
@@ -286,26 +324,8 @@ impl Sink {
         self.producer.context().too_large.swap(false, Ordering::AcqRel)
     }
 
-    /// Sends every queued record now and serves delivery reports until none is outstanding.
-    /// rust-rdkafka's `flush` (also called by its `commit_transaction`) polls the report queue in
-    /// steps of a full 100 ms, so every commit took at least 100 ms; here the queue is served every
-    /// 250 µs (measured with the throughput harness: commits went from ~105 ms to a few ms).
     fn deliver_all(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // a zero-timeout flush sends what lingers and says whether anything is outstanding
-            match self.producer.flush(Duration::ZERO) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
-                    // serve what is queued (failed deliveries, errors) without waiting, then sleep:
-                    // rust-rdkafka's `poll(1 ms)` spins through its last sub-millisecond (the
-                    // queue's timeout is in whole milliseconds), which burned a core while waiting
-                    self.producer.poll(Duration::ZERO);
-                    std::thread::sleep(Duration::from_micros(250));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        deliver_all(&self.producer, timeout)
     }
 
     /// Waits until every queued record is delivered; fails if any delivery failed since the last flush.
@@ -318,6 +338,56 @@ impl Sink {
             return Err(SinkError::Delivery { count, first });
         }
         Ok(())
+    }
+}
+
+/// Commits the open transaction of `producer` with `offsets` of `group`: offsets, deliveries,
+/// then the commit itself, each retried while retriable.
+fn commit_open(
+    producer: &BaseProducer<DeliveryTracker>,
+    offsets: &TopicPartitionList,
+    group: &ConsumerGroupMetadata,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    retry("send_offsets", || producer.send_offsets_to_transaction(offsets, group, timeout)).map_err(|e| refine(producer, e))?;
+    // deliveries first, without the client's own flush (which polls in 100 ms steps)
+    deliver_all(producer, timeout).map_err(|e| refine(producer, SinkError::Transaction { op: "flush", class: classify(&e), source: e }))?;
+    retry("commit", || producer.commit_transaction(timeout)).map_err(|e| refine(producer, e))
+}
+
+/// A producer that raised a fatal error cannot go on, whatever the failed call said; when that
+/// fatal error is a fence (a newer instance took the transactional id), it must stop rather
+/// than recreate the producer (which would fence the newer instance in turn).
+fn refine(producer: &BaseProducer<DeliveryTracker>, e: SinkError) -> SinkError {
+    match e {
+        SinkError::Transaction { op, class, source } if class != TxnClass::Fenced => match producer.client().fatal_error() {
+            Some((code, _)) if is_fence(code) => SinkError::Transaction { op, class: TxnClass::Fenced, source },
+            Some(_) => SinkError::Transaction { op, class: TxnClass::Fatal, source },
+            None => SinkError::Transaction { op, class, source },
+        },
+        other => other,
+    }
+}
+
+/// Sends every queued record now and serves delivery reports until none is outstanding.
+/// rust-rdkafka's `flush` (also called by its `commit_transaction`) polls the report queue in
+/// steps of a full 100 ms, so every commit took at least 100 ms; here the queue is served every
+/// 250 µs (measured with the throughput harness: commits went from ~105 ms to a few ms).
+fn deliver_all(producer: &BaseProducer<DeliveryTracker>, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // a zero-timeout flush sends what lingers and says whether anything is outstanding
+        match producer.flush(Duration::ZERO) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
+                // serve what is queued (failed deliveries, errors) without waiting, then sleep:
+                // rust-rdkafka's `poll(1 ms)` spins through its last sub-millisecond (the
+                // queue's timeout is in whole milliseconds), which burned a core while waiting
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_micros(250));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -2,8 +2,22 @@
 //! commit in one Kafka transaction, or none of them do and the loop rewinds to the last commit
 //! (state reloaded from the changelog, consumer back to the committed offsets). `recover` is the
 //! one mapping from a transactional error class to what the loop does about it.
+//!
+//! The commit of transaction N runs on a thread of its own (`Sink::start_commit`) while the loop
+//! reads and computes the next batch; nothing of that batch is sent before N committed
+//! (`await_commit`): its outputs wait in memory and transaction N+1 begins only after N's answer.
+//! If N fails, the rewind forgets that batch with everything else since the last commit.
 
 use super::*;
+
+/// A transaction whose commit is on its way: the batch it holds.
+pub(super) struct InFlight {
+    /// Next offset per input partition: what the transaction commits.
+    offsets: HashMap<i32, i64>,
+    events: usize,
+    /// Time the loop spent on this commit before handing it over.
+    foreground: Duration,
+}
 
 /// Where a transactional call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +90,9 @@ impl Processor {
     /// is reloaded from the changelog and its consumer position reset to the committed offset;
     /// aggregators re-read the partials topic.
     pub(super) fn abort_and_rewind(&mut self, consumer: &BaseConsumer<SignallingContext>, why: &str) -> Result<(), RunError> {
+        if !self.await_commit(consumer)? {
+            return Ok(()); // the commit on its way failed: already back at the last commit
+        }
         if let Err(e) = self.sink.abort_transaction() {
             return self.recover(consumer, e, Phase::Abort);
         }
@@ -111,6 +128,7 @@ impl Processor {
     /// Forgets everything since the last commit: buffers, state (reloaded from the changelog),
     /// consumer positions (back to the committed offsets), channel aggregators (re-read).
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        self.rewinds += 1;
         self.outputs.clear();
         self.windows.clear();
         self.changelog.clear();
@@ -134,8 +152,42 @@ impl Processor {
         Ok(())
     }
 
-    /// Idle watermarks, changed windows and totals, then flush and commit.
+    /// Waits for the answer of the commit on its way, if any: Ok(true) when it committed (or none
+    /// was on its way), Ok(false) when it failed and the loop went back to the last commit.
+    pub(super) fn await_commit(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<bool, RunError> {
+        let Some(result) = self.sink.finish_commit() else { return Ok(true) };
+        let flight = self.in_flight.take().expect("a commit on its way has its batch");
+        match result {
+            Ok(took) => {
+                self.after_commit(flight.offsets, flight.events, flight.foreground, Some(took));
+                Ok(true)
+            }
+            Err(e) => {
+                // the failed batch, as `recover` (and the isolation of an oversize record) expects
+                self.pending = flight.offsets;
+                self.batch_events = flight.events;
+                self.recover(consumer, e, Phase::Commit)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Settles the commit on its way if its answer is there (never waits).
+    pub(super) fn reap_commit(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        if self.sink.commit_answered() {
+            self.await_commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Idle watermarks, changed windows and totals, then flush and start the commit (answered
+    /// by `await_commit`, at the latest when the next commit begins).
     pub(super) fn commit(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
+        if !self.await_commit(consumer)? {
+            // the last transaction failed: the loop went back to the commit before it
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
         let started = Instant::now();
         let idle = self.cfg.event_time.idle_timeout.as_duration();
         let now_ms = wall_clock_ms();
@@ -204,17 +256,22 @@ impl Processor {
                     return self.abort_and_rewind(consumer, "fault injection");
                 }
                 let group = consumer.group_metadata().ok_or_else(|| RunError::Consumer(KafkaError::NoMessageReceived))?;
-                let transaction = Instant::now();
-                match self.sink.commit_transaction(&tpl, &group) {
-                    Ok(()) => self.after_commit(started, Some(transaction.elapsed())),
-                    Err(e) => return self.recover(consumer, e, Phase::Commit),
+                if let Err(e) = self.sink.start_commit(tpl, group) {
+                    return self.recover(consumer, e, Phase::Commit);
+                }
+                let offsets = std::mem::take(&mut self.pending);
+                self.in_flight = Some(InFlight { offsets, events: self.batch_events, foreground: started.elapsed() });
+                if !self.cfg.processing.overlap_commit {
+                    self.batch_events = 0;
+                    self.await_commit(consumer)?;
                 }
             }
         } else {
             self.sink.flush()?;
             if !self.pending.is_empty() {
                 consumer.commit(&tpl, CommitMode::Sync).map_err(RunError::Commit)?;
-                self.after_commit(started, None);
+                let offsets = std::mem::take(&mut self.pending);
+                self.after_commit(offsets, self.batch_events, started.elapsed(), None);
             }
         }
         self.batch_events = 0;
@@ -225,12 +282,13 @@ impl Processor {
         Ok(())
     }
 
-    pub(super) fn after_commit(&mut self, started: Instant, transaction: Option<Duration>) {
-        for (p, off) in self.pending.drain() {
+    /// A batch committed: `offsets` are where a rewind now goes back to.
+    pub(super) fn after_commit(&mut self, offsets: HashMap<i32, i64>, events: usize, took: Duration, transaction: Option<Duration>) {
+        for (p, off) in offsets {
             self.committed.insert(p, Some(off));
         }
         self.stats.commits += 1;
-        self.telemetry.committed(self.batch_events, started.elapsed(), transaction);
+        self.telemetry.committed(events, took, transaction);
         self.last_progress = Instant::now();
         self.isolation_progress();
     }

@@ -6,7 +6,12 @@ impl Processor {
     /// Writes the original key, bytes and headers to the DLQ, with headers naming the error (the
     /// reason cut to `poison::MAX_REASON_BYTES`). An original that would not fit the DLQ topic
     /// keeps its first `limits.dlq_excerpt_bytes`, its size and SHA-256 (`kind = too_large`).
-    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, err: &InvalidEvent) -> Result<(), RunError> {
+    /// Sends nothing while the last transaction commits: waits for its answer first (and after a
+    /// failed commit, writes nothing: the rewind reads the record again).
+    pub(super) fn dead_letter(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>, err: &InvalidEvent) -> Result<(), RunError> {
+        if !self.await_commit(consumer)? {
+            return Ok(());
+        }
         let reason = poison::truncate_reason(&err.to_string(), poison::MAX_REASON_BYTES).into_owned();
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();

@@ -161,9 +161,14 @@ struct Processor {
     paused: HashMap<i32, u32>,
     registry_backoff: Backoff,
     registry_retry_at: Instant,
+    /// Outputs not sent yet: they wait here while the last transaction commits.
     outputs: Vec<Output>,
     windows: Vec<ChannelWindowRecord>,
     batch_events: usize,
+    /// The transaction whose commit is on its way (checkpoint.rs).
+    in_flight: Option<checkpoint::InFlight>,
+    /// Rewinds so far: a record polled before a rewind is not handled after it.
+    rewinds: u64,
     last_commit: Instant,
     last_state_report: Instant,
     pub stats: RunStats,
@@ -315,6 +320,8 @@ impl Runner {
             outputs: Vec::new(),
             windows: Vec::new(),
             batch_events: 0,
+            in_flight: None,
+            rewinds: 0,
             last_commit: Instant::now(),
             last_state_report: Instant::now(),
             stats: RunStats::default(),
@@ -343,7 +350,10 @@ impl Runner {
                 // A record, or an error in its place (e.g. a batch that cannot be decompressed):
                 // either way input is waiting; the stall rule reports one that never moves.
                 let had_input = polled.is_some();
+                let rewinds = state.rewinds;
                 let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
+                    // a record polled before a rewind is read again from the rewound position
+                    Some(Ok(_)) if state.rewinds != rewinds => Ok(()),
                     Some(Ok(msg)) => state.handle(&consumer, &msg),
                     Some(Err(e)) => {
                         state.telemetry.consumer_error(&e, "input");
@@ -351,6 +361,7 @@ impl Runner {
                     }
                     None => Ok(()),
                 });
+                let step = step.and_then(|_| state.reap_commit(&consumer));
                 let step = step.and_then(|_| state.poll_partials(&consumer));
                 let step = step.and_then(|_| state.check_membership(&consumer));
                 let step = step.and_then(|_| state.retry_registry(&consumer));
@@ -375,7 +386,8 @@ impl Runner {
                 }
             }
             state.finish_replays(&consumer)?;
-            state.commit(&consumer)
+            state.commit(&consumer)?;
+            state.await_commit(&consumer).map(|_| ())
         })();
         if result.is_err() {
             state.health.set_failed();
@@ -410,7 +422,7 @@ impl Processor {
             let err = InvalidEvent::OutputTooLarge;
             self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
             self.stats.invalid += 1;
-            return self.dead_letter(msg, &err);
+            return self.dead_letter(consumer, msg, &err);
         }
         let decoded = match poison::oversize_record(msg.key(), payload, self.cfg.limits.max_record_bytes) {
             Some(err) => Err(DecodeError::Invalid(err)),
@@ -437,18 +449,26 @@ impl Processor {
         match decoded {
             Err(DecodeError::Unavailable { .. }) => unreachable!("handled above"),
             Ok(ev) => {
+                let committing = self.sink.committing();
+                if !committing && !self.outputs.is_empty() {
+                    // outputs of records read while the last transaction committed
+                    self.ship_outputs()?;
+                }
                 let engine = self.engines.entry(p).or_insert_with(|| PartitionEngine::new(p, self.engine_cfg.clone()));
                 let processed = engine.process(&ev, &mut self.outputs);
                 if processed.duplicate {
                     self.telemetry.duplicate();
                     self.stats.duplicates += 1;
                     if self.cfg.journey.dead_letter_duplicates {
-                        self.dead_letter(msg, &InvalidEvent::Duplicate(poison::truncate_reason(&ev.event_id, 128).into_owned()))?;
+                        self.dead_letter(consumer, msg, &InvalidEvent::Duplicate(poison::truncate_reason(&ev.event_id, 128).into_owned()))?;
                     }
                     return Ok(());
                 }
                 self.telemetry.event(ev.event_type, processed.late);
                 self.stats.events += 1;
+                if committing {
+                    return Ok(());
+                }
                 if let Err(e) = self.ship_outputs() {
                     if matches!(e, RunError::Sink(SinkError::TooLarge { .. })) {
                         // This record's own output is too large: it is the one to isolate.
@@ -460,7 +480,7 @@ impl Processor {
             Err(DecodeError::Invalid(err)) => {
                 self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
                 self.stats.invalid += 1;
-                self.dead_letter(msg, &err)?;
+                self.dead_letter(consumer, msg, &err)?;
             }
         }
         Ok(())

@@ -5,6 +5,10 @@ use super::*;
 
 impl Processor {
     pub(super) fn apply_signals(&mut self, consumer: &BaseConsumer<SignallingContext>, signals: Vec<RebalanceSignal>) -> Result<(), RunError> {
+        if !signals.is_empty() {
+            // the commit on its way holds offsets of the partitions that may move: answer it first
+            self.await_commit(consumer)?;
+        }
         for signal in signals {
             match signal {
                 RebalanceSignal::Assigned(parts) => {
