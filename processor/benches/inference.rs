@@ -89,6 +89,9 @@ fn deep(c: &mut Criterion) {
     let set = models(64);
     let model = &set.attribution;
     let mut runner = AttributionRunner::new(model).unwrap();
+    // an additive model's removal effects take two rows; `removal_rows` is one row per touchpoint
+    let mut rows_model = model.clone();
+    rows_model.additive = false;
     let mut g = c.benchmark_group("deep_credit");
     g.sample_size(30);
     for k in [8usize, 32, 64] {
@@ -101,6 +104,9 @@ fn deep(c: &mut Criterion) {
             ("shapley_exact", DeepMode::Shapley { samples: 16, exact_max: 8 }),
             ("shapley_16_samples", DeepMode::Shapley { samples: 16, exact_max: 0 }),
         ];
+        g.bench_with_input(BenchmarkId::new("removal_rows", k), &k, |b, _| {
+            b.iter(|| black_box(runner.deep_credit(&rows_model, DeepMode::Removal, conv, previous, &touches, 7).unwrap()))
+        });
         for (name, mode) in modes {
             if name == "shapley_exact" && k > 8 {
                 continue;

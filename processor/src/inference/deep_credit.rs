@@ -25,7 +25,7 @@ pub enum DeepMode {
 }
 
 /// A loaded, validated attribution model (shared, immutable).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AttributionModel {
     plans: Plans,
     pub meta: Metadata,
@@ -37,6 +37,9 @@ pub struct AttributionModel {
     /// Credits are scaled by the journey's incremental share `1 - P(none) / P(all)`; the rest is
     /// the customer's baseline (metadata `baseline_share`).
     pub baseline_share: bool,
+    /// An additive-hazard model (`architecture = "additive_hazard"`, checked at load): removal
+    /// effects come from two rows (`AttributionRunner::deep_credit`).
+    pub additive: bool,
     /// log1p(720): ages are log1p(hours) / this.
     age_scale: f64,
 }
@@ -99,9 +102,10 @@ impl AttributionModel {
         let previous_purchase_token = meta.feature_encoding.pointer("/previous_purchase_token").and_then(|v| v.as_bool()).unwrap_or(false);
         let loaded = contract::load_plan(&meta, &files.onnx)?;
         let plans = Plans::build(&meta, loaded, &contract::BUCKETS)?;
-        let model = AttributionModel {
+        let mut model = AttributionModel {
             plans,
             baseline_share: meta.baseline_share,
+            additive: false,
             meta,
             len,
             purchase_path_ms: (purchase_path_minutes * 60_000.0) as Millis,
@@ -111,7 +115,62 @@ impl AttributionModel {
         if let (Some(fixtures), true) = (&files.fixtures, files.check_fixtures) {
             model.check_fixtures(fixtures)?;
         }
+        if model.meta.architecture.as_deref() == Some("additive_hazard") {
+            model.additive = model.check_additive()?;
+        }
         Ok(model)
+    }
+
+    /// Whether the model behaves as it says it is additive: on journeys of every length from 1 to
+    /// 24 touchpoints (pseudo-random channels, types and ages, fixed seed) the two-row removal
+    /// effects agree with the row-per-touchpoint ones within 1e-4 of the conversion (journeys
+    /// where one of the two sees no lift at all are skipped; at least half must be compared).
+    /// Otherwise
+    /// the model keeps one row per touchpoint, with a warning.
+    fn check_additive(&mut self) -> Result<bool, ModelError> {
+        let tract = |e: TractError| ModelError::Tract { model: self.meta.name.clone(), message: format!("{e:#}") };
+        let mut runner = AttributionRunner::new(self).map_err(tract)?;
+        let (day, conv) = (86_400_000, 40 * 86_400_000);
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // compared in shares of the conversion: with the baseline's share, a journey of almost no
+        // lift gets almost no credit (normalised to 1, its credits would magnify the rounding of
+        // one row per touchpoint, where P(all) - P(all but i) cancels in f32)
+        let share = std::mem::replace(&mut self.baseline_share, true);
+        let (mut worst, mut compared) = (0f64, 0);
+        for k in 1..=24.min(self.len - usize::from(self.previous_purchase_token)) {
+            let mut touches: Vec<ModelTouch> = (0..k)
+                .map(|_| ModelTouch {
+                    channel: Channel::ALL[(next() % Channel::ALL.len() as u64) as usize],
+                    event_type: [EventType::Impression, EventType::Click, EventType::EmailOpen, EventType::EmailClick][(next() % 4) as usize],
+                    campaign_bucket: (next() % 64) as i64,
+                    ts: conv - (next() % (30 * day as u64)) as Millis,
+                })
+                .collect();
+            touches.sort_by_key(|t| t.ts);
+            self.additive = false;
+            let rows = runner.deep_credit(self, DeepMode::Removal, conv, Some(conv - 60 * day), &touches, 1).map_err(tract)?;
+            self.additive = true;
+            let two = runner.deep_credit(self, DeepMode::Removal, conv, Some(conv - 60 * day), &touches, 1).map_err(tract)?;
+            if rows.credits.len() != two.credits.len() {
+                // one of them saw no lift at all: a journey at the edge of f32 resolution
+                continue;
+            }
+            compared += 1;
+            let d = rows.credits.iter().zip(&two.credits).map(|(a, b)| (a - b).abs()).fold((rows.baseline - two.baseline).abs(), f64::max);
+            worst = worst.max(d);
+        }
+        self.baseline_share = share;
+        let agrees = worst <= 1e-4 && compared >= 12;
+        if !agrees {
+            tracing::warn!(model = %self.meta.name, worst, "the model says it is an additive hazard, but its removal effects do not agree with the additive form: one row per touchpoint");
+        }
+        Ok(agrees)
     }
 
     pub fn version(&self) -> &str {
@@ -160,6 +219,8 @@ pub struct AttributionRunner {
     mask: Vec<f32>,
     /// P(conversion) per row of the last run.
     pub scores: Vec<f32>,
+    /// The `attention` output of row 0 of the last run.
+    attention: Vec<f32>,
     /// Coalitions (bit sets / permutations) of the Shapley modes.
     perm: Vec<usize>,
     phi: Vec<f64>,
@@ -197,6 +258,7 @@ impl AttributionRunner {
             position: Vec::new(),
             mask: Vec::new(),
             scores: Vec::new(),
+            attention: Vec::new(),
             perm: Vec::new(),
             phi: Vec::new(),
         })
@@ -239,6 +301,9 @@ impl AttributionRunner {
         self.scores.clear();
         let view = out[0].try_as_plain_ram()?;
         self.scores.extend_from_slice(&view.as_slice::<f32>()?[..rows]);
+        self.attention.clear();
+        let view = out[1].try_as_plain_ram()?;
+        self.attention.extend_from_slice(&view.as_slice::<f32>()?[..l]);
         Ok(())
     }
 
@@ -312,7 +377,25 @@ impl AttributionRunner {
         debug_assert!(offset + k <= model.len);
         self.phi.clear();
         self.phi.resize(k, 0.0);
+        let mut p_none_row = 1 + k;
         match mode {
+            DeepMode::Removal if model.additive => {
+                // P = 1 - exp(-(b + sum_i e_i)) and attention_i = e_i / sum_j e_j: the hazards of the
+                // full journey and of none give sum e, the attention each e_i, and the removal
+                // effect is exactly P(all) - P(all but i) = exp(-H)(exp(e_i) - 1)
+                self.push_masked(offset, k, |_| false); // row 1: no touchpoint
+                self.run()?;
+                p_none_row = 1;
+                let hazard = |p: f32| -(-f64::from(p)).ln_1p();
+                let (all, none) = (hazard(self.scores[0]), hazard(self.scores[1]));
+                // no lift at f32 resolution: no credit, as with one row per touchpoint
+                let sum = if self.scores[0] > self.scores[1] { all - none } else { 0.0 };
+                let survival = (-all).exp();
+                for i in 0..k {
+                    let e = f64::from(self.attention[offset + i]) * sum;
+                    self.phi[i] = survival * e.exp_m1();
+                }
+            }
             DeepMode::Removal => {
                 for i in 0..k {
                     self.push_masked(offset, k, |j| j != i);
@@ -392,7 +475,7 @@ impl AttributionRunner {
         }
         let p_conversion = f64::from(self.scores[0]);
         let p_none = match mode {
-            DeepMode::Removal => self.scores.get(1 + k).copied(),
+            DeepMode::Removal => self.scores.get(p_none_row).copied(),
             // row 1 is the empty coalition in both Shapley layouts
             DeepMode::Shapley { .. } => self.scores.get(1).copied(),
         };
@@ -450,6 +533,7 @@ mod tests {
                 .collect();
         let plain = load(false);
         let shared = load(true);
+        assert!(plain.additive && shared.additive);
         let a = AttributionRunner::new(&plain).unwrap().deep_credit(&plain, DeepMode::Removal, conv, None, &touches, 1).unwrap();
         let b = AttributionRunner::new(&shared).unwrap().deep_credit(&shared, DeepMode::Removal, conv, None, &touches, 1).unwrap();
         assert_eq!(a.baseline, 0.0);
@@ -463,5 +547,35 @@ mod tests {
         let mut runner = AttributionRunner::new(&shared).unwrap();
         let s = runner.deep_credit(&shared, DeepMode::Shapley { samples: 8, exact_max: 8 }, conv, None, &touches, 1).unwrap();
         assert!((s.baseline - b.baseline).abs() < 1e-6, "{s:?} vs {b:?}");
+    }
+
+    /// The shipped hazard model is additive: its deep credit takes two rows, and gives what one
+    /// row per touchpoint gives, on a long journey too (the load-time check covers 1..=24).
+    #[test]
+    fn an_additive_model_gives_its_removal_effects_from_two_rows() {
+        let files = super::super::ModelFiles::builtin("attribution", false).unwrap();
+        let mut model = AttributionModel::load(&files).unwrap();
+        assert!(model.additive, "the shipped model is an additive hazard");
+        let (day, conv) = (86_400_000, 40 * 86_400_000);
+        let kinds = [
+            (Channel::Display, EventType::Impression),
+            (Channel::Email, EventType::EmailOpen),
+            (Channel::PaidSocial, EventType::Click),
+            (Channel::Affiliate, EventType::Click),
+        ];
+        let touches: Vec<ModelTouch> = (0..60)
+            .map(|i| ModelTouch { channel: kinds[i % 4].0, event_type: kinds[i % 4].1, campaign_bucket: (i % 7) as i64, ts: conv - (60 - i as i64) * day / 3 })
+            .collect();
+        let mut runner = AttributionRunner::new(&model).unwrap();
+        let two = runner.deep_credit(&model, DeepMode::Removal, conv, None, &touches, 1).unwrap();
+        assert_eq!(runner.scores.len(), 2, "two rows");
+        model.additive = false;
+        let rows = runner.deep_credit(&model, DeepMode::Removal, conv, None, &touches, 1).unwrap();
+        assert_eq!(runner.scores.len(), touches.len() + 2);
+        assert!(two.credits.iter().sum::<f64>() > 0.5, "{two:?}");
+        assert!((two.baseline - rows.baseline).abs() < 1e-6, "{} vs {}", two.baseline, rows.baseline);
+        for (i, (a, b)) in two.credits.iter().zip(&rows.credits).enumerate() {
+            assert!((a - b).abs() < 1e-4, "touchpoint {i}: {a} from two rows, {b} from one row each");
+        }
     }
 }
