@@ -18,6 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use touchstream::kafka::sink::deliver_all;
+
 use crate::Timing;
 
 const TX_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +110,7 @@ impl Passthrough<'_> {
                 let p = Arc::clone(&producer);
                 let handle = std::thread::spawn(move || -> Result<()> {
                     p.send_offsets_to_transaction(&tpl, &meta, TX_TIMEOUT)?;
-                    deliver_all(&p)?;
+                    deliver_all(&p, TX_TIMEOUT).map_err(|e| anyhow!("passthrough flush: {e}"))?;
                     p.commit_transaction(TX_TIMEOUT)?;
                     Ok(())
                 });
@@ -143,23 +145,6 @@ fn send(producer: &BaseProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]
                 rec = r;
             }
             Err((e, _)) => bail!("passthrough send: {e}"),
-        }
-    }
-}
-
-/// Serves delivery reports every 250 µs until nothing is outstanding, as the processor does
-/// before its commit: rust-rdkafka's own flush (inside `commit_transaction`) polls in 100 ms
-/// steps, which would make every transaction of this baseline take at least 100 ms.
-fn deliver_all(producer: &BaseProducer) -> Result<()> {
-    let deadline = Instant::now() + TX_TIMEOUT;
-    loop {
-        match producer.flush(Duration::ZERO) {
-            Ok(()) => return Ok(()),
-            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(Duration::from_micros(250));
-            }
-            Err(e) => bail!("passthrough flush: {e}"),
         }
     }
 }
