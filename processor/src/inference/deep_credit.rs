@@ -125,8 +125,7 @@ impl AttributionModel {
     /// 24 touchpoints (pseudo-random channels, types and ages, fixed seed) the two-row removal
     /// effects agree with the row-per-touchpoint ones within 1e-4 of the conversion (journeys
     /// where one of the two sees no lift at all are skipped; at least half must be compared).
-    /// Otherwise
-    /// the model keeps one row per touchpoint, with a warning.
+    /// Otherwise the model keeps one row per touchpoint, with a warning.
     fn check_additive(&mut self) -> Result<bool, ModelError> {
         let tract = |e: TractError| ModelError::Tract { model: self.meta.name.clone(), message: format!("{e:#}") };
         let mut runner = AttributionRunner::new(self).map_err(tract)?;
@@ -197,7 +196,7 @@ impl AttributionModel {
             runner.age.extend_from_slice(&age);
             runner.position.extend_from_slice(&pos);
             runner.mask.extend_from_slice(&mask);
-            runner.run().map_err(|e| parity(i, e.to_string()))?;
+            runner.run(false).map_err(|e| parity(i, e.to_string()))?;
             let want = flat(&fx["onnxruntime"]["p_conversion"]).first().copied().unwrap_or(f32::NAN);
             if (runner.scores[0] - want).abs() > 1e-4 {
                 return Err(parity(i, format!("p_conversion = {} but the fixture says {want}", runner.scores[0])));
@@ -219,7 +218,7 @@ pub struct AttributionRunner {
     mask: Vec<f32>,
     /// P(conversion) per row of the last run.
     pub scores: Vec<f32>,
-    /// The `attention` output of row 0 of the last run.
+    /// The `attention` output of row 0 of the last run that asked for it.
     attention: Vec<f32>,
     /// Coalitions (bit sets / permutations) of the Shapley modes.
     perm: Vec<usize>,
@@ -277,7 +276,8 @@ impl AttributionRunner {
         self.mask.len() / self.model_len
     }
 
-    fn run(&mut self) -> TractResult<()> {
+    /// Runs the rows written; keeps row 0's `attention` too when `attention` is set.
+    fn run(&mut self, attention: bool) -> TractResult<()> {
         let (rows, l) = (self.rows(), self.model_len);
         // pad to the plan's row count with copies of row 0 (rows are independent)
         let (padded, state) = self.states.for_rows(rows)?;
@@ -301,9 +301,11 @@ impl AttributionRunner {
         self.scores.clear();
         let view = out[0].try_as_plain_ram()?;
         self.scores.extend_from_slice(&view.as_slice::<f32>()?[..rows]);
-        self.attention.clear();
-        let view = out[1].try_as_plain_ram()?;
-        self.attention.extend_from_slice(&view.as_slice::<f32>()?[..l]);
+        if attention {
+            self.attention.clear();
+            let view = out[1].try_as_plain_ram()?;
+            self.attention.extend_from_slice(&view.as_slice::<f32>()?[..l]);
+        }
         Ok(())
     }
 
@@ -384,7 +386,7 @@ impl AttributionRunner {
                 // full journey and of none give sum e, the attention each e_i, and the removal
                 // effect is exactly P(all) - P(all but i) = exp(-H)(exp(e_i) - 1)
                 self.push_masked(offset, k, |_| false); // row 1: no touchpoint
-                self.run()?;
+                self.run(true)?;
                 p_none_row = 1;
                 let hazard = |p: f32| -(-f64::from(p)).ln_1p();
                 let (all, none) = (hazard(self.scores[0]), hazard(self.scores[1]));
@@ -403,7 +405,7 @@ impl AttributionRunner {
                 if model.baseline_share {
                     self.push_masked(offset, k, |_| false); // row k + 1: no touchpoint
                 }
-                self.run()?;
+                self.run(false)?;
                 let full = f64::from(self.scores[0]);
                 for i in 0..k {
                     self.phi[i] = full - f64::from(self.scores[1 + i]);
@@ -414,7 +416,7 @@ impl AttributionRunner {
                 for s in 0..(1usize << k) {
                     self.push_masked(offset, k, |j| s & (1 << j) != 0);
                 }
-                self.run()?;
+                self.run(false)?;
                 let v = |s: usize| f64::from(self.scores[1 + s]);
                 let fact: Vec<f64> = (0..=k)
                     .scan(1.0, |acc, n| {
@@ -460,7 +462,7 @@ impl AttributionRunner {
                         self.push_masked(offset, k, |j| member[j]);
                     }
                 }
-                self.run()?;
+                self.run(false)?;
                 let n = samples.max(1);
                 for s in 0..n {
                     let mut prev = f64::from(self.scores[1]);

@@ -202,15 +202,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Commits the open transaction together with the consumer offsets `offsets` of `group`.
-    /// Retriable failures are retried here; an error means abort (or stop, if fenced/fatal).
-    pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), SinkError> {
-        self.ensure_transaction()?;
-        let result = commit_open(&self.producer, offsets, group, self.flush_timeout);
-        self.committed(result)
-    }
-
-    /// Starts committing the open transaction (offsets of `group`, as `commit_transaction`) on a
+    /// Starts committing the open transaction together with the consumer offsets `offsets` of
+    /// `group` (retriable failures retried; an error means abort, or stop if fenced/fatal) on a
     /// thread of its own and returns at once: the caller may go on reading and computing, but
     /// must send nothing until `finish_commit` has returned (the next transaction begins only
     /// after this one committed).
