@@ -186,6 +186,13 @@ def main(argv=None):
                 data[kind] = dict(data[kind])
                 data[kind]["lv"] = list(data[kind]["lv"])
             H.relevel(data, None, hb or H.HOUR_BINS, sd_ or H.SINCE_PURCHASE_D)
+        flat = kw.pop("flat_levels", None)
+        if flat:
+            # diagnostic: drop multipliers (their level index in N_LEVELS) by collapsing their levels
+            data = dict(data)
+            for kind in ("e", "c"):
+                data[kind] = dict(data[kind])
+                data[kind]["lv"] = [np.zeros_like(x) if f in flat else x for f, x in enumerate(data[kind]["lv"])]
         mdays = kw.pop("mirror_days", 30.0)
         if kw.get("mirror"):
             def _mirror():

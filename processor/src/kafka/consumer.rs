@@ -81,15 +81,15 @@ impl ConsumerContext for SignallingContext {
     }
 }
 
-/// (partition, position, records not yet consumed) of `topic` per assigned partition: the high
-/// watermark librdkafka last saw in a fetch response (cached, no request) minus the consumer's
-/// position. Partitions without both yet are left out.
 /// The consumer's fatal error, if it has one (e.g. a static member fenced after a broker restart):
 /// it never heals, so the replica stops and its supervisor starts a fresh member.
 pub fn fatal<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<String> {
     consumer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
 }
 
+/// (partition, position, records not yet consumed) of `topic` per assigned partition: the high
+/// watermark librdkafka last saw in a fetch response (cached, no request) minus the consumer's
+/// position. Partitions without both yet are left out.
 pub fn lag<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Vec<(i32, i64, i64)> {
     use rdkafka::Offset;
     let Ok(positions) = consumer.position() else { return Vec::new() };
