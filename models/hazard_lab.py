@@ -27,7 +27,7 @@ import tsdata as D  # noqa: E402
 import hazard_mta as H  # noqa: E402
 from evaluate import rule_credits  # noqa: E402
 
-BUILD_KEYS = {"controls_per_day", "date_at_visit", "tail_hours"}
+BUILD_KEYS = {"controls_per_day", "date_at_visit", "tail_hours", "post_visit_hours"}
 VARIANTS = {
     "default": {},
     "no-frailty": {"frailty": False},
@@ -231,6 +231,12 @@ def main(argv=None):
         for g in np.flatnonzero(S.sum(1) > 0):
             print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
                   + " ".join(f"{x:.4f}" for x in S[g]), flush=True)
+        if "S_post_visit" in res:
+            Sp = res["S_post_visit"]
+            print("   post-visit delivered touches (fitted, uncredited):", flush=True)
+            for g in np.flatnonzero(Sp.sum(1) > 0):
+                print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
+                      + " ".join(f"{x:.4f}" for x in Sp[g]), flush=True)
         if "S_mirror" in res:
             Sn = res["S_mirror"]
             print("   mirror (two-sided, uncredited) term:", flush=True)

@@ -59,6 +59,7 @@ NE = len(D.EVENT_TYPES)
 NG = len(D.CHANNELS) * NE  # group = channel * 12 + event_type
 VISIT_GAP_MS = 30 * 60_000
 LANDING_CLICK_MS = 10_000
+DELIVERED_TYPES = (D.ET_INDEX["impression"], D.ET_INDEX["email_open"])  # touches the advertiser delivers
 HOUR_BINS = 6  # time-of-day factor, 4-hour bins (UTC)
 CART_AGE_H = [1.0, 4.0, 12.0, 48.0]
 SINCE_PURCHASE_D = [1.0, 3.0, 7.0, 14.0, 30.0]
@@ -172,10 +173,25 @@ def visit_levels(lg: D.Log, cust: np.ndarray, t: np.ndarray):
     return np.where(ok, np.searchsorted(VISIT_AGE_H, age_h), len(VISIT_AGE_H) + 1)
 
 
-def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit: bool = True, tail_hours: float = 12.0):
-    """Event rows (conversions) and control rows with their touch-basis design matrices."""
+def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit: bool = True, tail_hours: float = 12.0,
+          post_visit_hours: float | str = 0.0):
+    """Event rows (conversions) and control rows with their touch-basis design matrices.
+
+    post_visit_hours > 0: delivered touches (impressions, e-mail opens) that reach the customer within
+    that many hours after one of their site events get kernel columns of their own (groups NG..2NG-1),
+    fitted but never credited. Delivery that follows a visit (retargeting, reminders) is triggered by
+    the customer's current intent, which the visit reveals: its touches' kernels carry that intent's
+    time course (and whatever other touch caused it) beside their own effect. The credited kernels are
+    then learned from the touches whose delivery the customer's behaviour did not trigger.
+    post_visit_hours = "auto": a window per delivered group, read from the log (`post_visit_windows`)."""
     t0 = time.time()
     rng = np.random.default_rng(seed + 11)
+    pv_window = None
+    if post_visit_hours == "auto":
+        pv_window = post_visit_windows(lg, tail_hours)
+        post_visit_hours = float(pv_window.max())
+    elif post_visit_hours > 0:
+        pv_window = np.full(NG, float(post_visit_hours))
     sd = D.step_features(lg)
     checkout = sd.x[:, len(D.EVENT_TYPES) + len(D.CHANNELS) + 1 + 12] > 0.5
     tps_all, pur_all = D.customer_touch_index(lg)
@@ -215,6 +231,14 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
         tp = tp[keep]
         tts = lg.ts[tp]
         grp = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
+        if post_visit_hours > 0 and len(tp):
+            et_c = lg.etype[s:e]
+            site_ts = lg.ts[s:e][~np.isin(et_c, D.TOUCH_TYPES)]
+            j = np.searchsorted(site_ts, tts, side="left") - 1
+            since = (np.where(j >= 0, tts - site_ts[np.maximum(j, 0)], np.iinfo(np.int64).max) if len(site_ts)
+                     else np.full(len(tts), np.iinfo(np.int64).max))
+            delivered = np.isin(lg.etype[tp], DELIVERED_TYPES)
+            grp = np.where(delivered & (since <= pv_window[grp] * D.HOUR_MS), grp + NG, grp)
         for kind, t in (("e", tau), ("c", tc)):
             if len(t) == 0:
                 continue
@@ -250,7 +274,7 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
         n = nrow[kind]
         M = mats[kind]
         X = sp.csr_matrix((np.concatenate(M[2]).astype(np.float64), (np.concatenate(M[0]), np.concatenate(M[1]))),
-                          shape=(n, NG * K))
+                          shape=(n, (2 if post_visit_hours > 0 else 1) * NG * K))
         X.sum_duplicates()
         out[kind] = {"cust": np.concatenate(R[0]), "t": np.concatenate(R[1]),
                      "lv": [np.concatenate(R[2]), np.concatenate(R[3]), np.concatenate(R[4])], "X": X}
@@ -260,8 +284,56 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
     out["own_rate"] = own_rate
     out["touch_rate"] = touch_rate
     out["n_customers"] = len(lg.customer_ids)
+    if pv_window is not None:
+        out["post_visit_hours"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": float(pv_window[g])
+                                   for g in np.flatnonzero(pv_window > 0) if g % NE in DELIVERED_TYPES}
     out["build_seconds"] = round(time.time() - t0, 1)
     return out
+
+
+PV_EDGES_H = [0.0, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 192.0]  # bins of time since the last site event
+PV_RATIO = 1.5  # a bin is post-visit while the group's delivery rate is above this x its rate far from visits
+
+
+def post_visit_windows(lg: D.Log, tail_hours: float = 12.0, min_touches: int = 200):
+    """Per delivered group (impressions, e-mail opens of a channel): how long after a site event its
+    delivery stays elevated, read from the log. Each group's delivery rate (touches per customer-day)
+    is measured in bins of time since the customer's last site event (PV_EDGES_H; time at risk from
+    the gaps between site events, up to each customer's end) and compared with its rate from 192 h
+    on; the window ends at the first bin edge after which no bin is above PV_RATIO x that rate
+    (0: never elevated; at most 192 h). Delivery that follows visits (retargeting, reminders) or the
+    intent they reveal then gets uncredited columns for as long as the log shows it, whatever its
+    campaign rules are."""
+    edges = np.array(PV_EDGES_H + [np.inf]) * D.HOUR_MS
+    nb = len(edges) - 1
+    site = ~np.isin(lg.etype, D.TOUCH_TYPES)
+    exposure = np.zeros(nb)
+    counts = np.zeros((NG, nb))
+    deliv = np.isin(lg.etype, DELIVERED_TYPES) & (lg.chan != D.CH_NONE)
+    for c in range(len(lg.customer_ids)):
+        s, e = int(lg.starts[c]), int(lg.ends[c])
+        st = lg.ts[s:e][site[s:e]]
+        if len(st) == 0:
+            continue
+        t_end = min(int(lg.ts[e - 1]) + int(tail_hours * D.HOUR_MS), lg.log_end)
+        gaps = np.diff(np.append(st, max(t_end, int(st[-1])))).astype(np.float64)
+        exposure += (np.clip(gaps[:, None], edges[None, :-1], edges[None, 1:]) - edges[None, :-1]).sum(0)
+        d = np.flatnonzero(deliv[s:e]) + s
+        if len(d):
+            j = np.searchsorted(st, lg.ts[d], side="left") - 1
+            ok = j >= 0
+            since = lg.ts[d][ok] - st[j[ok]]
+            b = np.searchsorted(edges, since, side="right") - 1
+            g = lg.chan[d][ok].astype(np.int64) * NE + lg.etype[d][ok].astype(np.int64)
+            np.add.at(counts, (g, b), 1.0)
+    rate = counts / np.maximum(exposure, 1.0)[None, :]
+    ref = rate[:, -1]
+    window = np.zeros(NG)
+    for g in np.flatnonzero(counts.sum(1) >= min_touches):
+        high = np.flatnonzero(rate[g, :-1] > PV_RATIO * ref[g])
+        if len(high):
+            window[g] = PV_EDGES_H[int(high.max()) + 1]
+    return window
 
 
 def last_purchase_before(lg: D.Log, cust: np.ndarray, t: np.ndarray):
@@ -611,8 +683,13 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     if use_sensors:
         extra["x_sensors"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": round(float(c), 3)
                               for g, c in zip(gk, c_k)}
+    n_causal = E["X"].shape[1]
     if use_mirror:
-        extra["S_mirror"] = S[NG * K:].reshape(NG, K)
+        extra["S_mirror"] = S[n_causal:].reshape(NG, K)
+        S = S[:n_causal]
+    if n_causal > NG * K:
+        # post-visit delivered touches' kernels (build(post_visit_hours=...)): fitted, never credited
+        extra["S_post_visit"] = S[NG * K:].reshape(NG, K)
         S = S[:NG * K]
     return {**extra, "S": S.reshape(NG, K), "mu": float(mu), "alpha": float(alpha), "multipliers": [x.tolist() for x in m],
             "baseline_glm_theta": theta.tolist(),

@@ -681,7 +681,7 @@ def train_hazard(lg: D.Log, args, data_desc):
     import hazard_mta as H
     t0 = time.time()
     data = H.build(lg, controls_per_day=args.hazard_controls_per_day, seed=args.seed,
-                   date_at_visit=args.hazard_dating == "visit")
+                   date_at_visit=args.hazard_dating == "visit", post_visit_hours=args.hazard_post_visit_hours)
     log(f"hazard data: {len(data['e']['cust'])} conversions, {len(data['c']['cust'])} control points, "
         f"{data['e']['X'].nnz + data['c']['X'].nnz} design entries ({data['build_seconds']:.0f} s)")
     if args.hazard_sensors != "off":
@@ -717,6 +717,7 @@ def train_hazard(lg: D.Log, args, data_desc):
              "controls_per_day": args.hazard_controls_per_day, "dating": args.hazard_dating,
              "frailty": not args.hazard_no_frailty, "covariates": args.hazard_covariates,
              "multipliers": not args.hazard_no_multipliers, "sensors": args.hazard_sensors,
+             "post_visit_hours": data.get("post_visit_hours", args.hazard_post_visit_hours),
              "fit_seconds": round(fit_s, 1)}
     extra = {
         # deep credit leaves P(none)/P(all) of each conversion to the customer's baseline: a
@@ -749,6 +750,16 @@ def train_hazard(lg: D.Log, args, data_desc):
 
 
 # =============================================================================================
+
+
+def post_visit_hours(v: str):
+    """--hazard-post-visit-hours: hours (>= 0) or "auto"."""
+    if v == "auto":
+        return v
+    x = float(v)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"{v!r}: hours >= 0, or auto")
+    return x
 
 
 def main(argv=None):
@@ -790,6 +801,14 @@ def main(argv=None):
                          "customer's propensity. standalone: only clicks that no impression / e-mail open of the same "
                          "channel preceded within 30 minutes. all: impressions and opens too (ablation: their counts follow "
                          "delivery, and slow channels lose credit); off: ablation, the model before this")
+    ap.add_argument("--hazard-post-visit-hours", type=post_visit_hours, default=0.0,
+                    help="impressions and e-mail opens delivered within this many hours after one of the customer's "
+                         "site events (retargeting, reminders: delivery triggered by the intent the visit reveals) get "
+                         "kernels of their own, fitted and never credited; the credited kernels come from the other "
+                         "delivered touches (hazard_mta.build(post_visit_hours)). auto: a window per channel read from "
+                         "the log (how long its delivery rate stays above 1.5x its rate far from visits; "
+                         "hazard_mta.post_visit_windows). 0 = off (the default; see models/README.md, \"Delivery that "
+                         "follows visits\")")
     ap.add_argument("--hazard-no-multipliers", action="store_true", help="ablation: no cart / time-of-day / post-purchase multipliers")
     ap.add_argument("--hazard-path-minutes", type=int, default=0,
                     help="ablation: a purchase-path exclusion for the hazard model too (0 = none, the default)")
