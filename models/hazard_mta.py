@@ -293,6 +293,7 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
 
 PV_EDGES_H = [0.0, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 192.0]  # bins of time since the last site event
 PV_RATIO = 1.5  # a bin is post-visit while the group's delivery rate is above this x its rate far from visits
+PV_MIN_OUTSIDE = 0.2  # the least share of a group's touches outside its window for it to have one
 
 
 def post_visit_windows(lg: D.Log, tail_hours: float = 12.0, min_touches: int = 200):
@@ -303,17 +304,22 @@ def post_visit_windows(lg: D.Log, tail_hours: float = 12.0, min_touches: int = 2
     on; the window ends at the first bin edge after which no bin is above PV_RATIO x that rate
     (0: never elevated; at most 192 h). Delivery that follows visits (retargeting, reminders) or the
     intent they reveal then gets uncredited columns for as long as the log shows it, whatever its
-    campaign rules are."""
+    campaign rules are. A channel whose touches outside its window would be fewer than
+    PV_MIN_OUTSIDE of them (or than min_touches) keeps no window: its credited kernel could not be
+    learned (a channel delivered only after visits is credited as before)."""
     edges = np.array(PV_EDGES_H + [np.inf]) * D.HOUR_MS
     nb = len(edges) - 1
     site = ~np.isin(lg.etype, D.TOUCH_TYPES)
     exposure = np.zeros(nb)
     counts = np.zeros((NG, nb))
+    before_first = np.zeros(NG)  # touches before the customer's first site event
     deliv = np.isin(lg.etype, DELIVERED_TYPES) & (lg.chan != D.CH_NONE)
     for c in range(len(lg.customer_ids)):
         s, e = int(lg.starts[c]), int(lg.ends[c])
         st = lg.ts[s:e][site[s:e]]
         if len(st) == 0:
+            d = np.flatnonzero(deliv[s:e]) + s
+            np.add.at(before_first, lg.chan[d].astype(np.int64) * NE + lg.etype[d].astype(np.int64), 1.0)
             continue
         t_end = min(int(lg.ts[e - 1]) + int(tail_hours * D.HOUR_MS), lg.log_end)
         gaps = np.diff(np.append(st, max(t_end, int(st[-1])))).astype(np.float64)
@@ -322,6 +328,8 @@ def post_visit_windows(lg: D.Log, tail_hours: float = 12.0, min_touches: int = 2
         if len(d):
             j = np.searchsorted(st, lg.ts[d], side="left") - 1
             ok = j >= 0
+            g_all = lg.chan[d].astype(np.int64) * NE + lg.etype[d].astype(np.int64)
+            np.add.at(before_first, g_all[~ok], 1.0)
             since = lg.ts[d][ok] - st[j[ok]]
             b = np.searchsorted(edges, since, side="right") - 1
             g = lg.chan[d][ok].astype(np.int64) * NE + lg.etype[d][ok].astype(np.int64)
@@ -332,7 +340,10 @@ def post_visit_windows(lg: D.Log, tail_hours: float = 12.0, min_touches: int = 2
     for g in np.flatnonzero(counts.sum(1) >= min_touches):
         high = np.flatnonzero(rate[g, :-1] > PV_RATIO * ref[g])
         if len(high):
-            window[g] = PV_EDGES_H[int(high.max()) + 1]
+            k = int(high.max()) + 1
+            outside = counts[g, k:].sum() + before_first[g]
+            if outside >= max(min_touches, PV_MIN_OUTSIDE * (counts[g].sum() + before_first[g])):
+                window[g] = PV_EDGES_H[k]
     return window
 
 
