@@ -801,14 +801,14 @@ def main(argv=None):
                          "customer's propensity. standalone: only clicks that no impression / e-mail open of the same "
                          "channel preceded within 30 minutes. all: impressions and opens too (ablation: their counts follow "
                          "delivery, and slow channels lose credit); off: ablation, the model before this")
-    ap.add_argument("--hazard-post-visit-hours", type=post_visit_hours, default=0.0,
+    ap.add_argument("--hazard-post-visit-hours", type=post_visit_hours, default="auto",
                     help="impressions and e-mail opens delivered within this many hours after one of the customer's "
                          "site events (retargeting, reminders: delivery triggered by the intent the visit reveals) get "
                          "kernels of their own, fitted and never credited; the credited kernels come from the other "
                          "delivered touches (hazard_mta.build(post_visit_hours)). auto: a window per channel read from "
                          "the log (how long its delivery rate stays above 1.5x its rate far from visits; "
-                         "hazard_mta.post_visit_windows). 0 = off (the default; see models/README.md, \"Delivery that "
-                         "follows visits\")")
+                         "hazard_mta.post_visit_windows; the default). 0 = off (ablation; see models/README.md, \"Delivery "
+                         "that follows visits\")")
     ap.add_argument("--hazard-no-multipliers", action="store_true", help="ablation: no cart / time-of-day / post-purchase multipliers")
     ap.add_argument("--hazard-path-minutes", type=int, default=0,
                     help="ablation: a purchase-path exclusion for the hazard model too (0 = none, the default)")
