@@ -140,6 +140,13 @@ def cached(path, fn):
     return v
 
 
+def print_kernels(S):
+    """One line per touch group with an effect: its kernel's values at the knots."""
+    for g in np.flatnonzero(S.sum(1) > 0):
+        print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
+              + " ".join(f"{x:.4f}" for x in S[g]), flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True)
@@ -228,21 +235,12 @@ def main(argv=None):
               f"{m0 / best[1][0]:.2f}x / {m1 / best[1][0]:.2f}x; it {res['iterations']}, {fit_s:.0f} s", flush=True)
         print("   " + "  ".join(f"{k}: {100 * sh0[k]:.1f}/{100 * sh1[k]:.1f} (t {100 * tr[k]:.1f}, lt {100 * lt[k]:.1f})"
                                 for k in sorted(sh0)), flush=True)
-        for g in np.flatnonzero(S.sum(1) > 0):
-            print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
-                  + " ".join(f"{x:.4f}" for x in S[g]), flush=True)
-        if "S_post_visit" in res:
-            Sp = res["S_post_visit"]
-            print("   post-visit delivered touches (fitted, uncredited):", flush=True)
-            for g in np.flatnonzero(Sp.sum(1) > 0):
-                print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
-                      + " ".join(f"{x:.4f}" for x in Sp[g]), flush=True)
-        if "S_mirror" in res:
-            Sn = res["S_mirror"]
-            print("   mirror (two-sided, uncredited) term:", flush=True)
-            for g in np.flatnonzero(Sn.sum(1) > 0):
-                print(f"   {D.CHANNELS[g // H.NE] + '/' + D.EVENT_TYPES[g % H.NE]:26s} "
-                      + " ".join(f"{x:.4f}" for x in Sn[g]), flush=True)
+        print_kernels(S)
+        for key, title in (("S_post_visit", "post-visit delivered touches (fitted, uncredited)"),
+                           ("S_mirror", "mirror (two-sided, uncredited) term")):
+            if key in res:
+                print(f"   {title}:", flush=True)
+                print_kernels(res[key])
         for k, val in line["extra"].items():
             print(f"   {k}: {val}", flush=True)
         if args.out:
