@@ -60,6 +60,7 @@ const SCENARIOS: &[Scenario] = &[
         alert_targets: &["1h", "2h", "4h"],
     },
     Scenario { world: "intent_search", seed: 202, customers: 3000, own_attribution: true, max_deep_vs_best_rule: 0.5, placebo: None, alert_targets: &[] },
+    Scenario { world: "slow_upper_funnel", seed: 202, customers: 3000, own_attribution: true, max_deep_vs_best_rule: 0.5, placebo: None, alert_targets: &[] },
 ];
 
 fn repo() -> PathBuf {
