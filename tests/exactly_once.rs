@@ -194,3 +194,25 @@ fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
     assert!(log.contains("recreating the producer"), "the fault was injected and handled:\n{log}");
     assert_same_outputs(&got, &want);
 }
+
+/// The state reload after a fatal producer error stalls (injected: that restore attempt sees
+/// nothing, as a client whose metadata keeps the changelog partitions unknown after a broker
+/// restart): after 20 s without progress the restore client is replaced and the partitions read
+/// again, and the outputs are a failure-free run's.
+#[test]
+fn a_stalled_restore_starts_over_with_a_new_client() {
+    let topics = Topics::new("restorestall");
+    create_topic(&topics.events, PARTITIONS);
+    produce_stream(&topics.events, 6000, 16, 0.0);
+    // restore 1: the assignment (empty changelog); restore 2: the reload after the fatal error
+    let env = [("TOUCHSTREAM_FAULT_FATAL_AT", "4"), ("TOUCHSTREAM_FAULT_RESTORE_BLIND", "2")];
+    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &env);
+    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
+    let want = reference_run(&topics.events);
+    let got = outputs_when_totals_settle(&topics, &want);
+    let (status, log) = proc.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("this restore attempt sees nothing"), "the fault was injected:\n{log}");
+    assert!(log.contains("changelog restore stalled"), "the stall was detected:\n{log}");
+    assert_same_outputs(&got, &want);
+}

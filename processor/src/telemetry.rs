@@ -401,6 +401,12 @@ impl Telemetry {
         tracing::info!(partition, customers, took_ms = took.as_millis() as u64, "partition state restored from the changelog");
     }
 
+    /// A changelog restore made no progress for `after`: it starts over with a new client.
+    pub fn restore_stalled(&self, partitions: usize, after: Duration) {
+        counter!("touchstream_restore_stalls_total").increment(1);
+        tracing::warn!(partitions, after_s = after.as_secs(), "changelog restore stalled; replacing the restore client and reading again");
+    }
+
     pub fn rebalance_failed(&self, message: &str) {
         tracing::error!(%message, "rebalance failed");
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::attribution::aggregate::{partial_key, partials_partition, total_key, ChannelAggregator};
 use crate::changelog::{ChangelogEntry, RestoreError};
@@ -138,11 +138,17 @@ struct Processor {
     /// committed yet (start from the beginning).
     committed: HashMap<i32, Option<i64>>,
     restorer: BaseConsumer<QuietEof>,
+    /// The restore client's settings: a restore that stalls replaces the client (restore.rs).
+    restore_config: ClientConfig,
     changelog: Vec<ChangelogEntry>,
     /// Fault injection for tests: abort every Nth transaction instead of committing it.
     abort_every: Option<u64>,
     /// Fault injection for tests: a fatal producer error before the Nth commit.
     fatal_at: Option<u64>,
+    /// Fault injection (`TOUCHSTREAM_FAULT_RESTORE_BLIND=n`): the n-th restore attempt sees
+    /// nothing, like a client whose metadata keeps its partitions unknown.
+    restore_blind_at: Option<u64>,
+    restore_attempts: u64,
     transactions: u64,
     /// When the producer was last recreated after fatal errors.
     recreated: Vec<Instant>,
@@ -272,6 +278,7 @@ impl Runner {
             tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
         }
         let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        let restore_blind_at = std::env::var("TOUCHSTREAM_FAULT_RESTORE_BLIND").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         let models = ModelSet::load(&cfg.models)?;
         let candidate = ModelSet::load_candidate(&cfg.models)?;
         let engine_cfg = EngineConfig::from_config(&cfg).with_models(models.clone()).with_candidate(candidate.clone());
@@ -309,9 +316,12 @@ impl Runner {
             pending: HashMap::new(),
             committed: HashMap::new(),
             restorer,
+            restore_config,
             changelog: Vec::new(),
             abort_every,
             fatal_at,
+            restore_blind_at,
+            restore_attempts: 0,
             transactions: 0,
             recreated: Vec::new(),
             last_input: HashMap::new(),

@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// A restore attempt with no progress for this long is retried with a new client.
+const RESTORE_STALL: Duration = Duration::from_secs(20);
+/// A restore that has not read its partitions to the end by then fails the processor.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(600);
+
 impl Processor {
     pub(super) fn apply_signals(&mut self, consumer: &BaseConsumer<SignallingContext>, signals: Vec<RebalanceSignal>) -> Result<(), RunError> {
         if !signals.is_empty() {
@@ -99,9 +104,31 @@ impl Processor {
         self.assign_erasure()
     }
 
-    /// Reads changelog partitions to their end (read_committed) into fresh engines.
+    /// Reads changelog partitions to their end (read_committed) into fresh engines. An attempt
+    /// that makes no progress for [`RESTORE_STALL`] (no record, no end learnt, no partition done)
+    /// is given up: the restore client is replaced (its metadata cache can keep a partition
+    /// "unknown" after a broker restart, and then it neither fetches it nor learns its end) and
+    /// the partitions are read again from the beginning, within an overall [`RESTORE_DEADLINE`].
     pub(super) fn restore_partitions(&mut self, partitions: &[i32]) -> Result<Vec<PartitionEngine>, RunError> {
+        let deadline = Instant::now() + RESTORE_DEADLINE;
+        loop {
+            if let Some(engines) = self.restore_attempt(partitions, deadline)? {
+                return Ok(engines);
+            }
+            self.telemetry.restore_stalled(partitions.len(), RESTORE_STALL);
+            let _ = self.restorer.unassign();
+            self.restorer = self.restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+        }
+    }
+
+    /// One pass of [`Self::restore_partitions`]: `None` when it stalled.
+    fn restore_attempt(&mut self, partitions: &[i32], deadline: Instant) -> Result<Option<Vec<PartitionEngine>>, RunError> {
         let err = |p: i32, message: String| RunError::Restore { partition: p, message };
+        self.restore_attempts += 1;
+        let blind = self.restore_blind_at == Some(self.restore_attempts);
+        if blind {
+            tracing::warn!(attempt = self.restore_attempts, "fault injection: this restore attempt sees nothing");
+        }
         let mut engines: HashMap<i32, PartitionEngine> = partitions.iter().map(|p| (*p, PartitionEngine::new(*p, self.engine_cfg.clone()))).collect();
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -113,23 +140,35 @@ impl Processor {
         // fetch-session reset, so one can be missed around a broker restart.
         let mut open: Vec<i32> = partitions.to_vec();
         let mut ends: HashMap<i32, i64> = HashMap::new();
-        let (mut probed, mut checked) = (None::<Instant>, Instant::now());
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut probed, mut checked, mut refreshed) = (None::<Instant>, Instant::now(), None::<Instant>);
+        let mut progress = Instant::now();
         while !open.is_empty() {
-            if ends.len() < partitions.len() && !probed.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            let (open_before, ends_before) = (open.len(), ends.len());
+            if !blind && ends.len() < partitions.len() && !probed.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
                 probed = Some(Instant::now());
                 let unknown: Vec<i32> = partitions.iter().copied().filter(|p| !ends.contains_key(p)).collect();
+                let mut failed = false;
                 for p in &unknown {
                     match self.restorer.fetch_watermarks(&self.cfg.topics.changelog, *p, Duration::from_secs(1)) {
                         Ok((low, high)) => {
                             ends.insert(*p, if low >= high { 0 } else { high });
                         }
-                        Err(e) => self.telemetry.consumer_error(&e, "changelog end offset"),
+                        Err(e) => {
+                            failed = true;
+                            self.telemetry.consumer_error(&e, "changelog end offset");
+                        }
+                    }
+                }
+                if failed && !refreshed.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+                    // a metadata response replaces the client's cached view of the topic
+                    refreshed = Some(Instant::now());
+                    if let Err(e) = self.restorer.fetch_metadata(Some(&self.cfg.topics.changelog), Duration::from_secs(1)) {
+                        self.telemetry.consumer_error(&e, "changelog metadata");
                     }
                 }
                 open.retain(|p| ends.get(p) != Some(&0));
             }
-            let polled = self.restorer.poll(Duration::from_millis(100));
+            let polled = self.restorer.poll(Duration::from_millis(100)).filter(|_| !blind);
             let mut read_to = None;
             match polled {
                 Some(Ok(m)) => {
@@ -139,10 +178,11 @@ impl Processor {
                         self.stats.restored_records += 1;
                     }
                     read_to = Some((p, m.offset() + 1));
+                    progress = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|x| *x != p),
                 Some(Err(e)) => self.telemetry.consumer_error(&e, "changelog restore"),
-                None if Instant::now() > deadline => return Err(err(open[0], "no end of the changelog within 600 s".into())),
+                None if Instant::now() > deadline => return Err(err(open[0], format!("no end of the changelog within {} s", RESTORE_DEADLINE.as_secs()))),
                 None => {}
             }
             if let Some((p, next)) = read_to {
@@ -162,15 +202,22 @@ impl Processor {
                     }
                 }
             }
+            if open.len() < open_before || ends.len() > ends_before {
+                progress = Instant::now();
+            } else if !open.is_empty() && progress.elapsed() >= RESTORE_STALL {
+                return Ok(None);
+            }
         }
         self.restorer.unassign().map_err(|e| err(-1, e.to_string()))?;
-        Ok(engines
-            .into_values()
-            .map(|mut e| {
-                e.finish_restore();
-                e
-            })
-            .collect())
+        Ok(Some(
+            engines
+                .into_values()
+                .map(|mut e| {
+                    e.finish_restore();
+                    e
+                })
+                .collect(),
+        ))
     }
 }
 
