@@ -2,13 +2,17 @@
 //! the state of input partition i. Customer records are keyed by the customer id (like the input);
 //! partition-level records use keys that start with a NUL byte, which no customer id in the input
 //! contract uses (`\0meta`, `\0w|<window_start>|<channel>`). A null value is a tombstone.
-//! Customer values are binary: a version byte ([`CUSTOMER_V2`]; [`CUSTOMER_V1`] is still read) then the state in postcard (serde,
-//! varints, f32 as 4 bytes); a value that starts with `{` is the JSON of earlier versions and is
-//! still read, so a changelog written before the change restores. Window and meta values are JSON.
+//! Customer values are binary: a version byte, then postcard (serde, varints, f32 as 4 bytes).
+//! Version 3 ([`CUSTOMER_V3`], written) puts the touchpoints first in a compact form (each distinct
+//! campaign, channel and event type name once per record, times and sequence numbers as deltas),
+//! then the rest of the state as in version 2 with an empty touchpoint list. Versions 2 and 1 and
+//! the JSON of earlier versions (a value that starts with `{`) are still read, so a changelog
+//! written before a change restores. Window and meta values are JSON.
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Channel;
+use crate::event::{Channel, EventType};
+use crate::journey::{CustomerState, Touchpoint};
 use crate::time::Millis;
 
 /// One changelog record: key and value (None = tombstone).
@@ -75,21 +79,119 @@ pub fn parse_key(key: &[u8]) -> Option<ChangelogKey<'_>> {
 
 /// Version bytes of the binary customer encoding. Version 2 appended `abandon_input`; a version-1
 /// state is read as version 2 with it empty (postcard writes an empty list as one zero byte).
+/// Version 3 is version 2 after the compact touchpoints ([`CompactTouchpoints`]).
 pub const CUSTOMER_V1: u8 = 1;
 pub const CUSTOMER_V2: u8 = 2;
+pub const CUSTOMER_V3: u8 = 3;
 
-/// Encodes a customer's state for the changelog into `out` (cleared first).
-pub fn encode_customer<T: Serialize>(state: &T, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+/// A customer's touchpoints in a version-3 record: the names they use (campaigns, channels, event
+/// types), each once, and per touchpoint its event id, indices into the names and deltas of time
+/// and sequence number from the one before. Names, not enum indices, so that a channel or event
+/// type added to the contract never changes how an old record reads.
+#[derive(Serialize, Deserialize, Default)]
+struct CompactTouchpoints<'a> {
+    #[serde(borrow)]
+    names: Vec<&'a str>,
+    #[serde(borrow)]
+    items: Vec<CompactTouchpoint<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CompactTouchpoint<'a> {
+    event_id: &'a str,
+    /// 0: no campaign; otherwise `names[campaign - 1]`.
+    campaign: u32,
+    channel: u32,
+    event_type: u32,
+    /// Differences from the previous touchpoint (the first: from 0).
+    ts: i64,
+    seq: i64,
+}
+
+impl<'a> CompactTouchpoints<'a> {
+    fn new(touchpoints: &'a std::collections::VecDeque<Touchpoint>) -> Self {
+        let mut c = CompactTouchpoints { names: Vec::new(), items: Vec::with_capacity(touchpoints.len()) };
+        let (mut ts, mut seq) = (0i64, 0i64);
+        for t in touchpoints {
+            let campaign = t.campaign.as_deref().map_or(0, |name| c.name(name) + 1);
+            let item = CompactTouchpoint {
+                event_id: &t.event_id,
+                campaign,
+                channel: c.name(t.channel.as_str()),
+                event_type: c.name(t.event_type.as_str()),
+                ts: t.ts.wrapping_sub(ts),
+                seq: (t.seq as i64).wrapping_sub(seq),
+            };
+            (ts, seq) = (t.ts, t.seq as i64);
+            c.items.push(item);
+        }
+        c
+    }
+
+    fn name(&mut self, name: &'a str) -> u32 {
+        match self.names.iter().position(|n| *n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(name);
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    fn expand(&self) -> Result<std::collections::VecDeque<Touchpoint>, String> {
+        let name = |i: u32| self.names.get(i as usize).copied().ok_or_else(|| format!("touchpoint name index {i} out of range"));
+        let (mut ts, mut seq) = (0i64, 0i64);
+        let mut out = std::collections::VecDeque::with_capacity(self.items.len());
+        for t in &self.items {
+            (ts, seq) = (ts.wrapping_add(t.ts), seq.wrapping_add(t.seq));
+            out.push_back(Touchpoint {
+                event_id: t.event_id.into(),
+                campaign: if t.campaign == 0 { None } else { Some(name(t.campaign - 1)?.into()) },
+                ts,
+                seq: seq as u64,
+                channel: Channel::parse(name(t.channel)?),
+                event_type: EventType::parse(name(t.event_type)?),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn postcard_err(e: postcard::Error) -> serde_json::Error {
+    <serde_json::Error as serde::ser::Error>::custom(e)
+}
+
+/// Encodes a customer's state for the changelog into `out` (cleared first), as version 3. The
+/// touchpoints are lent out of `state` while the rest is written, and always put back.
+pub fn encode_customer(state: &mut CustomerState, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     out.clear();
-    out.push(CUSTOMER_V2);
-    let body = postcard::to_extend(state, std::mem::take(out)).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
-    *out = body;
+    out.push(CUSTOMER_V3);
+    let touchpoints = std::mem::take(&mut state.touchpoints);
+    let written = postcard::to_extend(&CompactTouchpoints::new(&touchpoints), std::mem::take(out)).and_then(|body| postcard::to_extend(&*state, body));
+    state.touchpoints = touchpoints;
+    *out = written.map_err(postcard_err)?;
     Ok(())
 }
 
-/// Decodes a customer's changelog value: binary (version 1) or the JSON of earlier versions.
-pub fn decode_customer<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+/// The version-2 encoding (tests: records written by earlier versions).
+#[cfg(test)]
+pub fn encode_customer_v2(state: &CustomerState, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    out.clear();
+    out.push(CUSTOMER_V2);
+    *out = postcard::to_extend(state, std::mem::take(out)).map_err(postcard_err)?;
+    Ok(())
+}
+
+/// Decodes a customer's changelog value: binary (versions 1 to 3) or the JSON of earlier versions.
+pub fn decode_customer(value: &[u8]) -> Result<CustomerState, String> {
     match value.first() {
+        Some(&CUSTOMER_V3) => {
+            let (compact, rest): (CompactTouchpoints, &[u8]) =
+                postcard::take_from_bytes(&value[1..]).map_err(|e| format!("binary customer touchpoints: {e}"))?;
+            let mut state: CustomerState = postcard::from_bytes(rest).map_err(|e| format!("binary customer state: {e}"))?;
+            state.touchpoints = compact.expand()?;
+            Ok(state)
+        }
         Some(&CUSTOMER_V2) => postcard::from_bytes(&value[1..]).map_err(|e| format!("binary customer state: {e}")),
         Some(&CUSTOMER_V1) => {
             let mut body = Vec::with_capacity(value.len());

@@ -312,20 +312,29 @@ fn customer_state_is_binary_and_json_still_restores() {
     }
     let mut log = Vec::new();
     engine.drain_changelog(&[], &mut log).unwrap();
-    let (mut binary, mut json, mut customers) = (0, 0, 0);
+    let (mut binary, mut json, mut customers, mut compact, mut v2_bytes) = (0, 0, 0, 0, 0);
     for e in &log {
         let Some(crate::changelog::ChangelogKey::Customer(id)) = crate::changelog::parse_key(&e.key) else { continue };
         let value = e.value.as_ref().unwrap();
-        assert_eq!(value[0], crate::changelog::CUSTOMER_V2);
+        assert_eq!(value[0], crate::changelog::CUSTOMER_V3);
         let state = engine.customer(id).unwrap();
         assert!(state.model.is_some(), "{id} has model state");
         let back: CustomerState = crate::changelog::decode_customer(value).unwrap();
         assert_eq!(&back, state, "{id} round trips");
+        // version 2: the touchpoints in the state's own serde form
+        let mut v2 = Vec::new();
+        crate::changelog::encode_customer_v2(state, &mut v2).unwrap();
+        assert_eq!(&crate::changelog::decode_customer(&v2).unwrap(), state, "{id} from version 2");
+        if !state.touchpoints.is_empty() {
+            assert!(value.len() < v2.len(), "{id}: version 3 ({} B) is smaller than version 2 ({} B)", value.len(), v2.len());
+        }
+        compact += value.len();
+        v2_bytes += v2.len();
         // version 1 was version 2 without the trailing `abandon_input`
         let mut without = state.clone();
         without.abandon_input = Vec::new();
         let mut v1 = Vec::new();
-        crate::changelog::encode_customer(&without, &mut v1).unwrap();
+        crate::changelog::encode_customer_v2(&without, &mut v1).unwrap();
         assert_eq!(v1.pop(), Some(0));
         v1[0] = crate::changelog::CUSTOMER_V1;
         let old: CustomerState = crate::changelog::decode_customer(&v1).unwrap();
@@ -340,7 +349,8 @@ fn customer_state_is_binary_and_json_still_restores() {
         json += old.len();
         customers += 1;
     }
-    println!("changelog customer records: {customers}, binary {binary} B, JSON {json} B ({:.2}x)", binary as f64 / json as f64);
+    println!("changelog customer records: {customers}, binary {binary} B, JSON {json} B ({:.2}x); version 2 {v2_bytes} B", binary as f64 / json as f64);
+    assert!(compact < v2_bytes, "version 3 {compact} B vs version 2 {v2_bytes} B");
     assert!(customers >= 5 && binary * 2 < json, "binary {binary} B vs JSON {json} B");
 }
 
