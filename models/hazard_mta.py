@@ -197,7 +197,7 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
     tps_all, pur_all = D.customer_touch_index(lg)
     log_end = lg.log_end
     step = D.DAY_MS / controls_per_day
-    rows = {"e": ([], [], [], [], [], []), "c": ([], [], [], [], [], [])}  # cust, t, levels x3, (r, col, v)
+    rows = {"e": ([], [], [], [], []), "c": ([], [], [], [], [])}  # cust, t, levels x3 (the design: mats)
     ncol = (2 if post_visit_hours > 0 else 1) * NG * K
     # the design is built in row blocks of at most DESIGN_BLOCK pending entries, each turned into CSR
     # as it fills (12 bytes per entry instead of the triplets' 24 and their copies): the same matrix

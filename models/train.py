@@ -827,7 +827,8 @@ def main(argv=None):
     log(f"reading {args.log}")
     lg = D.load_log(args.log)
     log(f"{lg.n} events, {len(lg.customer_ids)} customers, {(lg.log_end - int(lg.ts.min())) / D.DAY_MS:.0f} days")
-    data_desc = {"log": os.path.basename(os.path.normpath(args.log)), "events": int(lg.n),
+    # the log's last two path parts (e.g. "<world>/train"): descriptive, and no machine's path
+    data_desc = {"log": "/".join(os.path.normpath(os.path.abspath(args.log)).split(os.sep)[-2:]), "events": int(lg.n),
                  "customers": len(lg.customer_ids), "purchases": int((lg.etype == D.PURCHASE).sum()),
                  "seed": args.seed, "trained_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     global VERSION
