@@ -39,7 +39,8 @@ fn restore_one_million_customers() {
     // write them to the changelog partition
     let t1 = Instant::now();
     let p = producer();
-    for e in &log {
+    // tombstones (windows closed while building) name nothing a fresh changelog holds: skipped
+    for e in log.iter().filter(|e| e.value.is_some()) {
         send_raw(&p, &topics.changelog, 0, Some(&e.key), e.value.as_deref().unwrap_or_default(), None);
         p.poll(Duration::ZERO);
     }

@@ -152,5 +152,48 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot_path, benches);
+/// Customer records of the changelog: encoding (version 3) and decoding versions 3 and 2, over the
+/// states the engine holds after the stream (what a restore reads).
+fn changelog(c: &mut Criterion) {
+    let raw = stream();
+    let mut engine = PartitionEngine::new(0, EngineConfig::default());
+    let mut out = Vec::new();
+    for (k, j) in &raw {
+        engine.process(&decode(Some(k.as_bytes()), j, &CHECK).unwrap(), &mut out);
+        out.clear();
+    }
+    let mut log = Vec::new();
+    engine.drain_changelog(&[], &mut log).unwrap();
+    let v3: Vec<Vec<u8>> = log.iter().filter(|e| e.key.first() != Some(&0)).filter_map(|e| e.value.clone()).collect();
+    let states: Vec<CustomerState> = v3.iter().map(|v| touchstream::changelog::decode_customer(v).unwrap()).collect();
+    // version 2: the version byte, then the state's own serde form
+    let v2: Vec<Vec<u8>> = states.iter().map(|s| [&[touchstream::changelog::CUSTOMER_V2][..], &postcard::to_allocvec(s).unwrap()].concat()).collect();
+    let (b3, b2) = (v3.iter().map(Vec::len).sum::<usize>(), v2.iter().map(Vec::len).sum::<usize>());
+    println!("changelog: {} customer records, version 3 {} B/record, version 2 {} B/record", v3.len(), b3 / v3.len(), b2 / v2.len());
+    let mut g = c.benchmark_group("changelog");
+    g.throughput(Throughput::Elements(v3.len() as u64));
+    g.sample_size(20);
+    for (name, records) in [("decode_v3", &v3), ("decode_v2", &v2)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for v in records.iter() {
+                    black_box(touchstream::changelog::decode_customer(v).unwrap());
+                }
+            })
+        });
+    }
+    g.bench_function("encode_v3", |b| {
+        let mut states = states.clone();
+        let mut buf = Vec::new();
+        b.iter(|| {
+            for s in states.iter_mut() {
+                touchstream::changelog::encode_customer(s, &mut buf).unwrap();
+                black_box(&buf);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hot_path, benches, changelog);
 criterion_main!(hot_path);
