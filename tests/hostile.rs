@@ -156,8 +156,10 @@ fn a_state_record_too_large_for_the_changelog_is_isolated_record_by_record() {
     for i in 0..10 {
         ordinary(&p, &topics.events, i % 2, &format!("ok{i}"), t + i as i64);
     }
-    for n in 0..30 {
-        let rec = event(&format!("m7-c{n}"), "m7", t + 100 + n, "click", r#","channel":"display","campaign":"a-campaign-name-of-forty-characters-xx""#);
+    // each click its own campaign: a record names a campaign once, so repeats would not grow it
+    for n in 0..40 {
+        let extra = format!(r#","channel":"display","campaign":"a-campaign-name-of-sixty-characters-xxxxxxxxxxxxxxxxxxxxxx-{n:02}""#);
+        let rec = event(&format!("m7-c{n}"), "m7", t + 100 + n, "click", &extra);
         send_raw(&p, &topics.events, 0, Some(b"m7"), rec.as_bytes(), None);
     }
     for i in 10..20 {
