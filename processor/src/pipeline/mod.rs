@@ -145,8 +145,7 @@ struct Processor {
     abort_every: Option<u64>,
     /// Fault injection for tests: a fatal producer error before the Nth commit.
     fatal_at: Option<u64>,
-    /// Fault injection (`TOUCHSTREAM_FAULT_RESTORE_BLIND=n`): the n-th restore attempt sees
-    /// nothing, like a client whose metadata keeps its partitions unknown.
+    /// Fault injection (`TOUCHSTREAM_FAULT_RESTORE_BLIND=n`): the n-th restore attempt sees nothing.
     restore_blind_at: Option<u64>,
     restore_attempts: u64,
     transactions: u64,
