@@ -138,15 +138,24 @@ impl<'a> CompactTouchpoints<'a> {
         }
     }
 
+    /// The touchpoints, each campaign name one allocation shared by its touchpoints.
     fn expand(&self) -> Result<std::collections::VecDeque<Touchpoint>, String> {
         let name = |i: u32| self.names.get(i as usize).copied().ok_or_else(|| format!("touchpoint name index {i} out of range"));
+        let mut campaigns: Vec<Option<std::sync::Arc<str>>> = vec![None; self.names.len()];
         let (mut ts, mut seq) = (0i64, 0i64);
         let mut out = std::collections::VecDeque::with_capacity(self.items.len());
         for t in &self.items {
             (ts, seq) = (ts.wrapping_add(t.ts), seq.wrapping_add(t.seq));
+            let campaign = match t.campaign {
+                0 => None,
+                i => {
+                    let text = name(i - 1)?;
+                    Some(campaigns[(i - 1) as usize].get_or_insert_with(|| text.into()).clone())
+                }
+            };
             out.push_back(Touchpoint {
                 event_id: t.event_id.into(),
-                campaign: if t.campaign == 0 { None } else { Some(name(t.campaign - 1)?.into()) },
+                campaign,
                 ts,
                 seq: seq as u64,
                 channel: Channel::parse(name(t.channel)?),

@@ -4,17 +4,23 @@ pub mod dedupe;
 
 use std::collections::VecDeque;
 use std::mem::size_of;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event, EventType};
 use crate::time::Millis;
 
+/// How many of a customer's most recent touchpoints are searched for a campaign name to share.
+const CAMPAIGN_SHARE_SCAN: usize = 16;
+
 /// A marketing touchpoint kept for attribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Touchpoint {
     pub event_id: Box<str>,
-    pub campaign: Option<Box<str>>,
+    /// Shared by the customer's touchpoints of the same campaign (one allocation per campaign
+    /// and customer, not per touchpoint; see [`CustomerState::add_touchpoint`]).
+    pub campaign: Option<Arc<str>>,
     pub ts: Millis,
     /// Arrival order within the partition; breaks ties between equal `ts`.
     pub seq: u64,
@@ -170,9 +176,10 @@ impl CustomerState {
     /// Adds a touchpoint in (ts, seq) order, then enforces the lookback and the size bound
     /// (oldest dropped first).
     pub fn add_touchpoint(&mut self, ev: &Event<'_>, seq: u64, lookback: Millis, max: usize) {
+        let campaign = ev.campaign.as_deref().map(|name| self.campaign(name));
         let tp = Touchpoint {
             event_id: ev.event_id.as_ref().into(),
-            campaign: ev.campaign.as_deref().map(Into::into),
+            campaign,
             ts: ev.ts,
             seq,
             channel: ev.channel.unwrap_or(Channel::Other),
@@ -193,6 +200,13 @@ impl CustomerState {
             self.touchpoints.pop_front();
         }
         self.counters.touchpoints += 1;
+    }
+
+    /// The campaign name as an `Arc` shared with the customer's recent touchpoints of the same
+    /// campaign (journeys repeat a few campaigns), or a new one.
+    fn campaign(&self, name: &str) -> Arc<str> {
+        let recent = self.touchpoints.iter().rev().take(CAMPAIGN_SHARE_SCAN).filter_map(|t| t.campaign.as_ref());
+        recent.into_iter().find(|c| &***c == name).cloned().unwrap_or_else(|| name.into())
     }
 
     /// Applies a cart event. Returns true when this event opened a new cart.
@@ -288,7 +302,8 @@ impl CustomerState {
     pub fn approx_bytes(&self, key_len: usize) -> usize {
         let mut n = size_of::<Self>() + key_len + self.touchpoints.capacity() * size_of::<Touchpoint>();
         for t in &self.touchpoints {
-            n += t.event_id.len() + t.campaign.as_ref().map_or(0, |c| c.len());
+            // a shared campaign name counts once over its holders
+            n += t.event_id.len() + t.campaign.as_ref().map_or(0, |c| (c.len() + 16) / Arc::strong_count(c));
         }
         if let Some(c) = &self.cart {
             n += c.opened_by.len() + c.lines.capacity() * size_of::<CartLine>();

@@ -262,14 +262,7 @@ impl Runner {
             Guarantee::ExactlyOnce => Sink::transactional(&producer_config, CALL_TIMEOUT)?,
             Guarantee::AtLeastOnce => Sink::new(&producer_config, CALL_TIMEOUT)?,
         };
-        let mut restore_config = client_config(&cfg, Role::Admin);
-        restore_config
-            .set("group.id", format!("{}-restore", cfg.kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "20")
-            .set("auto.offset.reset", "earliest");
+        let restore_config = restore::restore_client_config(&cfg);
         let restorer: BaseConsumer<QuietEof> = restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
         let cfg_erasure = cfg.clone();
         let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
