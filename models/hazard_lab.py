@@ -236,11 +236,11 @@ def main(argv=None):
         print("   " + "  ".join(f"{k}: {100 * sh0[k]:.1f}/{100 * sh1[k]:.1f} (t {100 * tr[k]:.1f}, lt {100 * lt[k]:.1f})"
                                 for k in sorted(sh0)), flush=True)
         print_kernels(S)
-        for key, title in (("S_post_visit", "post-visit delivered touches (fitted, uncredited)"),
-                           ("S_mirror", "mirror (two-sided, uncredited) term")):
-            if key in res:
+        for part, title in (("S_post_visit", "post-visit delivered touches (fitted, uncredited)"),
+                            ("S_mirror", "mirror (two-sided, uncredited) term")):
+            if part in res:
                 print(f"   {title}:", flush=True)
-                print_kernels(res[key])
+                print_kernels(res[part])
         for k, val in line["extra"].items():
             print(f"   {k}: {val}", flush=True)
         if args.out:

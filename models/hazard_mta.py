@@ -548,7 +548,8 @@ def customer_covariates(data, covariates: str):
 def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = True, log=print, tol=1e-7,
         covariates: str = "own", mirror: bool = False, mirror_weight: bool = True, mirror_cap: float = 50.0,
         sensors: bool = False, sensor_touch_term: bool = True, sensor_states: bool = True,
-        sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None):
+        sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None,
+        sensor_base_diurnal: bool = False):
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -654,15 +655,29 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         if use_sensors:
             Dc = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w * pre_c
             Dis = np.bincount(cs, weights=Dc, minlength=nC * NS).reshape(nC, NS)
-            TTis = (np.bincount(cs, weights=Dc * (Xc @ S), minlength=nC * NS).reshape(nC, NS) if sensor_touch_term
-                    else np.zeros((nC, NS)))
-            base = a_k[None, :, :] * Tpre[:, None, :]
-            hz = c_k[None, :, None] * (b[:, None, None] * Dis[:, None, :] + TTis[:, None, :])
+            if sensor_touch_term == "others":
+                # the hazard of every touch but the group's own: a group's count cannot be evidence
+                # of a hazard its own touches make (heavily delivered groups would explain themselves)
+                TTall = Dc * (Xc @ S)
+                TTk = np.empty((nC, len(gk), NS))
+                for j, g in enumerate(gk):
+                    own = np.zeros_like(S)
+                    cols = slice(g * K, (g + 1) * K)
+                    own[cols] = S[cols]
+                    TTk[:, j, :] = np.bincount(cs, weights=TTall - Dc * (Xc @ own), minlength=nC * NS).reshape(nC, NS)
+            elif sensor_touch_term:
+                TTk = np.bincount(cs, weights=Dc * (Xc @ S), minlength=nC * NS).reshape(nC, 1, NS)
+            else:
+                TTk = np.zeros((nC, 1, NS))
+            # the base rate over time weighted like the hazard's time of day (delivery has its hours too)
+            Tb = Dis if sensor_base_diurnal else Tpre
+            base = a_k[None, :, :] * Tb[:, None, :]
+            hz = c_k[None, :, None] * (b[:, None, None] * Dis[:, None, :] + TTk)
             lam_k = np.maximum(base + hz, 1e-300)
             sbase = Nk * base / lam_k
             sb = Nk * (c_k[None, :, None] * b[:, None, None] * Dis[:, None, :]) / lam_k
-            a_k = sbase.sum(0) / np.maximum(Tpre.sum(0), 1e-12)
-            c_k = (Nk - sbase).sum((0, 2)) / max(float((b[:, None] * Dis + TTis).sum()), 1e-12)
+            a_k = sbase.sum(0) / np.maximum(Tb.sum(0), 1e-12)
+            c_k = (Nk - sbase).sum((0, 2)) / np.maximum(((b[:, None] * Dis)[:, None, :] + TTk).sum((0, 2)), 1e-12)
             SB = sb.sum((1, 2))
             SD = Dis.sum(1) * c_k.sum()
         for _ in range(2):  # damped Newton steps of the Poisson GLM: n0_i ~ Poisson(E_i exp(Z_i theta))
