@@ -62,3 +62,14 @@ pub fn client_config(cfg: &Config, role: Role) -> ClientConfig {
     }
     c
 }
+
+/// A reader of assigned partitions (no group membership, no commits): read_committed, from the
+/// beginning when nothing else is asked; `<group_id>-<purpose>` names it in the broker's logs.
+pub fn reader_config(cfg: &Config, purpose: &str) -> ClientConfig {
+    let mut c = client_config(cfg, Role::Admin);
+    c.set("group.id", format!("{}-{purpose}", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    c
+}

@@ -184,14 +184,8 @@ pub(super) fn consumer(cfg: &Config) -> Result<Option<BaseConsumer>, RunError> {
     if cfg.topics.erasure.is_empty() {
         return Ok(None);
     }
-    let mut c = client_config(cfg, Role::Admin);
-    c.set("group.id", format!("{}-erasure", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set("auto.offset.reset", "earliest");
+    let mut c = crate::kafka::reader_config(cfg, "erasure");
+    c.set("enable.auto.offset.store", "false").set("enable.partition.eof", "false").set("fetch.wait.max.ms", "100");
     c.create().map(Some).map_err(RunError::Consumer)
 }
 

@@ -12,14 +12,8 @@ const RESTORE_DEADLINE: Duration = Duration::from_secs(600);
 /// up to 16 MB a partition (a restore reads whole partitions; the default 1 MB made one fetch
 /// round trip per ~1,500 customer records).
 pub(super) fn restore_client_config(cfg: &Config) -> ClientConfig {
-    let mut c = client_config(cfg, Role::Admin);
-    c.set("group.id", format!("{}-restore", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "20")
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("auto.offset.reset", "earliest");
+    let mut c = crate::kafka::reader_config(cfg, "restore");
+    c.set("enable.partition.eof", "true").set("fetch.wait.max.ms", "20").set("max.partition.fetch.bytes", "16777216");
     c
 }
 
