@@ -205,8 +205,8 @@ impl CustomerState {
     /// The campaign name as an `Arc` shared with the customer's recent touchpoints of the same
     /// campaign (journeys repeat a few campaigns), or a new one.
     fn campaign(&self, name: &str) -> Arc<str> {
-        let recent = self.touchpoints.iter().rev().take(CAMPAIGN_SHARE_SCAN).filter_map(|t| t.campaign.as_ref());
-        recent.into_iter().find(|c| &***c == name).cloned().unwrap_or_else(|| name.into())
+        let mut recent = self.touchpoints.iter().rev().take(CAMPAIGN_SHARE_SCAN).filter_map(|t| t.campaign.as_ref());
+        recent.find(|c| &***c == name).cloned().unwrap_or_else(|| name.into())
     }
 
     /// Applies a cart event. Returns true when this event opened a new cart.

@@ -137,9 +137,8 @@ struct Processor {
     /// Last committed offset per input partition (where a rewind goes back to); None: nothing
     /// committed yet (start from the beginning).
     committed: HashMap<i32, Option<i64>>,
+    /// The changelog reader; a restore that stalls replaces it (restore.rs).
     restorer: BaseConsumer<QuietEof>,
-    /// The restore client's settings: a restore that stalls replaces the client (restore.rs).
-    restore_config: ClientConfig,
     changelog: Vec<ChangelogEntry>,
     /// Fault injection for tests: abort every Nth transaction instead of committing it.
     abort_every: Option<u64>,
@@ -262,8 +261,7 @@ impl Runner {
             Guarantee::ExactlyOnce => Sink::transactional(&producer_config, CALL_TIMEOUT)?,
             Guarantee::AtLeastOnce => Sink::new(&producer_config, CALL_TIMEOUT)?,
         };
-        let restore_config = restore::restore_client_config(&cfg);
-        let restorer: BaseConsumer<QuietEof> = restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+        let restorer: BaseConsumer<QuietEof> = restore::restore_client_config(&cfg).create_with_context(QuietEof).map_err(RunError::Consumer)?;
         let cfg_erasure = cfg.clone();
         let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
         if let Some(n) = abort_every {
@@ -308,7 +306,6 @@ impl Runner {
             pending: HashMap::new(),
             committed: HashMap::new(),
             restorer,
-            restore_config,
             changelog: Vec::new(),
             abort_every,
             fatal_at,

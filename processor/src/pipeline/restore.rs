@@ -126,7 +126,7 @@ impl Processor {
             }
             self.telemetry.restore_stalled(partitions.len(), RESTORE_STALL);
             let _ = self.restorer.unassign();
-            self.restorer = self.restore_config.create_with_context(QuietEof).map_err(RunError::Consumer)?;
+            self.restorer = restore_client_config(&self.cfg).create_with_context(QuietEof).map_err(RunError::Consumer)?;
         }
     }
 
