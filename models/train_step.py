@@ -98,6 +98,15 @@ def run_step_model(model: StepModel, lg: D.Log, x: np.ndarray, custs: np.ndarray
     return out
 
 
+def scores_on(model: StepModel, lg: D.Log, sd: D.StepData, custs: np.ndarray):
+    """The model's outputs on every event of the customers `custs`, and which events are theirs."""
+    yl = run_step_model(model, lg, sd.x, custs)
+    sel = np.zeros(lg.n, dtype=bool)
+    for c in custs:
+        sel[lg.starts[c]:lg.ends[c]] = True
+    return yl, sel
+
+
 def train_step(lg: D.Log, sd: D.StepData, labels, args, hidden: int):
     y_p, m_p, y_a, m_a, y_v, m_v = labels
     yv_rev = np.expm1(y_v).astype(np.float32)  # revenue in the next 90 days
@@ -136,10 +145,7 @@ def train_step(lg: D.Log, sd: D.StepData, labels, args, hidden: int):
                 tot += float(loss); cnt += 1; n_steps += 1
         sched.step()
         model.eval()
-        yl = run_step_model(model, lg, sd.x, va)
-        sel = np.zeros(lg.n, dtype=bool)
-        for c in va:
-            sel[lg.starts[c]:lg.ends[c]] = True
+        yl, sel = scores_on(model, lg, sd, va)
         vp = sel & m_p
         va_ = sel & m_a
         vv = sel & m_v
@@ -165,10 +171,7 @@ def train_step(lg: D.Log, sd: D.StepData, labels, args, hidden: int):
     model.load_state_dict(best[1])
     model.eval()
     # calibration of the value head on validation
-    yl = run_step_model(model, lg, sd.x, va)
-    sel = np.zeros(lg.n, dtype=bool)
-    for c in va:
-        sel[lg.starts[c]:lg.ends[c]] = True
+    yl, sel = scores_on(model, lg, sd, va)
     vv = sel & m_v
     pred_rev = np.exp(np.minimum(yl[vv, 2], 20)) * VALUE_SCALE
     best_m = dict(min(history, key=lambda h: h["val_objective"]))
