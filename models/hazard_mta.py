@@ -43,7 +43,7 @@ removal effect P(all) - P(all but i) = exp(-H)(exp(e_i) - 1) is proportional to 
 order): each touch's share of the modelled incremental hazard at the conversion.
 
 The design (conversions, control points, multiplier levels, post-visit windows, sensor counts) is
-built by hazard_design.py; its names are re-exported here.
+built by hazard_design.py; the names callers use are re-exported here.
 """
 from __future__ import annotations
 
@@ -53,11 +53,9 @@ import numpy as np
 import scipy.sparse as sp
 
 import tsdata as D
-from hazard_design import (  # noqa: F401 (re-exported: train.py, hazard_lab.py, evaluate.py use them as H.*)
-    KNOT_HOURS, KNOTS_U, K, NE, NG, VISIT_GAP_MS, LANDING_CLICK_MS, DELIVERED_TYPES,
-    HOUR_BINS, CART_AGE_H, SINCE_PURCHASE_D, VISIT_AGE_H, N_LEVELS, SENSOR_AGE_D, N_SENSOR_STATES, basis,
-    build, post_visit_windows, last_purchase_before, relevel, mirror_design, _mirror_matrix, sensor_state, sensor_counts,
-    visit_levels, visit_starts, own_visits, state_levels,
+from hazard_design import (  # the design's names that the fit uses, and those callers use as H.*
+    KNOT_HOURS, KNOTS_U, K, NE, NG, HOUR_BINS, SINCE_PURCHASE_D, N_LEVELS, basis, build, last_purchase_before,
+    relevel, mirror_design, _mirror_matrix, sensor_state, sensor_counts,
 )
 
 
