@@ -153,6 +153,36 @@ fn scaling_one_three_one() {
     assert_same_outputs(&got, &want);
 }
 
+/// A rebalance while outputs wait in memory. A commit runs on its own thread while the loop reads
+/// on; the outputs of what it reads meanwhile are sent only after the commit's answer. Here each
+/// commit waits 8 s on its thread (`TOUCHSTREAM_FAULT_COMMIT_DELAY_MS`) and commits are 5,000
+/// events or 40 s apart: of a burst of 9,000 events, the 4,000 read during the first commit stay
+/// in memory after it, until the next commit. A second replica joins meanwhile and takes half the
+/// partitions, from the committed offsets. The outputs in memory must go with the partitions
+/// (the member redoes what it keeps), or the new owner's records are written twice.
+#[test]
+fn a_rebalance_while_outputs_wait_in_memory_repeats_nothing() {
+    let topics = Topics::new("rebalance-in-memory");
+    create_topic(&topics.events, PARTITIONS);
+    let settings = eos_with(&[("processing.commit_interval", "40s"), ("processing.max_batch_events", "5000"), ("kafka.transaction_timeout", "60s")]);
+    let slow = [("TOUCHSTREAM_FAULT_COMMIT_DELAY_MS", "8000")];
+    let a = Processor::start_as(&topics, "a", &settings, &slow);
+    wait_until("a owns partitions", Duration::from_secs(60), Some(&a), || owns_partitions(&a));
+    produce_events(&topics.events, &simulated(9000, 23), 0.0);
+    wait_until("the first commit", Duration::from_secs(60), Some(&a), || committed_total(&topics) > 0);
+    let b = Processor::start_as(&topics, "b", &settings, &[]);
+    wait_until("b owns partitions", Duration::from_secs(90), Some(&b), || owns_partitions(&b));
+    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}\n{}", a.log(), b.log());
+    let want = reference_run(&topics.events);
+    let got = outputs_when_totals_settle(&topics, &want);
+    let (status, log) = a.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("fault injection is on") && log.contains("partitions revoked"), "a gave partitions up: {log}");
+    let (status, log) = b.stop();
+    assert!(status.success(), "{log}");
+    assert_same_outputs(&got, &want);
+}
+
 fn read_uncommitted_count(topic: &str) -> usize {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};

@@ -206,14 +206,16 @@ impl Sink {
     /// `group` (retriable failures retried; an error means abort, or stop if fenced/fatal) on a
     /// thread of its own and returns at once: the caller may go on reading and computing, but
     /// must send nothing until `finish_commit` has returned (the next transaction begins only
-    /// after this one committed).
-    pub fn start_commit(&mut self, offsets: TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), SinkError> {
+    /// after this one committed). `delay` holds the thread back before it starts (fault
+    /// injection for tests; zero otherwise).
+    pub fn start_commit(&mut self, offsets: TopicPartitionList, group: ConsumerGroupMetadata, delay: Duration) -> Result<(), SinkError> {
         self.ensure_transaction()?;
         let (producer, timeout) = (Arc::clone(&self.producer), self.flush_timeout);
         let thread = std::thread::Builder::new().name("touchstream-commit".into());
         let handle = thread
             .spawn(move || {
                 let started = Instant::now();
+                std::thread::sleep(delay);
                 (commit_open(&producer, &offsets, &group, timeout), started.elapsed())
             })
             .map_err(|e| SinkError::CommitThread(e.to_string()))?;

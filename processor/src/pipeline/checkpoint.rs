@@ -247,16 +247,16 @@ impl Processor {
         if self.sink.is_transactional() {
             if self.sink.in_transaction() || !self.pending.is_empty() {
                 self.transactions += 1;
-                if self.fatal_at == Some(self.transactions) {
+                if self.faults.fatal_at == Some(self.transactions) {
                     tracing::warn!("fault injection: fatal producer error");
                     self.sink.inject_fatal_error();
                 }
-                if self.abort_every.is_some_and(|n| self.transactions % n == 0) {
+                if self.faults.abort_every.is_some_and(|n| self.transactions % n == 0) {
                     self.sink.flush()?;
                     return self.abort_and_rewind(consumer, "fault injection");
                 }
                 let group = consumer.group_metadata().ok_or_else(|| RunError::Consumer(KafkaError::NoMessageReceived))?;
-                if let Err(e) = self.sink.start_commit(tpl, group) {
+                if let Err(e) = self.sink.start_commit(tpl, group, self.faults.commit_delay) {
                     return self.recover(consumer, e, Phase::Commit);
                 }
                 let offsets = std::mem::take(&mut self.pending);

@@ -37,6 +37,7 @@ use crate::time::wall_clock_ms;
 mod checkpoint;
 mod deliver;
 pub mod erasure;
+mod faults;
 pub mod poison;
 mod registry_pause;
 mod restore;
@@ -140,12 +141,8 @@ struct Processor {
     /// The changelog reader; a restore that stalls replaces it (restore.rs).
     restorer: BaseConsumer<QuietEof>,
     changelog: Vec<ChangelogEntry>,
-    /// Fault injection for tests: abort every Nth transaction instead of committing it.
-    abort_every: Option<u64>,
-    /// Fault injection for tests: a fatal producer error before the Nth commit.
-    fatal_at: Option<u64>,
-    /// Fault injection (`TOUCHSTREAM_FAULT_RESTORE_BLIND=n`): the n-th restore attempt sees nothing.
-    restore_blind_at: Option<u64>,
+    /// Fault injection for the broker tests (faults.rs).
+    faults: faults::Faults,
     restore_attempts: u64,
     transactions: u64,
     /// When the producer was last recreated after fatal errors.
@@ -263,12 +260,7 @@ impl Runner {
         };
         let restorer: BaseConsumer<QuietEof> = restore::restore_client_config(&cfg).create_with_context(QuietEof).map_err(RunError::Consumer)?;
         let cfg_erasure = cfg.clone();
-        let abort_every = std::env::var("TOUCHSTREAM_FAULT_ABORT_EVERY").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
-        if let Some(n) = abort_every {
-            tracing::warn!(every = n, "fault injection: aborting every {n}th transaction");
-        }
-        let fatal_at = std::env::var("TOUCHSTREAM_FAULT_FATAL_AT").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
-        let restore_blind_at = std::env::var("TOUCHSTREAM_FAULT_RESTORE_BLIND").ok().and_then(|v| v.parse().ok()).filter(|n: &u64| *n > 0);
+        let faults = faults::Faults::from_env();
         let models = ModelSet::load(&cfg.models)?;
         let candidate = ModelSet::load_candidate(&cfg.models)?;
         let engine_cfg = EngineConfig::from_config(&cfg).with_models(models.clone()).with_candidate(candidate.clone());
@@ -307,9 +299,7 @@ impl Runner {
             committed: HashMap::new(),
             restorer,
             changelog: Vec::new(),
-            abort_every,
-            fatal_at,
-            restore_blind_at,
+            faults,
             restore_attempts: 0,
             transactions: 0,
             recreated: Vec::new(),

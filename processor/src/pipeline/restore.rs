@@ -54,9 +54,12 @@ impl Processor {
                     }
                     self.telemetry.revoked(&parts);
                     self.assign_erasure()?;
-                    if self.sink.in_transaction() {
-                        // The open transaction may hold work of the revoked partitions, which this
-                        // member can no longer commit: abort it and redo the partitions it keeps.
+                    if self.sink.in_transaction() || self.batch_events > 0 || !self.outputs.is_empty() {
+                        // Work since the last commit may come from the revoked partitions, which
+                        // this member can no longer commit: the open transaction, and outputs of
+                        // records read while the last commit was on its way (still in memory,
+                        // never sent). Sent later, they would repeat what the new owner writes.
+                        // Abort, forget both and redo the partitions it keeps.
                         self.abort_and_rewind(consumer, "partitions revoked")?;
                     }
                 }
@@ -134,7 +137,7 @@ impl Processor {
     fn restore_attempt(&mut self, partitions: &[i32], deadline: Instant) -> Result<Option<Vec<PartitionEngine>>, RunError> {
         let err = |p: i32, message: String| RunError::Restore { partition: p, message };
         self.restore_attempts += 1;
-        let blind = self.restore_blind_at == Some(self.restore_attempts);
+        let blind = self.faults.restore_blind_at == Some(self.restore_attempts);
         if blind {
             tracing::warn!(attempt = self.restore_attempts, "fault injection: this restore attempt sees nothing");
         }
