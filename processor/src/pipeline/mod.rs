@@ -41,6 +41,7 @@ mod faults;
 pub mod poison;
 mod registry_pause;
 mod restore;
+mod restore_worker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -1,6 +1,7 @@
 //! Partition ownership: rebalance signals applied by the loop, committed offsets read, state
 //! restored from the changelog before a partition is processed.
 
+use super::restore_worker::RestoreWorker;
 use super::*;
 
 /// A restore attempt with no progress for this long is retried with a new client.
@@ -141,7 +142,8 @@ impl Processor {
         if blind {
             tracing::warn!(attempt = self.restore_attempts, "fault injection: this restore attempt sees nothing");
         }
-        let mut engines: HashMap<i32, PartitionEngine> = partitions.iter().map(|p| (*p, PartitionEngine::new(*p, self.engine_cfg.clone()))).collect();
+        let engines: HashMap<i32, PartitionEngine> = partitions.iter().map(|p| (*p, PartitionEngine::new(*p, self.engine_cfg.clone()))).collect();
+        let mut worker = RestoreWorker::start(engines).map_err(|e| err(-1, e))?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition_offset(&self.cfg.topics.changelog, *p, Offset::Beginning).map_err(|e| err(*p, e.to_string()))?;
@@ -185,8 +187,11 @@ impl Processor {
             match polled {
                 Some(Ok(m)) => {
                     let p = m.partition();
-                    if let Some(engine) = engines.get_mut(&p) {
-                        engine.restore(m.key().unwrap_or_default(), m.payload()).map_err(|e| err(p, e.to_string()))?;
+                    if partitions.contains(&p) {
+                        if worker.push(p, m.key().unwrap_or_default(), m.payload()).is_err() {
+                            // the worker stopped on a record it could not restore: it says which
+                            break;
+                        }
                         self.stats.restored_records += 1;
                     }
                     read_to = Some((p, m.offset() + 1));
@@ -220,6 +225,7 @@ impl Processor {
                 return Ok(None);
             }
         }
+        let engines = worker.finish().map_err(|(p, message)| err(p, message))?;
         self.restorer.unassign().map_err(|e| err(-1, e.to_string()))?;
         Ok(Some(
             engines
