@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export RESTORE_CUSTOMERS=${1:-1000000}
 export TOUCHSTREAM_TEST_CMD="cargo test --release --test restore_scale -- --ignored --nocapture"
-bash scripts/test.sh 2>&1 | grep -E "built|produced|RESTORE|panicked|test result"
+bash scripts/test.sh 2>&1 | grep -E "built|produced|RESTORE|RSS|panicked|test result"

@@ -1,6 +1,7 @@
 //! Restore time at scale (not part of the default run; `load-tests/restore-bench.sh` runs it):
 //! a changelog holding RESTORE_CUSTOMERS (default 1 000 000) realistic customer states is restored
-//! by a real `touchstream run`, which logs how long the restore took.
+//! by a real `touchstream run`, which logs how long the restore took; its resident memory then
+//! is printed per restored customer.
 
 mod common;
 
@@ -61,6 +62,17 @@ fn restore_one_million_customers() {
     let clean = line.replace("\u{1b}[3m", "").replace("\u{1b}[0m", "").replace("\u{1b}[2m", "");
     println!("RESTORE: {clean}");
     assert!(clean.contains(&format!("customers={n}")) || clean.contains(&format!("customers\u{1b}[2m=\u{1b}[0m{n}")), "{clean}");
+    // memory with the restored customers resident (the states were built without models, so
+    // they hold no model state): the fixed part (client buffers, models) is spread over n
+    let rss = rss_bytes(proc.child.id());
+    println!("RSS after the restore: {} MB, {} B per restored customer", rss / 1_000_000, rss / n.max(1) as u64);
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Resident memory of a process (Linux `/proc/<pid>/status`, VmRSS), 0 where unknown.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kb.unwrap_or(0) * 1024
 }
