@@ -1,6 +1,9 @@
 //! Per-customer journey state: recent marketing touchpoints, the open cart, session and counters.
 
 pub mod dedupe;
+mod event_id;
+
+pub use event_id::EventId;
 
 use std::collections::VecDeque;
 use std::mem::size_of;
@@ -17,7 +20,7 @@ const CAMPAIGN_SHARE_SCAN: usize = 16;
 /// A marketing touchpoint kept for attribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Touchpoint {
-    pub event_id: Box<str>,
+    pub event_id: EventId,
     /// Shared by the customer's touchpoints of the same campaign (one allocation per campaign
     /// and customer, not per touchpoint; see [`CustomerState::add_touchpoint`]).
     pub campaign: Option<Arc<str>>,
@@ -303,7 +306,7 @@ impl CustomerState {
         let mut n = size_of::<Self>() + key_len + self.touchpoints.capacity() * size_of::<Touchpoint>();
         for t in &self.touchpoints {
             // a shared campaign name counts once over its holders
-            n += t.event_id.len() + t.campaign.as_ref().map_or(0, |c| (c.len() + 16) / Arc::strong_count(c));
+            n += t.event_id.heap_bytes() + t.campaign.as_ref().map_or(0, |c| (c.len() + 16) / Arc::strong_count(c));
         }
         if let Some(c) = &self.cart {
             n += c.opened_by.len() + c.lines.capacity() * size_of::<CartLine>();
