@@ -142,7 +142,7 @@ fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
 
 /// The scenario: two replicas over a generated stream; mid-stream a customer is erased and
 /// both replicas are killed (kill -9) right after the request, so whichever owns the customer dies
-/// around it; they restart and the stream goes on. Afterwards the compacted topics, read to the end
+/// around it; they restart, apply the requests, and the stream goes on. Afterwards the compacted topics, read to the end
 /// with tombstones applied (what a restore reads), hold nothing of the customer; each request has
 /// exactly one audit record (the unknown customer's says `not_found`); every other customer's
 /// conversions, alerts and the channel totals equal a failure-free run without the erasure.
@@ -188,6 +188,11 @@ fn erasure_mid_stream_with_two_replicas_and_kills_changes_nothing_else() {
     kill9(&b);
     drop((a, b));
     let (a, b) = (start("a"), start("b"));
+    // The stream goes on once the requests are applied: the second half moves event time on by
+    // weeks, and a request applied after customer_ttl has expired the victim finds nothing
+    // (`not_found`, correctly, and no longer this test's scenario).
+    let applied = read_until(&topics.erasure_audit, Duration::from_secs(120), |r| r.len() >= 2);
+    assert!(applied.len() >= 2, "both requests applied after the restart:\n{}\n{}", a.log(), b.log());
     produce(second);
     assert!(wait_caught_up(&topics, Duration::from_secs(300)), "{}\n{}", a.log(), b.log());
     let audit = read_until(&topics.erasure_audit, Duration::from_secs(60), |r| r.len() >= 2);
