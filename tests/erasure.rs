@@ -142,10 +142,11 @@ fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
 
 /// The scenario: two replicas over a generated stream; mid-stream a customer is erased and
 /// both replicas are killed (kill -9) right after the request, so whichever owns the customer dies
-/// around it; they restart, apply the requests, and the stream goes on. Afterwards the compacted topics, read to the end
-/// with tombstones applied (what a restore reads), hold nothing of the customer; each request has
-/// exactly one audit record (the unknown customer's says `not_found`); every other customer's
-/// conversions, alerts and the channel totals equal a failure-free run without the erasure.
+/// around it; they restart, apply the requests, and the stream goes on. Afterwards the compacted
+/// topics, read to the end with tombstones applied (what a restore reads), hold nothing of the
+/// customer; each request has exactly one audit record (the unknown customer's says `not_found`);
+/// every other customer's conversions, alerts and the channel totals equal a failure-free run
+/// without the erasure.
 #[test]
 fn erasure_mid_stream_with_two_replicas_and_kills_changes_nothing_else() {
     use std::collections::HashMap;

@@ -64,15 +64,8 @@ fn restore_one_million_customers() {
     assert!(clean.contains(&format!("customers={n}")) || clean.contains(&format!("customers\u{1b}[2m=\u{1b}[0m{n}")), "{clean}");
     // memory with the restored customers resident (the states were built without models, so
     // they hold no model state): the fixed part (client buffers, models) is spread over n
-    let rss = rss_bytes(proc.child.id());
+    let rss = touchstream::telemetry::resident_bytes(Some(proc.child.id())).unwrap_or(0);
     println!("RSS after the restore: {} MB, {} B per restored customer", rss / 1_000_000, rss / n.max(1) as u64);
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
-}
-
-/// Resident memory of a process (Linux `/proc/<pid>/status`, VmRSS), 0 where unknown.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    kb.unwrap_or(0) * 1024
 }

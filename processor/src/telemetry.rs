@@ -396,6 +396,12 @@ impl Telemetry {
         tracing::warn!(%why, "transaction aborted; state reloaded from the changelog and input rewound to the last commit");
     }
 
+    /// Work since the last commit was dropped with no transaction open (e.g. outputs still in
+    /// memory when partitions were revoked): nothing to abort, the same rewind.
+    pub fn rewound(&self, why: &str) {
+        tracing::info!(%why, "work since the last commit dropped; state reloaded from the changelog and input rewound to the last commit");
+    }
+
     pub fn restored(&self, partition: i32, customers: usize, took: Duration) {
         self.restore_seconds.record(took.as_secs_f64());
         tracing::info!(partition, customers, took_ms = took.as_millis() as u64, "partition state restored from the changelog");
@@ -448,11 +454,8 @@ impl Telemetry {
 
     /// The process's resident memory and open file descriptors (Linux /proc; absent elsewhere).
     pub fn process(&self) {
-        if let Some(kb) = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        {
-            gauge!("touchstream_process_resident_bytes").set(kb * 1024.0);
+        if let Some(bytes) = resident_bytes(None) {
+            gauge!("touchstream_process_resident_bytes").set(bytes as f64);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             gauge!("touchstream_process_open_fds").set(dir.count() as f64);
@@ -521,6 +524,15 @@ impl Telemetry {
 }
 
 /// `topic:0,1,2` per topic (one field in JSON logs a log query can split), instead of a Debug list.
+/// Resident memory of a process, this one when `pid` is None (Linux `/proc/<pid>/status`, VmRSS;
+/// None elsewhere).
+pub fn resident_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    let status = std::fs::read_to_string(path).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(kb * 1024)
+}
+
 fn partition_list(partitions: &[(String, i32)]) -> String {
     let mut out = String::new();
     let mut topic: Option<&str> = None;

@@ -93,6 +93,10 @@ impl Processor {
         if !self.await_commit(consumer)? {
             return Ok(()); // the commit on its way failed: already back at the last commit
         }
+        if !self.sink.in_transaction() {
+            self.telemetry.rewound(why);
+            return self.rewind(consumer);
+        }
         if let Err(e) = self.sink.abort_transaction() {
             return self.recover(consumer, e, Phase::Abort);
         }
