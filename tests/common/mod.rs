@@ -167,18 +167,19 @@ impl Record {
     }
 }
 
-/// Reads a whole topic (read_committed) from the beginning, polling until `done(records)` is true
-/// or `timeout` passes; returns what was read.
-pub fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&[Record]) -> bool) -> Vec<Record> {
+/// Reads `topic` read_committed from the beginning until `done(records, every partition at its
+/// end)` holds or `timeout` passes; a topic that does not exist after `appear` reads as empty.
+fn read_while(topic: &str, appear: Duration, timeout: Duration, mut done: impl FnMut(&[Record], bool) -> bool) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
     // The processor creates its output topics at start: wait for the topic to exist.
-    let deadline = Instant::now() + timeout;
+    let (start, deadline) = (Instant::now(), Instant::now() + timeout);
     let mut tpl = TopicPartitionList::new();
     while tpl.count() == 0 {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -188,34 +189,50 @@ pub fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&[Record]
             }
         }
         if tpl.count() == 0 {
-            if Instant::now() > deadline {
+            if start.elapsed() > appear {
                 return Vec::new();
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     consumer.assign(&tpl).expect("assign");
+    let partitions = tpl.count();
+    let mut at_end = std::collections::HashSet::new();
     let mut out = Vec::new();
     loop {
-        if done(&out) || Instant::now() > deadline {
+        if done(&out, at_end.len() == partitions) || Instant::now() > deadline {
             return out;
         }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| k.to_vec()),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m.headers().map(|h| h.iter().map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default(),
-            });
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m.headers().map(|h| h.iter().map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default(),
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
         }
     }
 }
 
-/// Reads whatever a topic holds now (waits `settle` for stragglers).
+/// Reads `topic` read_committed from the beginning until `done` holds or `timeout` passes.
+pub fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&[Record]) -> bool) -> Vec<Record> {
+    read_while(topic, timeout, timeout, |r, _| done(r))
+}
+
+/// Everything committed to `topic`: reads for at least `settle` (for outputs still on their way)
+/// and then on until every partition is read to its end, however long that takes (up to two
+/// minutes more), so a slow machine reads all of it rather than what arrived in `settle`.
 pub fn read_all(topic: &str, settle: Duration) -> Vec<Record> {
     let start = Instant::now();
-    read_until(topic, settle, |_| start.elapsed() >= settle)
+    read_while(topic, settle, settle + Duration::from_secs(120), |_, at_end| at_end && start.elapsed() >= settle)
 }
 
 /// Latest value per key of a compacted (upsert) topic.
