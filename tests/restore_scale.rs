@@ -1,7 +1,8 @@
 //! Restore time at scale (not part of the default run; `load-tests/restore-bench.sh` runs it):
 //! a changelog holding RESTORE_CUSTOMERS (default 1 000 000) realistic customer states is restored
 //! by a real `touchstream run`, which logs how long the restore took; its resident memory then
-//! is printed per restored customer.
+//! is printed per restored customer. `RESTORE_MODELS=1` builds the states through the shipped
+//! models (slower), so that they hold model state as in a deployment with models on.
 
 mod common;
 
@@ -22,7 +23,10 @@ fn restore_one_million_customers() {
     // realistic states: generated journeys through the real engine
     let t0 = Instant::now();
     // the simulator's default world, every customer arriving within a day, until n are resident
-    let mut engine = PartitionEngine::new(0, EngineConfig::default());
+    // RESTORE_MODELS=1: through the shipped models, so that each state holds its model state
+    let with_models = std::env::var("RESTORE_MODELS").is_ok_and(|v| v == "1");
+    let models = with_models.then(|| touchstream::inference::ModelSet::load(&touchstream::config::Config::defaults().models).unwrap().unwrap());
+    let mut engine = PartitionEngine::new(0, EngineConfig::default().with_models(models));
     let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
     let mut out = Vec::new();
     touchstream_sim::stream::for_each_event(touchstream_sim::stream::default_world(5, n as u64, 1.0), None, |customer, _, json| {
@@ -62,10 +66,11 @@ fn restore_one_million_customers() {
     let clean = line.replace("\u{1b}[3m", "").replace("\u{1b}[0m", "").replace("\u{1b}[2m", "");
     println!("RESTORE: {clean}");
     assert!(clean.contains(&format!("customers={n}")) || clean.contains(&format!("customers\u{1b}[2m=\u{1b}[0m{n}")), "{clean}");
-    // memory with the restored customers resident (the states were built without models, so
-    // they hold no model state): the fixed part (client buffers, models) is spread over n
+    // memory with the restored customers resident (with RESTORE_MODELS=1 their states hold the
+    // step model's state): the fixed part (client buffers, models) is spread over n
     let rss = touchstream::telemetry::resident_bytes(Some(proc.child.id())).unwrap_or(0);
-    println!("RSS after the restore: {} MB, {} B per restored customer", rss / 1_000_000, rss / n.max(1) as u64);
+    let states = if with_models { "with model state" } else { "without model state" };
+    println!("RSS after the restore: {} MB, {} B per restored customer ({states})", rss / 1_000_000, rss / n.max(1) as u64);
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 }

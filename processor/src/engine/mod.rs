@@ -118,6 +118,11 @@ pub struct Processed {
     pub duplicate: bool,
 }
 
+/// A partition's customers by id. The state is boxed: a map slot then holds 24 bytes, not the
+/// state's ~300, and the slots a hash map keeps empty (about half of them right after it grows)
+/// cost that much less; ~310 bytes per customer at 1,000,000 customers.
+pub type Customers = HashMap<Box<str>, Box<CustomerState>, RandomState>;
+
 /// Customers (and timers) whose size is measured for the state gauge ([`PartitionEngine::approx_bytes`]).
 const STATE_SAMPLE: usize = 16_384;
 
@@ -126,7 +131,7 @@ const STATE_SAMPLE: usize = 16_384;
 pub struct PartitionEngine {
     partition: i32,
     cfg: EngineConfig,
-    customers: HashMap<Box<str>, CustomerState, RandomState>,
+    customers: Customers,
     /// Lazy cart timers: (when something may be due, customer). A popped timer whose cart moved
     /// on is re-armed at the cart's next due time or dropped.
     timers: BinaryHeap<Reverse<(Millis, Box<str>)>>,
@@ -212,7 +217,7 @@ impl PartitionEngine {
     }
 
     pub fn customer(&self, id: &str) -> Option<&CustomerState> {
-        self.customers.get(id)
+        self.customers.get(id).map(|c| &**c)
     }
 
     pub fn windows(&self) -> &ChannelWindows {
@@ -361,7 +366,7 @@ impl PartitionEngine {
 
         let key: &str = ev.customer_id.as_ref();
         if !self.customers.contains_key(key) {
-            self.customers.insert(key.into(), CustomerState::new(ev.ts));
+            self.customers.insert(key.into(), Box::new(CustomerState::new(ev.ts)));
         }
         self.mark_changed(key);
 

@@ -2,13 +2,11 @@
 //! "waves", and deep credit for a journey. One [`Scoring`] per partition engine: it owns its tract
 //! execution state and buffers, so nothing is shared or locked per event.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use foldhash::fast::RandomState;
-
 use super::shadow::{select_touches, Shadow};
+use super::Customers;
 use crate::alerts::reasons;
 use crate::inference::deep_credit::{AttributionRunner, ModelTouch};
 use crate::inference::drift::DriftCounts;
@@ -164,7 +162,7 @@ impl Scoring {
     /// Runs every pending event through the step model, wave by wave (a customer's events in
     /// order, different customers together, at most `max_batch` rows per call), and stores the
     /// new hidden states and scores in the customers' state.
-    pub fn flush(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>, changed: &[Box<str>]) {
+    pub fn flush(&mut self, customers: &mut Customers, changed: &[Box<str>]) {
         self.flush_waves(customers, changed, u32::MAX);
     }
 
@@ -173,7 +171,7 @@ impl Scoring {
     /// the customers' next waves. A decision about one customer (a purchase, a due check) then
     /// costs as many calls as that customer has pending events, not as many as the longest chain
     /// in the queue (on the simulator's default world a full run was ~15 calls of ~7 rows).
-    pub fn flush_waves(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>, changed: &[Box<str>], waves: u32) {
+    pub fn flush_waves(&mut self, customers: &mut Customers, changed: &[Box<str>], waves: u32) {
         if self.reqs.is_empty() {
             return;
         }
@@ -296,7 +294,7 @@ impl Scoring {
     /// ones and the active ones the candidate's, so the old models stay in shadow (a rollback is
     /// another swap). Customers the candidate has not seen start from a zero state: returns how
     /// many. None without a candidate. Call after a flush.
-    pub fn promote(&mut self, customers: &mut HashMap<Box<str>, CustomerState, RandomState>) -> Option<usize> {
+    pub fn promote(&mut self, customers: &mut Customers) -> Option<usize> {
         let sh = self.shadow.as_mut()?;
         std::mem::swap(&mut self.set, &mut sh.set);
         std::mem::swap(&mut self.step, &mut sh.step);

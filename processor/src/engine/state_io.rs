@@ -70,7 +70,7 @@ impl PartitionEngine {
                 Some(v) => {
                     let state =
                         changelog::decode_customer(v).map_err(|message| RestoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message })?;
-                    self.customers.insert(id.into(), state);
+                    self.customers.insert(id.into(), Box::new(state));
                 }
                 None => {
                     self.customers.remove(id);
