@@ -77,6 +77,11 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str, from_env: bool) -> Res
     }
     let table = node.as_table_mut().ok_or_else(|| key_err(&dotted, "is not a table"))?;
     let last = if passthrough && from_env { last.replace('_', ".") } else { last };
+    // a flag may quote the librdkafka key as TOML does: kafka.consumer."fetch.min.bytes"
+    let last = match last.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(unquoted) if passthrough && !unquoted.is_empty() => unquoted.to_string(),
+        _ => last,
+    };
     // optional keys without a default that are not strings
     const OPTIONAL_NUMBERS: [&str; 1] = ["alerts.abandon_threshold"];
     let value = match table.get(&last) {

@@ -42,12 +42,15 @@ fn passthrough_options_from_file_and_env() {
     let c = load(
         Some("[kafka.options]\n\"security.protocol\" = \"SSL\"\n"),
         &[("TOUCHSTREAM__KAFKA__PRODUCER__LINGER_MS", "5")],
-        &[("kafka.consumer.fetch.min.bytes", "1")],
+        &[("kafka.consumer.fetch.min.bytes", "1"), ("kafka.consumer.\"fetch.wait.max.ms\"", "20")],
     )
     .unwrap();
     assert_eq!(c.kafka.options["security.protocol"], "SSL");
     assert_eq!(c.kafka.producer["linger.ms"], "5");
     assert_eq!(c.kafka.consumer["fetch.min.bytes"], "1");
+    // quoted as in TOML
+    assert_eq!(c.kafka.consumer["fetch.wait.max.ms"], "20");
+    assert!(!c.kafka.consumer.contains_key("\"fetch.wait.max.ms\""));
 }
 
 #[test]
