@@ -123,9 +123,6 @@ pub struct Processed {
 /// cost that much less; ~310 bytes per customer at 1,000,000 customers.
 pub type Customers = HashMap<Box<str>, Box<CustomerState>, RandomState>;
 
-/// Customers (and timers) whose size is measured for the state gauge ([`PartitionEngine::approx_bytes`]).
-const STATE_SAMPLE: usize = 16_384;
-
 /// All state of one input partition.
 #[derive(Debug)]
 pub struct PartitionEngine {
@@ -304,18 +301,6 @@ impl PartitionEngine {
     /// Predictions of the shadow waiting for their outcome.
     pub fn shadow_open_predictions(&self) -> usize {
         self.scoring.as_ref().and_then(|s| s.shadow.as_ref()).map_or(0, |s| s.open_predictions())
-    }
-
-    /// Approximate bytes of state (customers, timers, windows). Exact up to [`STATE_SAMPLE`]
-    /// customers; above that, the mean of that many customers (the first in the map's hash
-    /// order, so a sample unrelated to who they are) times the count: the gauge is read every few
-    /// seconds, and a walk over a million customers held the loop for half a second.
-    pub fn approx_bytes(&self) -> usize {
-        let sampled = |n: usize, sum: usize, total: usize| if n == 0 { 0 } else { (sum as f64 * total as f64 / n as f64) as usize };
-        let (n, sum) = self.customers.iter().take(STATE_SAMPLE).fold((0, 0), |(n, sum), (k, c)| (n + 1, sum + c.approx_bytes(k.len())));
-        let customers = sampled(n, sum, self.customers.len());
-        let (n, sum) = self.timers.iter().take(STATE_SAMPLE).fold((0, 0), |(n, sum), Reverse((_, k))| (n + 1, sum + 24 + k.len()));
-        customers + sampled(n, sum, self.timers.len()) + self.windows.len() * 128
     }
 
     fn mark_changed(&mut self, key: &str) {

@@ -339,7 +339,7 @@ pub(super) fn as_set(outputs: &[Output]) -> Vec<String> {
 #[test]
 fn state_bytes_above_the_sample_are_estimated_from_it() {
     let mut f = Feed::new();
-    let n = STATE_SAMPLE + 8_000;
+    let n = super::state_io::STATE_SAMPLE + 8_000;
     for i in 0..n {
         let c = format!("customer-{i}");
         f.send(&c, T0 + i as Millis, "click", r#","channel":"email","campaign":"spring""#);
