@@ -272,8 +272,10 @@ fn check(sc: &Scenario) -> (String, Vec<String>) {
         })
         .collect();
     let mut outputs = Vec::new();
-    for (topics, proc) in runs {
-        assert!(wait_caught_up(&topics, Duration::from_secs(900)), "{}: caught up:\n{}", sc.world, proc.log());
+    for (topics, mut proc) in runs {
+        if let Err(why) = proc.wait_caught_up(&topics, Duration::from_secs(900)) {
+            panic!("{} ({}): the processor did not catch up: {why}", sc.world, topics.group);
+        }
         let conversions = read_all(&topics.conversions, Duration::from_secs(3));
         let alerts = read_all(&topics.alerts, Duration::from_secs(2));
         let (status, log) = proc.stop();

@@ -3,7 +3,10 @@
 //! running the `touchstream` binary.
 #![allow(dead_code)]
 
+mod progress;
 pub mod scenarios;
+
+pub use progress::*;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -414,34 +417,9 @@ pub fn end_offsets(topic: &str) -> Vec<(i32, i64)> {
     out
 }
 
-/// Committed offsets of `group` on `topic` (-1 where none).
+/// Committed offsets of `group` on `topic` (-1 where none, or when they cannot be read).
 pub fn committed_offsets(group: &str, topic: &str, partitions: &[i32]) -> Vec<(i32, i64)> {
-    let c: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).set("isolation.level", "read_committed").create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(topic, *p);
-    }
-    match c.committed_offsets(tpl, Duration::from_secs(10)) {
-        Ok(got) => got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 })).collect(),
-        Err(_) => partitions.iter().map(|p| (*p, -1)).collect(),
-    }
-}
-
-/// Waits until `group` has committed the end of every partition of the events topic.
-pub fn wait_caught_up(topics: &Topics, timeout: Duration) -> bool {
-    let end = end_offsets(&topics.events);
-    let parts: Vec<i32> = end.iter().map(|(p, _)| *p).collect();
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let committed = committed_offsets(&topics.group, &topics.events, &parts);
-        // An empty partition has nothing to commit.
-        if committed.iter().zip(&end).all(|((_, c), (_, e))| c == e || (*e == 0 && *c == -1)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    false
+    try_committed_offsets(group, topic, partitions).unwrap_or_else(|_| partitions.iter().map(|p| (*p, -1)).collect())
 }
 
 /// Everything a run wrote, read back read_committed.
