@@ -47,9 +47,9 @@ struct Cli {
     /// The processor binary.
     #[arg(long, default_value = "target/release/touchstream")]
     touchstream: PathBuf,
-    /// Runs, in order: passthrough, defaults, models_off, at_least_once, shadow, or a processor mode
-    /// written as settings (`processing.commit_interval=1s`, several joined by `+`).
-    #[arg(long, default_value = "passthrough,defaults,models_off,at_least_once,shadow")]
+    /// Runs, in order: passthrough, passthrough_plain, defaults, models_off, at_least_once, shadow,
+    /// or a processor mode written as settings (`processing.commit_interval=1s`, several joined by `+`).
+    #[arg(long, default_value = "passthrough,passthrough_plain,defaults,models_off,at_least_once,shadow")]
     modes: String,
     /// Processor replicas of one group per run (their numbers are summed).
     #[arg(long, default_value_t = 1)]
@@ -86,6 +86,12 @@ struct Cli {
     /// Write the report as JSON here, and the markdown beside it (.md).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// The baselines: `passthrough` (the processor's client settings; the ratios' base) and
+/// `passthrough_plain` (librdkafka's fetch queue backoff left at its default).
+fn is_passthrough(mode: &str) -> bool {
+    mode == "passthrough" || mode == "passthrough_plain"
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -160,21 +166,23 @@ impl Harness {
         }
     }
 
-    fn passthrough(&self) -> Result<Run> {
-        let output = format!("{}.passthrough.out", self.base);
+    /// `mode`: "passthrough" (the processor's client settings) or "passthrough_plain".
+    fn passthrough(&self, mode: &str) -> Result<Run> {
+        let output = format!("{}.{mode}.out", self.base);
         kafka::create_topics(&self.cli.brokers, &[&output], self.cli.partitions)?;
         let timing = passthrough::Passthrough {
             brokers: &self.cli.brokers,
             input: &self.input,
             output: &output,
-            group: &format!("{}.passthrough.group", self.base),
+            group: &format!("{}.{mode}.group", self.base),
             end: &self.end,
             commit_interval: self.cli.commit_interval,
             max_batch: self.cli.max_batch,
             timeout: self.cli.timeout,
+            plain: mode == "passthrough_plain",
         }
         .run()?;
-        let mut run = timing.into_run("passthrough", vec![], 1, self.total());
+        let mut run = timing.into_run(mode, vec![], 1, self.total());
         let size = kafka::topic_size(&self.cli.brokers, &output, READ_BACK)?;
         run.topics.insert("output".into(), TopicBytes { records: size.records, bytes: size.bytes, bytes_per_event: size.bytes as f64 / self.total() as f64 });
         self.cleanup(&[output]);
@@ -316,7 +324,7 @@ fn main() -> Result<()> {
         bail!("--latency-fraction must be above 0");
     }
     let modes: Vec<String> = cli.modes.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect();
-    for m in modes.iter().filter(|m| *m != "passthrough") {
+    for m in modes.iter().filter(|m| !is_passthrough(m)) {
         processor::mode_settings(m)?;
     }
     let log_dir = cli.log_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -332,16 +340,16 @@ fn main() -> Result<()> {
     let h = Harness { cli, base, input, end, events, log_dir };
     let mut runs: Vec<Run> = Vec::new();
     let result = (|| {
-        if let Some(first) = modes.iter().find(|m| *m != "passthrough") {
+        if let Some(first) = modes.iter().find(|m| !is_passthrough(m)) {
             for w in 0..h.cli.warmup_runs {
                 let r = h.processor(first, &format!("warmup{w}"))?;
                 eprintln!("warm-up {w} ({first}): {:.0} events/s steady, not reported", r.steady_events_per_s);
             }
         }
         for (i, mode) in modes.iter().enumerate() {
-            if mode == "passthrough" {
-                let r = h.passthrough()?;
-                eprintln!("passthrough: {:.0} events/s steady", r.steady_events_per_s);
+            if is_passthrough(mode) {
+                let r = h.passthrough(mode)?;
+                eprintln!("{mode}: {:.0} events/s steady", r.steady_events_per_s);
                 runs.push(r);
                 continue;
             }

@@ -1,7 +1,9 @@
 //! The baseline: a plain exactly-once passthrough (consume -> produce, nothing else) with the
 //! processor's batching: read_committed input, and a transaction with the input offsets
 //! (send_offsets_to_transaction) committed every commit interval or every `max_batch` records,
-//! whichever comes first. Producer and consumer settings follow processor/src/kafka/mod.rs. As in
+//! whichever comes first. Producer and consumer settings follow processor/src/kafka/mod.rs (the
+//! `plain` variant leaves librdkafka's fetch queue backoff at its default, 1 s, as a passthrough
+//! written without tuning would, and as issue 13's baseline did). As in
 //! the processor, a transaction commits on a thread of its own while the next records are read;
 //! they are produced once it committed (records read meanwhile wait in memory).
 
@@ -33,6 +35,8 @@ pub struct Passthrough<'a> {
     pub commit_interval: Duration,
     pub max_batch: usize,
     pub timeout: Duration,
+    /// librdkafka's default `fetch.queue.backoff.ms` instead of the processor's 10 ms.
+    pub plain: bool,
 }
 
 impl Passthrough<'_> {
@@ -40,16 +44,19 @@ impl Passthrough<'_> {
     /// from the first commit (`steady_*`).
     pub fn run(&self) -> Result<Timing> {
         let started = Instant::now();
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", self.brokers)
             .set("group.id", self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .create()
-            .context("passthrough consumer")?;
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        if !self.plain {
+            config.set("fetch.queue.backoff.ms", "10"); // as the processor's consumer
+        }
+        let consumer: BaseConsumer = config.create().context("passthrough consumer")?;
         consumer.subscribe(&[self.input])?;
         let producer: Arc<BaseProducer> = Arc::new(
             ClientConfig::new()
