@@ -273,9 +273,7 @@ fn check(sc: &Scenario) -> (String, Vec<String>) {
         .collect();
     let mut outputs = Vec::new();
     for (topics, mut proc) in runs {
-        if let Err(why) = proc.wait_caught_up(&topics, Duration::from_secs(900)) {
-            panic!("{} ({}): the processor did not catch up: {why}", sc.world, topics.group);
-        }
+        proc.assert_caught_up(&topics, Duration::from_secs(900), sc.world);
         let conversions = read_all(&topics.conversions, Duration::from_secs(3));
         let alerts = read_all(&topics.alerts, Duration::from_secs(2));
         let (status, log) = proc.stop();

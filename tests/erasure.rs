@@ -48,8 +48,8 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     flush(&p);
     let http = free_addr();
     let settings = [("event_time.idle_timeout", "1h"), ("processing.commit_interval", "200ms"), ("http.enabled", "true"), ("http.listen", http.as_str())];
-    let proc = Processor::start(&topics, &settings);
-    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    let mut proc = Processor::start(&topics, &settings);
+    proc.assert_caught_up(&topics, Duration::from_secs(120), "caught up");
     assert_eq!(metric(&http, "touchstream_input_misrouted_total"), Some(1.0), "one misrouted record:\n{}", proc.log());
     // the topics that hold personal data were created with `topics.retention`'s defaults
     assert_eq!(topic_config(&topics.dlq, "retention.ms").as_deref(), Some("604800000"));
@@ -88,12 +88,12 @@ fn an_erased_customer_is_gone_from_state_changelog_and_scores_exactly_once() {
     // kill -9 and restart: the erasure is not applied again, and nothing of alice comes back
     kill9(&proc);
     let _ = proc.stop();
-    let proc = Processor::start(&topics, &settings);
+    let mut proc = Processor::start(&topics, &settings);
     send("a3", "alice", t + 3 * HOUR, "purchase", r#","value":40.0"#);
     // a later event moves the watermark far past any inactivity check or safety net of the old cart
     send("b3", "bob", t + 2 * DAY - HOUR, "page_view", "");
     flush(&p);
-    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(120), "caught up");
     let conversions = read_until(&topics.conversions, Duration::from_secs(30), |r| r.iter().any(|c| c.json()["conversion_id"] == "a3"));
     let a3 = conversions.iter().map(|r| r.json()).find(|c| c["conversion_id"] == "a3").expect("alice's new purchase converts");
     let tps = a3["touchpoints"].as_array().unwrap();
@@ -122,8 +122,8 @@ fn analytics_outputs_carry_a_keyed_hash_of_the_customer() {
     flush(&p);
     let secret = "analytics-secret";
     let settings = [("event_time.idle_timeout", "1h"), ("privacy.analytics_id_key", secret), ("models.enabled", "false"), ("alerts.target_delay", "30m")];
-    let proc = Processor::start(&topics, &settings);
-    assert!(wait_caught_up(&topics, Duration::from_secs(120)), "{}", proc.log());
+    let mut proc = Processor::start(&topics, &settings);
+    proc.assert_caught_up(&topics, Duration::from_secs(120), "caught up");
     let conversions = read_until(&topics.conversions, Duration::from_secs(30), |r| !r.is_empty());
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let want: String = ring::hmac::sign(&key, b"eve").as_ref().iter().map(|b| format!("{b:02x}")).collect();

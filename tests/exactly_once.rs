@@ -70,8 +70,8 @@ fn aborted_transactions_are_invisible_and_redone_once() {
     let topics = Topics::new("abort");
     create_topic(&topics.events, PARTITIONS);
     produce_stream(&topics.events, 12_000, 12, 0.0);
-    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_ABORT_EVERY", "3")]);
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
+    let mut proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_ABORT_EVERY", "3")]);
+    proc.assert_caught_up(&topics, Duration::from_secs(180), "caught up");
     // after the last abort the aggregators replay their partials before writing totals again
     let want = reference_run(&topics.events);
     let got = outputs_when_totals_settle(&topics, &want);
@@ -132,7 +132,7 @@ fn scaling_one_three_one() {
         let t = topics.events.clone();
         std::thread::spawn(move || produce_stream(&t, 12_000, 14, 24.0))
     };
-    let a = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
+    let mut a = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
     wait_until("a's first commit", Duration::from_secs(60), Some(&a), || committed_total(&topics) > 0);
     let b = Processor::start_as(&topics, "b", EOS_SETTINGS, &[]);
     let c = Processor::start_as(&topics, "c", EOS_SETTINGS, &[]);
@@ -145,7 +145,7 @@ fn scaling_one_three_one() {
         assert!(status.success(), "{log}");
     }
     producer.join().unwrap();
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", a.log());
+    a.assert_caught_up(&topics, Duration::from_secs(180), "caught up");
     let want = reference_run(&topics.events);
     let got = outputs_when_totals_settle(&topics, &want);
     let (status, log) = a.stop();
@@ -215,8 +215,8 @@ fn a_fatal_producer_error_is_survived_by_recreating_the_producer() {
     let topics = Topics::new("fatal");
     create_topic(&topics.events, PARTITIONS);
     produce_stream(&topics.events, 12_000, 15, 0.0);
-    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
+    let mut proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &[("TOUCHSTREAM_FAULT_FATAL_AT", "4")]);
+    proc.assert_caught_up(&topics, Duration::from_secs(180), "caught up");
     let want = reference_run(&topics.events);
     let got = outputs_when_totals_settle(&topics, &want);
     let (status, log) = proc.stop();
@@ -236,8 +236,8 @@ fn a_stalled_restore_starts_over_with_a_new_client() {
     produce_stream(&topics.events, 6000, 16, 0.0);
     // restore 1: the assignment (empty changelog); restore 2: the reload after the fatal error
     let env = [("TOUCHSTREAM_FAULT_FATAL_AT", "4"), ("TOUCHSTREAM_FAULT_RESTORE_BLIND", "2")];
-    let proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &env);
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "{}", proc.log());
+    let mut proc = Processor::start_as(&topics, "a", &eos_with(&[("processing.max_batch_events", "500")]), &env);
+    proc.assert_caught_up(&topics, Duration::from_secs(180), "caught up");
     let want = reference_run(&topics.events);
     let got = outputs_when_totals_settle(&topics, &want);
     let (status, log) = proc.stop();

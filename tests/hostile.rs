@@ -166,8 +166,8 @@ fn a_state_record_too_large_for_the_changelog_is_isolated_record_by_record() {
         ordinary(&p, &topics.events, i % 2, &format!("ok{i}"), t + 1000 + i as i64);
     }
     flush(&p);
-    let proc = Processor::start(&topics, &[("event_time.idle_timeout", "1h")]);
-    assert!(wait_caught_up(&topics, Duration::from_secs(240)), "caught up:\n{}", proc.log());
+    let mut proc = Processor::start(&topics, &[("event_time.idle_timeout", "1h")]);
+    proc.assert_caught_up(&topics, Duration::from_secs(240), "caught up");
     let conversions = read_all(&topics.conversions, Duration::from_secs(2));
     let dlq = read_all(&topics.dlq, Duration::from_secs(1));
     let log = proc.log();
@@ -200,10 +200,10 @@ fn repeated_events_count_once_across_a_kill() {
         send_raw(&p, &topics.events, 0, Some(b"dora"), rec.as_bytes(), None);
     }
     flush(&p);
-    let proc = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
+    let mut proc = Processor::start_as(&topics, "a", EOS_SETTINGS, &[]);
     let first = read_until(&topics.conversions, Duration::from_secs(120), |r| !r.is_empty());
     assert_eq!(first.len(), 1, "one conversion:\n{}", proc.log());
-    assert!(wait_caught_up(&topics, Duration::from_secs(60)), "caught up:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(60), "caught up");
     kill9(&proc);
     drop(proc);
 
@@ -215,9 +215,9 @@ fn repeated_events_count_once_across_a_kill() {
     }
     flush(&p);
     let settings: Vec<(&str, &str)> = EOS_SETTINGS.iter().copied().chain([("journey.dead_letter_duplicates", "true")]).collect();
-    let proc = Processor::start_as(&topics, "a", &settings, &[]);
+    let mut proc = Processor::start_as(&topics, "a", &settings, &[]);
     let all = read_until(&topics.conversions, Duration::from_secs(120), |r| r.len() >= 2);
-    assert!(wait_caught_up(&topics, Duration::from_secs(60)), "caught up:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(60), "caught up");
     let all = if all.len() > 2 { all } else { read_all(&topics.conversions, Duration::from_secs(2)) };
     assert_eq!(all.len(), 2, "two conversions in all:\n{}", proc.log());
     let conv1 = all[0].json();

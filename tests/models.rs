@@ -106,8 +106,8 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     // phase 1 on the committed models
     let stream = simulated(12_000, 11);
     produce_events(&topics.events, &stream[..6000], 0.0);
-    let proc = Processor::start(&topics, &settings);
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "phase 1 caught up:\n{}", proc.log());
+    let mut proc = Processor::start(&topics, &settings);
+    proc.assert_caught_up(&topics, Duration::from_secs(180), "phase 1 caught up");
     let phase1_end = end_offsets(&topics.events);
 
     // swap under load: a new version of both models, loaded on SIGHUP while events keep coming
@@ -121,7 +121,7 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     signal(&proc, "HUP");
     producing.join().unwrap();
     assert!(wait_for_log(&proc, NEW, Duration::from_secs(30)), "the new models were loaded:\n{}", proc.log());
-    assert!(wait_caught_up(&topics, Duration::from_secs(180)), "phase 2 caught up:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(180), "phase 2 caught up");
 
     // a broken model is rejected and the current ones keep serving
     let onnx = dir.join("attribution").join("model.onnx");
@@ -136,7 +136,7 @@ fn models_score_every_event_credit_conversions_alert_early_and_swap_under_load()
     send_raw(&p, &topics.events, 0, Some(b"after-reject"), event("ar-1", "after-reject", t, "click", r#","channel":"email""#).as_bytes(), None);
     send_raw(&p, &topics.events, 0, Some(b"after-reject"), event("ar-2", "after-reject", t + 60_000, "purchase", r#","value":5.0"#).as_bytes(), None);
     flush(&p);
-    assert!(wait_caught_up(&topics, Duration::from_secs(60)), "still processing after the rejected reload:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(60), "still processing after the rejected reload");
     let conversions = read_all(&topics.conversions, Duration::from_secs(3));
     assert_eq!(conversions.len(), before + 1);
     let last = conversions.iter().map(|r| r.json()).find(|c| c["conversion_id"] == "ar-2").expect("the conversion after the rejected reload");

@@ -202,9 +202,9 @@ fn promotion_on_a_broker_switches_the_version_once_per_partition_and_loses_nothi
     let settings = eos_with(&[("http.enabled", "true"), ("models.check_fixtures", "false")]);
     let mut extra: Vec<(&str, &str)> = settings.to_vec();
     extra.extend([("http.listen", addr.as_str()), ("models.dir", active_dir.as_str()), ("models.candidate", shipped.as_str())]);
-    let proc = Processor::start(&topics, &extra);
+    let mut proc = Processor::start(&topics, &extra);
     send(first);
-    assert!(wait_caught_up(&topics, Duration::from_secs(300)), "first half processed:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(300), "first half processed");
     wait_until("a comparison report", Duration::from_secs(30), Some(&proc), || {
         let (ok, text) = cli(&["models", "report", "--addr", &addr]);
         ok && text.contains("p_purchase_7d") && !text.contains(" 0 events")
@@ -216,7 +216,7 @@ fn promotion_on_a_broker_switches_the_version_once_per_partition_and_loses_nothi
     assert!(ok && text.contains("swap requested"), "{text}");
     assert!(wait_for_log(&proc, "models swapped", Duration::from_secs(30)), "{}", proc.log());
     send(second);
-    assert!(wait_caught_up(&topics, Duration::from_secs(300)), "second half processed:\n{}", proc.log());
+    proc.assert_caught_up(&topics, Duration::from_secs(300), "second half processed");
     let (status, log) = proc.stop();
     assert!(status.success(), "{log}");
 

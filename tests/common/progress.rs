@@ -98,6 +98,13 @@ impl Processor {
         }
     }
 
+    /// Panics, saying `what` and why, unless this processor catches up within `timeout`.
+    pub fn assert_caught_up(&mut self, topics: &Topics, timeout: Duration, what: &str) {
+        if let Err(why) = self.wait_caught_up(topics, timeout) {
+            panic!("{what} ({}): the processor did not catch up: {why}", topics.group);
+        }
+    }
+
     /// The last `lines` lines of the log, each cut to 400 characters.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
