@@ -255,7 +255,7 @@ impl Processor {
                     tracing::warn!("fault injection: fatal producer error");
                     self.sink.inject_fatal_error();
                 }
-                if self.faults.abort_every.is_some_and(|n| self.transactions % n == 0) {
+                if self.faults.abort_now(!self.pending.is_empty()) {
                     self.sink.flush()?;
                     return self.abort_and_rewind(consumer, "fault injection");
                 }
