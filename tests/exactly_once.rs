@@ -63,8 +63,8 @@ fn kill9_replicas_at_random_moments() {
     );
 }
 
-/// A failure between produce and commit (injected: every 3rd transaction is aborted): the aborted
-/// batches are invisible to read_committed readers and redone exactly once.
+/// A failure between produce and commit (injected: every 3rd transaction that carries input is
+/// aborted): the aborted batches are invisible to read_committed readers and redone exactly once.
 #[test]
 fn aborted_transactions_are_invisible_and_redone_once() {
     let topics = Topics::new("abort");
