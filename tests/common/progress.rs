@@ -63,39 +63,35 @@ impl fmt::Display for Progress {
     }
 }
 
-/// Waits until `topics.group` has committed the end of every partition of the events topic.
-pub fn wait_caught_up(topics: &Topics, timeout: Duration) -> bool {
+/// Polls `topics.group`'s committed offsets until they reach the ends of the events topic: Err
+/// with why not (what `stopped` says, or the timeout) and the last offsets read.
+fn poll_caught_up(topics: &Topics, timeout: Duration, mut stopped: impl FnMut() -> Option<String>) -> Result<(), String> {
     let mut progress = Progress::new(topics);
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    let started = Instant::now();
+    loop {
         if progress.refresh(topics).caught_up() {
-            return true;
+            return Ok(());
+        }
+        let why = stopped().or_else(|| (started.elapsed() >= timeout).then(|| format!("running, not caught up after {} s", timeout.as_secs())));
+        if let Some(why) = why {
+            return Err(format!("{why}; {progress}"));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    false
+}
+
+/// Waits until `topics.group` has committed the end of every partition of the events topic.
+pub fn wait_caught_up(topics: &Topics, timeout: Duration) -> bool {
+    poll_caught_up(topics, timeout, || None).is_ok()
 }
 
 impl Processor {
     /// Waits until this processor's group has committed the end of every events partition. Err,
     /// as soon as the process exits or when the timeout passes: what it was doing, as above.
     pub fn wait_caught_up(&mut self, topics: &Topics, timeout: Duration) -> Result<(), String> {
-        let mut progress = Progress::new(topics);
-        let started = Instant::now();
-        loop {
-            if progress.refresh(topics).caught_up() {
-                return Ok(());
-            }
-            let state = match self.child.try_wait() {
-                Ok(Some(status)) => format!("exited ({status})"),
-                _ if started.elapsed() >= timeout => format!("running, not caught up after {} s", timeout.as_secs()),
-                _ => {
-                    std::thread::sleep(Duration::from_millis(500));
-                    continue;
-                }
-            };
-            return Err(format!("{state}; {progress}; the last lines of its log:\n{}", self.log_tail(30)));
-        }
+        let child = &mut self.child;
+        let waited = poll_caught_up(topics, timeout, || child.try_wait().ok().flatten().map(|status| format!("exited ({status})")));
+        waited.map_err(|why| format!("{why}; the last lines of its log:\n{}", self.log_tail(30)))
     }
 
     /// Panics, saying `what` and why, unless this processor catches up within `timeout`.

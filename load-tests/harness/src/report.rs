@@ -158,7 +158,7 @@ impl Report {
         let _ = writeln!(s, "\nBytes written per input event ({}); memory when caught up:\n", self.bytes_method);
         s += "| run | conversions | alerts | channels | partials | changelog | scores | dlq | RSS | customers | RSS/customer | state/customer | idle RSS | (RSS - idle)/customer |\n";
         s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-        for r in self.runs.iter().filter(|r| !r.mode.starts_with("passthrough")) {
+        for r in self.runs.iter().filter(|r| !crate::is_passthrough(&r.mode)) {
             let _ = write!(s, "| {} |", r.mode);
             for t in REPORTED_TOPICS {
                 let _ = write!(s, " {} |", r.topics.get(t).map_or("-".into(), |t| num(t.bytes_per_event)));
