@@ -482,3 +482,58 @@ def sensor_counts(lg: D.Log, data, min_touches: int = 200):
     Ns = np.zeros((nC, len(groups), N_SENSOR_STATES), dtype=np.float64)
     np.add.at(Ns, (cu[standalone], gpos[grp[standalone]], st[standalone]), 1.0)
     return {"N": N, "Ns": Ns, "groups": groups, "first": first, "start": start}
+
+
+def sensor_touch_rows(lg: D.Log, data, sensor):
+    """Design rows at the sensors' own touches (each touch of a sensor group before the customer's
+    first purchase decision): its customer, group (position in `sensor["groups"]`), sensor state
+    and the touch-basis row of the customer's earlier touches at that moment (the
+    same columns as `build`'s, post-visit split included). With the control rows' this gives the
+    modelled hazard at the moments a group's touches arrive against its time course in between:
+    within a customer, a group whose delivery follows the customer's intent arrives more often when
+    the modelled hazard is high (see `fit(sensor_timing=True)`)."""
+    ncol = data["e"]["X"].shape[1]
+    pv = np.zeros(NG)
+    for name, hours in data.get("post_visit_hours", {}).items():
+        ch, et = name.split("/")
+        pv[D.CH_INDEX[ch] * NE + D.ET_INDEX[et]] = hours
+    gpos = np.full(NG, -1)
+    gpos[sensor["groups"]] = np.arange(len(sensor["groups"]))
+    first, start = sensor["first"], sensor["start"]
+    tps_all, _ = D.customer_touch_index(lg)
+    cust_l, g_l, t_l, R, Cc, V = [], [], [], [], [], []
+    n = 0
+    for c in range(len(lg.customer_ids)):
+        tp = tps_all[c]
+        if not len(tp):
+            continue
+        tts = lg.ts[tp]
+        base = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
+        grp = base
+        if ncol > NG * K:
+            s, e = int(lg.starts[c]), int(lg.ends[c])
+            site_ts = lg.ts[s:e][~np.isin(lg.etype[s:e], D.TOUCH_TYPES)]
+            j = np.searchsorted(site_ts, tts, side="left") - 1
+            since = (np.where(j >= 0, tts - site_ts[np.maximum(j, 0)], np.iinfo(np.int64).max) if len(site_ts)
+                     else np.full(len(tts), np.iinfo(np.int64).max))
+            delivered = np.isin(lg.etype[tp], DELIVERED_TYPES)
+            grp = np.where(delivered & (since <= pv[base] * D.HOUR_MS), base + NG, base)
+        sel = np.flatnonzero((tts < first[c]) & (gpos[base] >= 0))
+        if not len(sel):
+            continue
+        t = tts[sel]
+        age = t[:, None] - tts[None, :]
+        ri, ti = np.nonzero((age > 0) & (age <= D.LOOKBACK_MS))
+        if len(ri):
+            u = np.log1p(age[ri, ti] / D.HOUR_MS) / D.AGE_LOG_SCALE
+            k, fr = basis(u)
+            g = grp[ti]
+            R.append(np.concatenate([ri + n, ri + n])); Cc.append(np.concatenate([g * K + k, g * K + k + 1]))
+            V.append(np.concatenate([1 - fr, fr]))
+        cust_l.append(np.full(len(sel), c, dtype=np.int64)); g_l.append(gpos[base[sel]]); t_l.append(t)
+        n += len(sel)
+    cust, t = np.concatenate(cust_l), np.concatenate(t_l)
+    X = sp.csr_matrix((np.concatenate(V), (np.concatenate(R), np.concatenate(Cc))), shape=(n, ncol))
+    X.sum_duplicates()
+    st = sensor_state(visit_levels(lg, cust, t), (t - start[cust]) / D.DAY_MS)
+    return {"cust": cust, "g": np.concatenate(g_l), "st": st, "X": X}

@@ -219,6 +219,13 @@ def main(argv=None):
                 return H.sensor_counts(lg, data)
             suffix = "".join(f".{k}={bkw[k]}" for k in sorted(bkw)) + ".sensor"
             data["sensor"] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".pkl"), _sensor)
+            if kw.get("sensor_timing"):
+                def _rows():
+                    nonlocal lg
+                    if lg is None:
+                        lg = D.load_log(args.train)
+                    return H.sensor_touch_rows(lg, data, data["sensor"])
+                data["sensor_rows"] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".rows.pkl"), _rows)
         t1 = time.time()
         res = H.fit(data, iters=args.iters, log=lambda m: None, **kw)
         fit_s = time.time() - t1

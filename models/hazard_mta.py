@@ -11,7 +11,11 @@ The model (Zhang, Wei & Ren, KDD 2014; Ji & Wang, AAAI 2017 "AMTA", with a custo
   the customer's clicks before their first purchase decision: each click group's count is Poisson
   with a base rate plus c_k x (the customer's hazard), c_k learned, so that the clicks of groups
   whose rate follows the customer's propensity (intent-driven channels) are evidence of b_i
-  instead of causes of the conversions (see `sensor_counts` and models/README.md);
+  instead of causes of the conversions (see `sensor_counts` and models/README.md); with
+  `sensor_timing` (train.py's default, `--hazard-sensors timed`) impressions and e-mail opens join
+  them, each with its c_k learned from *when* its touches arrive within each customer
+  (`timing_kappa`: a delivery that follows intent arrives when the modelled hazard is high), not
+  from how many a customer got, which also follows how much was delivered and what it caused;
 - e_g(age) >= 0: the effect of a touch of group g = (channel, event_type) at age `age`, a
   non-negative combination of piecewise-linear "hat" functions of u = log1p(hours) / log1p(720)
   (the contract's `age` input), so its shape (immediate, delayed, long tail or none) is learned;
@@ -55,7 +59,7 @@ import scipy.sparse as sp
 import tsdata as D
 from hazard_design import (  # the design's names that the fit uses, and those callers use as H.*
     KNOT_HOURS, KNOTS_U, K, NE, NG, HOUR_BINS, SINCE_PURCHASE_D, N_LEVELS, basis, build, last_purchase_before,
-    relevel, mirror_design, _mirror_matrix, sensor_state, sensor_counts,
+    relevel, mirror_design, _mirror_matrix, sensor_state, sensor_counts, sensor_touch_rows, SENSOR_AGE_D, DELIVERED_TYPES,
 )
 
 
@@ -85,7 +89,8 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         covariates: str = "own", mirror: bool = False, mirror_weight: bool = True, mirror_cap: float = 50.0,
         sensors: bool = False, sensor_touch_term: bool = True, sensor_states: bool = True,
         sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None,
-        sensor_base_diurnal: bool = False):
+        sensor_base_diurnal: bool = False, sensor_groups: list | None = None, sensor_timing: bool = False,
+        timing_states: str = "full", timing_every: int = 10):
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -142,6 +147,11 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             # only the customer's own actions (clicks); impressions and opens are delivered to them
             keep = np.isin(gk % NE, [D.ET_INDEX["click"], D.ET_INDEX["email_click"]])
             gk, Nk = gk[keep], Nk[:, keep]
+        if sensor_groups is not None:
+            # diagnostic only (names groups): the sensors restricted to these "channel/event_type" groups
+            names = np.array([f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}" for g in gk])
+            keep = np.isin(names, sensor_groups)
+            gk, Nk = gk[keep], Nk[:, keep]
         NS = Nk.shape[2]
         pre_c = C["t"] < sen["first"][cc]
         st_c = (sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS) if sensor_states
@@ -150,6 +160,30 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         Tpre = np.bincount(cs, weights=w * pre_c, minlength=nC * NS).reshape(nC, NS)
         a_k = 0.5 * Nk.sum(0) / np.maximum(Tpre.sum(0), 1e-12)  # [G, NS]
         c_k = 0.5 * Nk.sum((0, 2)) / max(float(mu * Tpre.sum()), 1e-12)  # [G]
+    use_timing = use_sensors and sensor_timing and "sensor_rows" in data
+    if use_timing:
+        # each sensor group's c_k from *when* its touches arrive within each customer (the modelled
+        # hazard at its touches against its time course in between), not from how many a customer
+        # gets: a count cannot tell a group that follows the customer's propensity from one whose
+        # effect raises it (see `timing_kappa`)
+        srow = data["sensor_rows"]
+        gmap = np.full(NG, -1)
+        gmap[gk] = np.arange(len(gk))
+        s_g = gmap[sen["groups"][srow["g"]]]
+        keep_s = s_g >= 0
+        Xs, s_c, s_g = srow["X"][keep_s], srow["cust"][keep_s], s_g[keep_s]
+        st_full_c = sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS)
+        s_st, c_st = srow["st"][keep_s], st_full_c
+        if timing_states == "age":
+            s_st, c_st = s_st % (len(SENSOR_AGE_D) + 1), c_st % (len(SENSOR_AGE_D) + 1)
+        pre_idx = np.flatnonzero(pre_c)
+        kappa = np.zeros(len(gk))
+        Ntot = Nk.sum((0, 2))
+        # which groups' c_k the timing gives ("delivered": impressions and opens only; the clicks' from
+        # their counts, as without it)
+        timed = (np.isin(gk % NE, DELIVERED_TYPES) if sensor_timing == "delivered"
+                 else np.ones(len(gk), dtype=bool))
+        c_k = np.where(timed, 0.0, c_k)
     for it in range(iters):
         if use_mirror and mirror_weight and use_multipliers and it > 0 and it % 10 == 0 and \
                 np.max(np.abs(np.log(m[PUR] / mirror_pur))) > 0.01:
@@ -213,7 +247,19 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             sbase = Nk * base / lam_k
             sb = Nk * (c_k[None, :, None] * b[:, None, None] * Dis[:, None, :]) / lam_k
             a_k = sbase.sum(0) / np.maximum(Tb.sum(0), 1e-12)
-            c_k = (Nk - sbase).sum((0, 2)) / np.maximum(((b[:, None] * Dis)[:, None, :] + TTk).sum((0, 2)), 1e-12)
+            hz_int = np.maximum(((b[:, None] * Dis)[:, None, :] + TTk).sum((0, 2)), 1e-12)
+            c_count = (Nk - sbase).sum((0, 2)) / hz_int
+            if use_timing and it < timing_every:
+                c_k = np.where(timed, 0.0, c_count)  # a plain fit first, so that the hazard's time course is the model's
+            elif use_timing:
+                if it % timing_every == 0:
+                    Dc_all = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w
+                    kappa = timing_kappa(Xs @ S / b[s_c], s_c, s_g, s_st,
+                                         (Xc @ S)[pre_idx] / b[cc[pre_idx]], cc[pre_idx], Dc_all[pre_idx],
+                                         c_st[pre_idx], len(gk), nC)
+                c_k = np.where(timed, np.minimum(kappa, 1.0) * Ntot / hz_int, c_count)
+            else:
+                c_k = c_count
             SB = sb.sum((1, 2))
             SD = Dis.sum(1) * c_k.sum()
         for _ in range(2):  # damped Newton steps of the Poisson GLM: n0_i ~ Poisson(E_i exp(Z_i theta))
@@ -262,6 +308,9 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             break
         ll_prev = ll
     extra = {"x_theta": [round(float(x), 3) for x in theta], "x_alpha": round(float(alpha), 3)}
+    if use_timing:
+        extra["x_kappa"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": round(float(x), 3)
+                            for g, x in zip(gk, kappa)}
     if use_sensors:
         extra["x_sensors"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": round(float(c), 3)
                               for g, c in zip(gk, c_k)}
@@ -276,6 +325,60 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     return {**extra, "S": S.reshape(NG, K), "mu": float(mu), "alpha": float(alpha), "multipliers": [x.tolist() for x in m],
             "baseline_glm_theta": theta.tolist(),
             "iterations": it + 1, "loglik": ll, "events": int(n_e), "controls": int(len(w))}
+
+
+def timing_kappa(xs, s_c, s_g, s_st, xc, c_c, c_w, c_st, n_groups: int, nC: int, rounds: int = 4):
+    """Per sensor group, how much its delivery follows the customer's modelled hazard *within* the
+    customer: its touches' rate is gamma_i D(t) a(state) (1 + kappa x(t)), x = T(t) / b_i the
+    modelled touch effects relative to the customer's baseline (a purely intent-driven delivery,
+    rate c (b_i + T), has kappa = 1; a delivery that ignores intent has 0; one with a base rate in
+    between). The conditional likelihood given each customer's count removes gamma_i, so kappa is
+    learned from the timing alone (the touches at high x against the time spent at high x), never
+    from how many touches a customer gets. xs: x at each touch (group s_g, customer s_c, state s_st);
+    xc, c_c, c_w, c_st: x, customer, weight (time x time of day) and state of the control rows
+    before each customer's first purchase decision."""
+    out = np.zeros(n_groups)
+    ns = int(max(s_st.max(initial=0), c_st.max(initial=0))) + 1
+    covered = np.bincount(c_c, minlength=nC) > 0  # customers with time at risk before the decision
+    for j in range(n_groups):
+        sel = s_g == j
+        x, cu, st = xs[sel], s_c[sel], s_st[sel]
+        x, cu, st = x[covered[cu]], cu[covered[cu]], st[covered[cu]]
+        n_i = np.bincount(cu, minlength=nC).astype(np.float64)
+        has = n_i[c_c] > 0
+        xcj, ccj, wj, stj = xc[has], c_c[has], c_w[has], c_st[has]
+        n_st = np.bincount(st, minlength=ns).astype(np.float64)
+        a = np.ones(ns)
+        kap = 0.0
+        for _ in range(rounds):
+            lam = np.bincount(ccj, weights=wj * a[stj] * (1 + kap * xcj), minlength=nC)
+            per = (n_i / np.maximum(lam, 1e-300))[ccj] * wj * (1 + kap * xcj)
+            a = n_st / np.maximum(np.bincount(stj, weights=per, minlength=ns), 1e-300)
+            A = np.bincount(ccj, weights=wj * a[stj], minlength=nC)
+            B = np.bincount(ccj, weights=wj * a[stj] * xcj, minlength=nC)
+            ok = n_i > 0
+            nA, nB, nn = A[ok], B[ok], n_i[ok]
+
+            def ll(k):
+                return float(np.sum(np.log1p(k * x)) - np.sum(nn * np.log(np.maximum(nA + k * nB, 1e-300))))
+            lo, hi = 0.0, 20.0
+            g = (math.sqrt(5) - 1) / 2
+            c1, c2 = hi - g * (hi - lo), lo + g * (hi - lo)
+            f1, f2 = ll(c1), ll(c2)
+            for _ in range(40):
+                if f1 < f2:
+                    lo, c1, f1 = c1, c2, f2
+                    c2 = lo + g * (hi - lo)
+                    f2 = ll(c2)
+                else:
+                    hi, c2, f2 = c2, c1, f1
+                    c1 = hi - g * (hi - lo)
+                    f1 = ll(c1)
+            kap = 0.5 * (lo + hi)
+            if ll(0.0) >= ll(kap):
+                kap = 0.0
+        out[j] = kap
+    return out
 
 
 def effects(S: np.ndarray, channel: np.ndarray, event_type: np.ndarray, age_u: np.ndarray):

@@ -306,11 +306,18 @@ def train_hazard(lg: D.Log, args, data_desc):
         f"{data['e']['X'].nnz + data['c']['X'].nnz} design entries ({data['build_seconds']:.0f} s)")
     if args.hazard_sensors != "off":
         data["sensor"] = H.sensor_counts(lg, data)
+        if args.hazard_sensors == "timed":
+            data["sensor_rows"] = H.sensor_touch_rows(lg, data, data["sensor"])
     res = H.fit(data, iters=args.hazard_iters, use_multipliers=not args.hazard_no_multipliers,
                 frailty=not args.hazard_no_frailty, covariates=args.hazard_covariates, log=log,
                 sensors=args.hazard_sensors != "off", sensor_states=False,
                 sensor_clicks_only=args.hazard_sensors == "clicks",
-                sensor_standalone=args.hazard_sensors == "standalone")
+                sensor_standalone=args.hazard_sensors == "standalone",
+                sensor_timing="delivered" if args.hazard_sensors == "timed" else False)
+    sensors_learned = {"c_k": res.get("x_sensors"), "kappa": res.get("x_kappa")}
+    if sensors_learned["c_k"]:
+        log(f"sensors: c_k {sensors_learned['c_k']}" + (f", timing kappa {sensors_learned['kappa']}"
+                                                         if sensors_learned["kappa"] else ""))
     res = {k: v for k, v in res.items() if not k.startswith(("x_", "S_"))}
     fit_s = time.time() - t0
     S = res.pop("S")
@@ -337,6 +344,7 @@ def train_hazard(lg: D.Log, args, data_desc):
              "controls_per_day": args.hazard_controls_per_day, "dating": args.hazard_dating,
              "frailty": not args.hazard_no_frailty, "covariates": args.hazard_covariates,
              "multipliers": not args.hazard_no_multipliers, "sensors": args.hazard_sensors,
+             "sensors_learned": sensors_learned,
              "post_visit_hours": data.get("post_visit_hours", args.hazard_post_visit_hours),
              "fit_seconds": round(fit_s, 1)}
     extra = {
@@ -413,14 +421,18 @@ def main(argv=None):
     ap.add_argument("--hazard-covariates", choices=["own", "none", "all"], default="own",
                     help="customer-level covariates of the baseline: own = the rate of visits the customer made on "
                          "their own (default); none; all = own + the touch rate of every channel (ablation)")
-    ap.add_argument("--hazard-sensors", choices=["clicks", "standalone", "all", "off"], default="clicks",
-                    help="clicks (default): the customer's clicks before their first purchase decision are evidence of "
-                         "their baseline: each click group's count is modelled as a base rate plus a part that follows "
+    ap.add_argument("--hazard-sensors", choices=["timed", "clicks", "standalone", "all", "off"], default="timed",
+                    help="timed (default): the customer's touches before their first purchase decision are evidence of "
+                         "their baseline: each group's count is modelled as a base rate plus a part that follows "
                          "the customer's hazard, with a shared gamma frailty (hazard_mta.sensor_counts, "
                          "fit(sensors=True)); this keeps intent-driven channels from being credited with the "
-                         "customer's propensity. standalone: only clicks that no impression / e-mail open of the same "
-                         "channel preceded within 30 minutes. all: impressions and opens too (ablation: their counts follow "
-                         "delivery, and slow channels lose credit); off: ablation, the model before this")
+                         "customer's propensity. Clicks' part is learned from their counts; impressions' and e-mail "
+                         "opens' from their timing within each customer (hazard_mta.timing_kappa: a delivery that "
+                         "follows intent arrives when the modelled hazard is high), because their counts also follow "
+                         "how much was delivered. clicks: clicks only (the model before this). standalone: only clicks "
+                         "that no impression / e-mail open of the same channel preceded within 30 minutes. all: "
+                         "impressions and opens too, by their counts (ablation: slow channels lose credit); off: "
+                         "ablation, no sensors")
     ap.add_argument("--hazard-post-visit-hours", type=post_visit_hours, default="auto",
                     help="impressions and e-mail opens delivered within this many hours after one of the customer's "
                          "site events (retargeting, reminders: delivery triggered by the intent the visit reveals) get "
