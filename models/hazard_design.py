@@ -134,6 +134,38 @@ def visit_levels(lg: D.Log, cust: np.ndarray, t: np.ndarray):
     return np.where(ok, np.searchsorted(VISIT_AGE_H, age_h), len(VISIT_AGE_H) + 1)
 
 
+def touch_groups(lg: D.Log, c: int, tp: np.ndarray, pv_window: np.ndarray | None):
+    """Design groups of customer c's touches `tp`: channel x event type, and for delivered touches
+    (impressions, e-mail opens) within their group's post-visit window after one of the customer's
+    site events, that group + NG (fitted, never credited; see `build`)."""
+    grp = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
+    if pv_window is None or not len(tp):
+        return grp
+    s, e = int(lg.starts[c]), int(lg.ends[c])
+    tts = lg.ts[tp]
+    site_ts = lg.ts[s:e][~np.isin(lg.etype[s:e], D.TOUCH_TYPES)]
+    j = np.searchsorted(site_ts, tts, side="left") - 1
+    since = (np.where(j >= 0, tts - site_ts[np.maximum(j, 0)], np.iinfo(np.int64).max) if len(site_ts)
+             else np.full(len(tts), np.iinfo(np.int64).max))
+    delivered = np.isin(lg.etype[tp], DELIVERED_TYPES)
+    return np.where(delivered & (since <= pv_window[grp] * D.HOUR_MS), grp + NG, grp)
+
+
+def basis_entries(t: np.ndarray, tts: np.ndarray, grp: np.ndarray, after: np.ndarray | None = None):
+    """Sparse entries (row, column, value) of the touch-basis rows at times t (row i at t[i]): every
+    touch at tts (design group grp) before t[i] within the lookback, and after after[i] when given
+    (the previous purchase), at its age in the hat basis."""
+    age = t[:, None] - tts[None, :]
+    ok = (age > 0) & (age <= D.LOOKBACK_MS)
+    if after is not None:
+        ok &= tts[None, :] > after[:, None]
+    ri, ti = np.nonzero(ok)
+    u = np.log1p(age[ri, ti] / D.HOUR_MS) / D.AGE_LOG_SCALE
+    k, fr = basis(u)
+    g = grp[ti]
+    return np.concatenate([ri, ri]), np.concatenate([g * K + k, g * K + k + 1]), np.concatenate([1 - fr, fr])
+
+
 def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit: bool = True, tail_hours: float = 12.0,
           post_visit_hours: float | str = 0.0):
     """Event rows (conversions) and control rows with their touch-basis design matrices.
@@ -209,15 +241,7 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
             keep &= ~((tts >= a) & (tts <= b))
         tp = tp[keep]
         tts = lg.ts[tp]
-        grp = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
-        if post_visit_hours > 0 and len(tp):
-            et_c = lg.etype[s:e]
-            site_ts = lg.ts[s:e][~np.isin(et_c, D.TOUCH_TYPES)]
-            j = np.searchsorted(site_ts, tts, side="left") - 1
-            since = (np.where(j >= 0, tts - site_ts[np.maximum(j, 0)], np.iinfo(np.int64).max) if len(site_ts)
-                     else np.full(len(tts), np.iinfo(np.int64).max))
-            delivered = np.isin(lg.etype[tp], DELIVERED_TYPES)
-            grp = np.where(delivered & (since <= pv_window[grp] * D.HOUR_MS), grp + NG, grp)
+        grp = touch_groups(lg, c, tp, pv_window if post_visit_hours > 0 else None)
         for kind, t in (("e", tau), ("c", tc)):
             if len(t) == 0:
                 continue
@@ -234,19 +258,10 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
             if kind == "c":
                 wts.append(np.full(len(t), step / D.DAY_MS))
             if len(tp):
-                age = t[:, None] - tts[None, :]
-                ok = (age > 0) & (age <= D.LOOKBACK_MS) & (tts[None, :] > lp[:, None])
-                ri, ti = np.nonzero(ok)
-                if len(ri):
-                    u = np.log1p(age[ri, ti] / D.HOUR_MS) / D.AGE_LOG_SCALE
-                    k, fr = basis(u)
-                    g = grp[ti]
-                    r_global = ri + nrow[kind]
-                    M = mats[kind]
-                    M[0].append(np.concatenate([r_global, r_global]))
-                    M[1].append(np.concatenate([g * K + k, g * K + k + 1]))
-                    M[2].append(np.concatenate([1 - fr, fr]))
-                    pending[kind] += 2 * len(ri)
+                r, col, val = basis_entries(t, tts, grp, after=lp)
+                M = mats[kind]
+                M[0].append(r + nrow[kind]); M[1].append(col); M[2].append(val)
+                pending[kind] += len(r)
             nrow[kind] += len(t)
             if pending[kind] >= DESIGN_BLOCK:
                 flush(kind)
@@ -265,6 +280,7 @@ def build(lg: D.Log, controls_per_day: float = 2.0, seed: int = 0, date_at_visit
     out["touch_rate"] = touch_rate
     out["n_customers"] = len(lg.customer_ids)
     if pv_window is not None:
+        out["pv_window"] = pv_window
         out["post_visit_hours"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": float(pv_window[g])
                                    for g in np.flatnonzero(pv_window > 0) if g % NE in DELIVERED_TYPES}
     out["build_seconds"] = round(time.time() - t0, 1)
@@ -493,10 +509,11 @@ def sensor_touch_rows(lg: D.Log, data, sensor):
     within a customer, a group whose delivery follows the customer's intent arrives more often when
     the modelled hazard is high (see `fit(sensor_timing=True)`)."""
     ncol = data["e"]["X"].shape[1]
-    pv = np.zeros(NG)
-    for name, hours in data.get("post_visit_hours", {}).items():
-        ch, et = name.split("/")
-        pv[D.CH_INDEX[ch] * NE + D.ET_INDEX[et]] = hours
+    pv = None
+    if ncol > NG * K:
+        if "pv_window" not in data:
+            raise ValueError("the design has post-visit columns but no `pv_window`: rebuild it with this build()")
+        pv = data["pv_window"]
     gpos = np.full(NG, -1)
     gpos[sensor["groups"]] = np.arange(len(sensor["groups"]))
     first, start = sensor["first"], sensor["start"]
@@ -509,27 +526,13 @@ def sensor_touch_rows(lg: D.Log, data, sensor):
             continue
         tts = lg.ts[tp]
         base = lg.chan[tp].astype(np.int64) * NE + lg.etype[tp].astype(np.int64)
-        grp = base
-        if ncol > NG * K:
-            s, e = int(lg.starts[c]), int(lg.ends[c])
-            site_ts = lg.ts[s:e][~np.isin(lg.etype[s:e], D.TOUCH_TYPES)]
-            j = np.searchsorted(site_ts, tts, side="left") - 1
-            since = (np.where(j >= 0, tts - site_ts[np.maximum(j, 0)], np.iinfo(np.int64).max) if len(site_ts)
-                     else np.full(len(tts), np.iinfo(np.int64).max))
-            delivered = np.isin(lg.etype[tp], DELIVERED_TYPES)
-            grp = np.where(delivered & (since <= pv[base] * D.HOUR_MS), base + NG, base)
+        grp = touch_groups(lg, c, tp, pv)
         sel = np.flatnonzero((tts < first[c]) & (gpos[base] >= 0))
         if not len(sel):
             continue
         t = tts[sel]
-        age = t[:, None] - tts[None, :]
-        ri, ti = np.nonzero((age > 0) & (age <= D.LOOKBACK_MS))
-        if len(ri):
-            u = np.log1p(age[ri, ti] / D.HOUR_MS) / D.AGE_LOG_SCALE
-            k, fr = basis(u)
-            g = grp[ti]
-            R.append(np.concatenate([ri + n, ri + n])); Cc.append(np.concatenate([g * K + k, g * K + k + 1]))
-            V.append(np.concatenate([1 - fr, fr]))
+        r, col, val = basis_entries(t, tts, grp)
+        R.append(r + n); Cc.append(col); V.append(val)
         cust_l.append(np.full(len(sel), c, dtype=np.int64)); g_l.append(gpos[base[sel]]); t_l.append(t)
         n += len(sel)
     cust, t = np.concatenate(cust_l), np.concatenate(t_l)
