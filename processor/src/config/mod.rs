@@ -158,6 +158,8 @@ pub struct ProcessingConfig {
     pub overlap_commit: bool,
     /// Input waiting and nothing committed for this long: `/readyz` fails, `touchstream_stalled` is 1.
     pub stall_timeout: Span,
+    /// Threads the partitions' engines run on (0: one per core the process may use).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -38,6 +38,11 @@ impl SignallingContext {
         std::mem::take(&mut *self.signals.lock().expect("signal lock"))
     }
 
+    /// Whether signals wait to be taken.
+    pub fn pending(&self) -> bool {
+        !self.signals.lock().expect("signal lock").is_empty()
+    }
+
     fn push(&self, s: RebalanceSignal) {
         self.signals.lock().expect("signal lock").push(s);
     }

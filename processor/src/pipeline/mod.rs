@@ -34,9 +34,11 @@ use crate::outputs::{Kind, WriteError, Writer};
 use crate::telemetry::Telemetry;
 use crate::time::wall_clock_ms;
 
+mod batch;
 mod checkpoint;
 mod deliver;
 pub mod erasure;
+mod fanout;
 mod faults;
 pub mod poison;
 mod registry_pause;
@@ -204,6 +206,8 @@ struct Processor {
     /// sticky assignor balances the sum, and could give one replica every input partition and
     /// another every partials partition. Never commits: aggregators re-read from the beginning.
     partials: Option<BaseConsumer<SignallingContext>>,
+    /// Threads the engines' work is spread over (`processing.threads`, fanout.rs).
+    threads: usize,
 }
 
 /// The registry's state while the output codecs wait for it: `/readyz` and telemetry.
@@ -261,6 +265,7 @@ impl Runner {
         };
         let restorer: BaseConsumer<QuietEof> = restore::restore_client_config(&cfg).create_with_context(QuietEof).map_err(RunError::Consumer)?;
         let cfg_erasure = cfg.clone();
+        let cfg_threads = cfg.processing.threads;
         let faults = faults::Faults::from_env();
         let models = ModelSet::load(&cfg.models)?;
         let candidate = ModelSet::load_candidate(&cfg.models)?;
@@ -324,6 +329,7 @@ impl Runner {
             erasure: erasure::consumer(&cfg_erasure)?,
             input_partitions,
             partials: Some(partials),
+            threads: fanout::threads(cfg_threads),
         };
         Ok(Runner { consumer, state })
     }
@@ -336,21 +342,27 @@ impl Runner {
         let poll_timeout = interval.min(Duration::from_millis(100));
         let result = (|| {
             while !state.shutdown.load(Ordering::Acquire) {
-                let polled = consumer.poll(poll_timeout);
-                // A record, or an error in its place (e.g. a batch that cannot be decompressed):
+                let max_batch = state.isolation.as_ref().map_or(state.cfg.processing.max_batch_events, |iso| iso.batch);
+                let cap = max_batch.saturating_sub(state.batch_events).clamp(1, batch::POLL_BATCH);
+                let (msgs, error) = batch::poll_batch(&consumer, poll_timeout, cap);
+                // Records, or an error in their place (e.g. a batch that cannot be decompressed):
                 // either way input is waiting; the stall rule reports one that never moves.
-                let had_input = polled.is_some();
+                let had_input = !msgs.is_empty() || error.is_some();
                 let rewinds = state.rewinds;
-                let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| match polled {
-                    // a record polled before a rewind is read again from the rewound position
-                    Some(Ok(_)) if state.rewinds != rewinds => Ok(()),
-                    Some(Ok(msg)) => state.handle(&consumer, &msg),
-                    Some(Err(e)) => {
-                        state.telemetry.consumer_error(&e, "input");
-                        crate::kafka::consumer::fatal(&consumer).map_or(Ok(()), |f| Err(RunError::ConsumerFatal(f)))
+                let step = state.apply_signals(&consumer, consumer.context().take()).and_then(|_| {
+                    // records polled before a rewind are read again from the rewound position
+                    if state.rewinds == rewinds && !msgs.is_empty() {
+                        state.handle_batch(&consumer, &msgs)?;
                     }
-                    None => Ok(()),
+                    match error {
+                        Some(e) => {
+                            state.telemetry.consumer_error(&e, "input");
+                            crate::kafka::consumer::fatal(&consumer).map_or(Ok(()), |f| Err(RunError::ConsumerFatal(f)))
+                        }
+                        None => Ok(()),
+                    }
                 });
+                drop(msgs);
                 let step = step.and_then(|_| state.reap_commit(&consumer));
                 let step = step.and_then(|_| state.poll_partials(&consumer));
                 let step = step.and_then(|_| state.check_membership(&consumer));
@@ -395,87 +407,6 @@ impl Runner {
 }
 
 impl Processor {
-    fn handle(&mut self, consumer: &BaseConsumer<SignallingContext>, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
-        let p = msg.partition();
-        if self.paused.contains_key(&p) {
-            // Fetched before the pause took effect: it is read again after the resume.
-            return Ok(());
-        }
-        if let Some(key) = msg.key() {
-            self.check_routing(key, p);
-        }
-        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
-        let payload = msg.payload().unwrap_or_default();
-        if self.is_isolated(p, msg.offset()) {
-            self.batch_events += 1;
-            self.pending.insert(p, msg.offset() + 1);
-            let err = InvalidEvent::OutputTooLarge;
-            self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
-            self.stats.invalid += 1;
-            return self.dead_letter(consumer, msg, &err);
-        }
-        let decoded = match poison::oversize_record(msg.key(), payload, self.cfg.limits.max_record_bytes) {
-            Some(err) => Err(DecodeError::Invalid(err)),
-            None => crate::codec::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
-        };
-        let (max_field, max_lines) = (self.cfg.limits.max_field_bytes, self.cfg.limits.max_cart_lines);
-        let engine = self.engines.get(&p);
-        let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field).or_else(|| poison::oversize_cart(engine, &ev, max_lines)) {
-            Some(err) => Err(DecodeError::Invalid(err)),
-            None => Ok(ev),
-        });
-        if let Some(d) = &self.avro {
-            if d.fetches != self.schema_fetches {
-                self.telemetry.schema_fetched(d.fetches - self.schema_fetches);
-                self.schema_fetches = d.fetches;
-            }
-        }
-        if let Err(DecodeError::Unavailable { id, error }) = &decoded {
-            return self.pause_for_registry(consumer, msg, *id, error);
-        }
-        self.batch_events += 1;
-        self.pending.insert(p, msg.offset() + 1);
-        self.last_input.insert(p, Instant::now());
-        match decoded {
-            Err(DecodeError::Unavailable { .. }) => unreachable!("handled above"),
-            Ok(ev) => {
-                let committing = self.sink.committing();
-                if !committing && !self.outputs.is_empty() {
-                    // outputs of records read while the last transaction committed
-                    self.ship_outputs()?;
-                }
-                let engine = self.engines.entry(p).or_insert_with(|| PartitionEngine::new(p, self.engine_cfg.clone()));
-                let processed = engine.process(&ev, &mut self.outputs);
-                if processed.duplicate {
-                    self.telemetry.duplicate();
-                    self.stats.duplicates += 1;
-                    if self.cfg.journey.dead_letter_duplicates {
-                        self.dead_letter(consumer, msg, &InvalidEvent::Duplicate(poison::truncate_reason(&ev.event_id, 128).into_owned()))?;
-                    }
-                    return Ok(());
-                }
-                self.telemetry.event(ev.event_type, processed.late);
-                self.stats.events += 1;
-                if committing {
-                    return Ok(());
-                }
-                if let Err(e) = self.ship_outputs() {
-                    if matches!(e, RunError::Sink(SinkError::TooLarge { .. })) {
-                        // This record's own output is too large: it is the one to isolate.
-                        self.oversize_source = Some((p, msg.offset()));
-                    }
-                    return Err(e);
-                }
-            }
-            Err(DecodeError::Invalid(err)) => {
-                self.telemetry.invalid(&err, msg.topic(), p, msg.offset());
-                self.stats.invalid += 1;
-                self.dead_letter(consumer, msg, &err)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Counts a keyed record that `topics.partitioner` would have put on another partition.
     fn check_routing(&mut self, key: &[u8], p: i32) {
         let partitioner = self.cfg.topics.partitioner;
