@@ -9,6 +9,7 @@
 //!         [--modes passthrough,defaults,models_off,at_least_once,shadow] [--replicas 1]
 //!         [--touchstream target/release/touchstream] [--out load-tests/report.json]
 
+mod cpu;
 mod kafka;
 mod latency;
 mod passthrough;
@@ -70,6 +71,11 @@ struct Cli {
     /// Extra `--set key=value` for every processor run (repeatable).
     #[arg(long = "set")]
     set: Vec<String>,
+    /// Passes over the modes; every other one runs them in reverse order, and the report adds
+    /// each mode's median (the rates of one sitting drift, so a mode that always runs later
+    /// would look faster than it is).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Unreported runs of the first processor mode before the measured ones: the first processor
     /// run on a fresh broker measured up to 30% slower than the same mode later in the sitting.
     #[arg(long, default_value_t = 1)]
@@ -111,6 +117,9 @@ pub struct Timing {
     pub seconds: f64,
     pub steady_seconds: f64,
     pub steady_events: u64,
+    /// CPU seconds of the measured process(es) over the run, and of the whole machine.
+    pub cpu_seconds: Option<f64>,
+    pub machine_cpu_seconds: Option<f64>,
 }
 
 impl Timing {
@@ -128,6 +137,9 @@ impl Timing {
             steady_seconds: self.steady_seconds,
             steady_events: self.steady_events,
             steady_events_per_s: steady,
+            cpu_seconds: self.cpu_seconds,
+            machine_cpu_seconds: self.machine_cpu_seconds,
+            round: 0,
             ratio_to_passthrough: None,
             topics: BTreeMap::new(),
             resident_bytes: None,
@@ -167,14 +179,16 @@ impl Harness {
     }
 
     /// `mode`: "passthrough" (the processor's client settings) or "passthrough_plain".
-    fn passthrough(&self, mode: &str) -> Result<Run> {
-        let output = format!("{}.{mode}.out", self.base);
+    fn passthrough(&self, mode: &str, round: usize) -> Result<Run> {
+        // each round reads the backlog afresh: a topic and a group of its own
+        let name = if round == 0 { mode.to_string() } else { format!("r{round}-{mode}") };
+        let output = format!("{}.{name}.out", self.base);
         kafka::create_topics(&self.cli.brokers, &[&output], self.cli.partitions)?;
         let timing = passthrough::Passthrough {
             brokers: &self.cli.brokers,
             input: &self.input,
             output: &output,
-            group: &format!("{}.{mode}.group", self.base),
+            group: &format!("{}.{name}.group", self.base),
             end: &self.end,
             commit_interval: self.cli.commit_interval,
             max_batch: self.cli.max_batch,
@@ -209,6 +223,7 @@ impl Harness {
     fn processor(&self, mode: &str, slug: &str) -> Result<Run> {
         let launch = self.launch(mode)?;
         let topics = RunTopics::new(&self.input, &format!("{}.{slug}", self.base));
+        let busy0 = cpu::machine_busy_seconds();
         let mut replicas = launch.start(&topics)?;
         let watch = kafka::GroupWatch::new(&self.cli.brokers, &topics.group, &self.input, &self.end)?;
         let mut first: Option<(Instant, i64)> = None;
@@ -232,6 +247,8 @@ impl Harness {
             seconds: (done - replicas.spawned).as_secs_f64(),
             steady_seconds: (done - t1).as_secs_f64(),
             steady_events: (self.total() as i64 - c1).max(0) as u64,
+            cpu_seconds: replicas.pids().iter().map(|p| cpu::process_seconds(*p)).sum(),
+            machine_cpu_seconds: cpu::machine_busy_seconds().zip(busy0).map(|(b1, b0)| b1 - b0),
         };
         let mut run = timing.into_run(mode, launch.settings.clone(), self.cli.replicas, self.total());
         eprintln!("{mode}: caught up in {:.1} s; {:.0} events/s steady", run.seconds, run.steady_events_per_s);
@@ -317,8 +334,8 @@ fn simulate(cli: &Cli) -> Result<Vec<u8>> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if cli.replicas == 0 || cli.partitions <= 0 {
-        bail!("--replicas and --partitions must be at least 1");
+    if cli.replicas == 0 || cli.partitions <= 0 || cli.rounds == 0 {
+        bail!("--replicas, --partitions and --rounds must be at least 1");
     }
     if cli.latency_fraction.is_nan() || cli.latency_fraction <= 0.0 {
         bail!("--latency-fraction must be above 0");
@@ -346,28 +363,36 @@ fn main() -> Result<()> {
                 eprintln!("warm-up {w} ({first}): {:.0} events/s steady, not reported", r.steady_events_per_s);
             }
         }
-        for (i, mode) in modes.iter().enumerate() {
-            if is_passthrough(mode) {
-                let r = h.passthrough(mode)?;
-                eprintln!("{mode}: {:.0} events/s steady", r.steady_events_per_s);
+        for round in 0..h.cli.rounds {
+            let order: Vec<(usize, &String)> = if round % 2 == 1 { modes.iter().enumerate().rev().collect() } else { modes.iter().enumerate().collect() };
+            for (i, mode) in order {
+                let mut r = if is_passthrough(mode) {
+                    let r = h.passthrough(mode, round)?;
+                    eprintln!("{mode}: {:.0} events/s steady", r.steady_events_per_s);
+                    r
+                } else {
+                    let repeated = modes[..i].contains(mode);
+                    let slug = match (mode.contains('=') || repeated, round) {
+                        (false, 0) => mode.replace('_', "-"),
+                        _ => format!("r{round}-mode{i}"),
+                    };
+                    let mut r = h.processor(mode, &slug)?;
+                    if h.cli.latency_seconds > 0.0 {
+                        h.latency(mode, &slug, &mut r)?;
+                    }
+                    r
+                };
+                r.round = round;
                 runs.push(r);
-                continue;
             }
-            let repeated = modes[..i].contains(mode);
-            let slug = if mode.contains('=') || repeated { format!("mode{i}") } else { mode.replace('_', "-") };
-            let mut r = h.processor(mode, &slug)?;
-            if h.cli.latency_seconds > 0.0 {
-                h.latency(mode, &slug, &mut r)?;
-            }
-            runs.push(r);
         }
         Ok::<_, anyhow::Error>(())
     })();
     h.cleanup(std::slice::from_ref(&h.input));
     result?;
-    let base_rate = runs.iter().find(|r| r.mode == "passthrough").map(|r| r.steady_events_per_s);
+    let base_rates: Vec<(usize, f64)> = runs.iter().filter(|r| r.mode == "passthrough").map(|r| (r.round, r.steady_events_per_s)).collect();
     for r in &mut runs {
-        r.ratio_to_passthrough = base_rate.map(|b| r.steady_events_per_s / b);
+        r.ratio_to_passthrough = base_rates.iter().find(|(round, _)| *round == r.round).map(|(_, b)| r.steady_events_per_s / b);
     }
     let report = Report {
         machine: Machine::this(),

@@ -44,6 +44,8 @@ impl Passthrough<'_> {
     /// from the first commit (`steady_*`).
     pub fn run(&self) -> Result<Timing> {
         let started = Instant::now();
+        // the harness's own CPU: the passthrough's clients are the only work it does meanwhile
+        let (cpu0, busy0) = (crate::cpu::process_seconds(std::process::id()), crate::cpu::machine_busy_seconds());
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", self.brokers)
@@ -134,7 +136,14 @@ impl Passthrough<'_> {
         producer.abort_transaction(TX_TIMEOUT).ok();
         let total: i64 = end.values().sum();
         let (t1, c1) = first.unwrap_or((started, 0));
-        Ok(Timing { seconds: (done - started).as_secs_f64(), steady_seconds: (done - t1).as_secs_f64(), steady_events: (total - c1).max(0) as u64 })
+        let since = |now: Option<f64>, then: Option<f64>| now.zip(then).map(|(b, a)| b - a);
+        Ok(Timing {
+            seconds: (done - started).as_secs_f64(),
+            steady_seconds: (done - t1).as_secs_f64(),
+            steady_events: (total - c1).max(0) as u64,
+            cpu_seconds: since(crate::cpu::process_seconds(std::process::id()), cpu0),
+            machine_cpu_seconds: since(crate::cpu::machine_busy_seconds(), busy0),
+        })
     }
 }
 

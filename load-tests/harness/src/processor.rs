@@ -165,6 +165,11 @@ impl Replicas {
 
     /// SIGTERM every replica, then waits for them to exit (SIGKILL after 60 s). Each replica's
     /// last metrics page is kept beside its log (`.metrics`): where the run's time went.
+    /// The replicas' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     pub fn stop(mut self) -> Result<()> {
         for (port, log) in self.ports.iter().zip(&self.logs) {
             if let Some(page) = scrape(*port) {

@@ -60,7 +60,13 @@ pub struct Run {
     pub steady_seconds: f64,
     pub steady_events: u64,
     pub steady_events_per_s: f64,
-    /// steady_events_per_s over the passthrough's.
+    /// CPU seconds of the measured process(es) (the replicas; for a passthrough, the harness)
+    /// from start to caught up, and of the whole machine (all cores busy) over the same time.
+    pub cpu_seconds: Option<f64>,
+    pub machine_cpu_seconds: Option<f64>,
+    /// Which pass over the modes (`--rounds`), from 0.
+    pub round: usize,
+    /// steady_events_per_s over the passthrough's (of the same round).
     pub ratio_to_passthrough: Option<f64>,
     /// Key + value bytes of every record read back read_committed, by `topics.*` key.
     pub topics: BTreeMap<String, TopicBytes>,
@@ -123,7 +129,35 @@ fn bytes(v: Option<f64>) -> String {
     }
 }
 
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 impl Report {
+    /// Each mode once, in first-run order, with its steady rates and ratios over the rounds.
+    fn by_mode(&self) -> Vec<(&str, Vec<f64>, Vec<f64>)> {
+        let mut out: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+        for r in &self.runs {
+            let i = match out.iter().position(|(m, _, _)| *m == r.mode) {
+                Some(i) => i,
+                None => {
+                    out.push((&r.mode, Vec::new(), Vec::new()));
+                    out.len() - 1
+                }
+            };
+            out[i].1.push(r.steady_events_per_s);
+            out[i].2.extend(r.ratio_to_passthrough);
+        }
+        out
+    }
+
     /// The report as markdown: the setup, then throughput, bytes and memory, latency.
     pub fn markdown(&self) -> String {
         let b = &self.backlog;
@@ -142,18 +176,38 @@ impl Report {
             self.machine.cpu,
             self.machine.memory_gb
         );
-        s += "| run | replicas | events/s (steady) | x passthrough | events/s (from start) | seconds (from start) |\n|---|---|---|---|---|---|\n";
+        let rounds = self.runs.iter().map(|r| r.round + 1).max().unwrap_or(1);
+        s += "| run | round | replicas | events/s (steady) | x passthrough | events/s (from start) | seconds (from start) | process CPU µs/event | rest of machine CPU µs/event |\n";
+        s += "|---|---|---|---|---|---|---|---|---|\n";
         for r in &self.runs {
+            let per_event = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", v * 1e6 / r.events.max(1) as f64));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
                 r.mode,
+                r.round + 1,
                 r.replicas,
                 num(r.steady_events_per_s),
                 r.ratio_to_passthrough.map_or("-".into(), |x| format!("{x:.3}")),
                 num(r.events_per_s),
-                r.seconds
+                r.seconds,
+                per_event(r.cpu_seconds),
+                per_event(r.machine_cpu_seconds.zip(r.cpu_seconds).map(|(m, c)| (m - c).max(0.0)))
             );
+        }
+        if rounds > 1 {
+            let _ = writeln!(s, "\nMedians over {rounds} rounds (every other round in reverse order, so that no mode always runs later in the sitting):\n");
+            s += "| run | events/s (steady), median | min | max | x passthrough, median |\n|---|---|---|---|---|\n";
+            for (mode, rates, ratios) in self.by_mode() {
+                let _ = writeln!(
+                    s,
+                    "| {mode} | {} | {} | {} | {} |",
+                    num(median(&rates)),
+                    num(rates.iter().copied().fold(f64::INFINITY, f64::min)),
+                    num(rates.iter().copied().fold(0.0, f64::max)),
+                    if ratios.is_empty() { "-".into() } else { format!("{:.3}", median(&ratios)) }
+                );
+            }
         }
         let _ = writeln!(s, "\nBytes written per input event ({}); memory when caught up:\n", self.bytes_method);
         s += "| run | conversions | alerts | channels | partials | changelog | scores | dlq | RSS | customers | RSS/customer | state/customer | idle RSS | (RSS - idle)/customer |\n";
@@ -208,7 +262,14 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::num;
+    use super::{median, num};
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn numbers_read_well() {

@@ -1,7 +1,7 @@
 //! A smoke run of the throughput harness with a tiny backlog on the test broker that
 //! `scripts/test.sh` starts (TOUCHSTREAM_TEST_BROKERS): the passthrough and the processor's
-//! defaults (with a short latency run) complete and report positive numbers. Speed itself is a
-//! report, never asserted here.
+//! defaults (with a short latency run) complete, twice (two rounds, the second in reverse order),
+//! and report positive numbers, CPU time included. Speed itself is a report, never asserted here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +28,7 @@ fn the_throughput_harness_runs_end_to_end() {
     let out = dir.join("report.json");
     let run = Command::new(env!("CARGO_BIN_EXE_touchstream-load"))
         .args(["--brokers", &brokers, "--customers", "200", "--events", "2000", "--partitions", "2", "--modes", "passthrough,defaults"])
-        .args(["--latency-seconds", "3"])
+        .args(["--latency-seconds", "3", "--rounds", "2", "--warmup-runs", "0"])
         .arg("--touchstream")
         .arg(touchstream())
         .arg("--log-dir")
@@ -41,7 +41,14 @@ fn the_throughput_harness_runs_end_to_end() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(report["backlog"]["events"].as_u64().unwrap() > 0, "{report}");
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["passthrough", "defaults"]);
+    let order: Vec<(&str, u64)> = runs.iter().map(|r| (r["mode"].as_str().unwrap(), r["round"].as_u64().unwrap())).collect();
+    assert_eq!(order, [("passthrough", 0), ("defaults", 0), ("defaults", 1), ("passthrough", 1)]);
+    for r in runs {
+        assert!(r["machine_cpu_seconds"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        // the replicas' CPU time (ticks of 10 ms; the passthrough of 2,000 records may take less)
+        let floor = if r["mode"] == "defaults" { 0.0 } else { -1.0 };
+        assert!(r["cpu_seconds"].as_f64().is_some_and(|v| v > floor), "{r}");
+    }
     for r in runs {
         for field in ["events_per_s", "steady_events_per_s", "ratio_to_passthrough", "seconds"] {
             assert!(r[field].as_f64().is_some_and(|v| v > 0.0), "{field} of {r}");
@@ -57,6 +64,7 @@ fn the_throughput_harness_runs_end_to_end() {
     if l["conversions_seen"].as_u64().unwrap() > 0 {
         assert!(l["p50_ms"].as_f64().unwrap() > 0.0 && l["max_ms"].as_f64().unwrap() >= l["p99_ms"].as_f64().unwrap(), "{l}");
     }
-    assert!(Path::new(&out.with_extension("md")).exists());
+    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    assert!(md.contains("Medians over 2 rounds") && md.contains("process CPU"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
