@@ -16,7 +16,7 @@ use crate::engine::Processed;
 use crate::event::Event;
 
 /// At most this many records per batch (and never past `processing.max_batch_events`).
-pub(super) const POLL_BATCH: usize = 512;
+pub(super) const POLL_BATCH: usize = 8192;
 
 /// Below this many events a batch runs on the loop's thread alone: starting threads would cost
 /// more than they save.
