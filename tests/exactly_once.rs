@@ -79,6 +79,8 @@ fn aborted_transactions_are_invisible_and_redone_once() {
     assert!(status.success(), "{log}");
     let aborts = log.matches("transaction aborted").count();
     assert!(aborts >= 3, "the fault was injected ({aborts} aborts):\n{log}");
+    // between snapshots (every 10 s) a rewind restores the last one and replays the input since
+    assert!(log.contains("input replayed from the snapshots to the committed offsets"), "the rewinds replayed input:\n{log}");
     // the aborted records are in the log, visible to a read_uncommitted reader only
     let uncommitted = read_uncommitted_count(&topics.conversions);
     assert!(uncommitted > got.conversion_records, "aborted conversions exist ({uncommitted} written, {} committed)", got.conversion_records);

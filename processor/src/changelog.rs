@@ -38,6 +38,10 @@ pub struct PartitionMeta {
     /// The next offset of the erasure topic's partition to apply (erasures move with the state).
     #[serde(default)]
     pub erasure_offset: i64,
+    /// The input offset this state is at (the partition's snapshot): a restore replays the input
+    /// from here to the committed offset. Absent before snapshots (state at the committed offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_offset: Option<i64>,
 }
 
 impl PartitionMeta {

@@ -66,6 +66,7 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn new() -> Self {
         describe_counter!("touchstream_events_total", "Valid input events processed, by event type");
+        describe_counter!("touchstream_replayed_events_total", "Input events replayed into restored state (from a snapshot to the committed offset)");
         describe_counter!("touchstream_invalid_events_total", "Input records sent to the DLQ, by error kind");
         describe_counter!("touchstream_late_events_total", "Events that arrived behind their partition's watermark");
         describe_counter!("touchstream_conversions_total", "Conversion records written");
@@ -405,6 +406,20 @@ impl Telemetry {
     pub fn restored(&self, partition: i32, customers: usize, took: Duration) {
         self.restore_seconds.record(took.as_secs_f64());
         tracing::info!(partition, customers, took_ms = took.as_millis() as u64, "partition state restored from the changelog");
+    }
+
+    /// Restored partitions were brought from their snapshot to the committed offset by a replay
+    /// of their input (`events` events, outputs dropped).
+    pub fn replayed(&self, partitions: &[i32], events: u64, took: Duration) {
+        counter!("touchstream_replayed_events_total").increment(events);
+        tracing::info!(?partitions, events, took_ms = took.as_millis() as u64, "input replayed from the snapshots to the committed offsets");
+    }
+
+    /// The input a replay needs is gone (retention shorter than `processing.snapshot_interval`
+    /// and the time to restore): the state misses the events between `from` and `low`.
+    pub fn replay_gap(&self, partition: i32, from: i64, low: i64) {
+        counter!("touchstream_replay_gaps_total").increment(1);
+        tracing::error!(partition, from, low, "input since the snapshot is partly deleted: the restored state misses those events");
     }
 
     /// A changelog restore made no progress for `after`: it starts over with a new client.

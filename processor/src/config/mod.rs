@@ -160,6 +160,9 @@ pub struct ProcessingConfig {
     pub stall_timeout: Span,
     /// Threads the partitions' engines run on (0: one per core the process may use).
     pub threads: usize,
+    /// Every partition's changed state goes to the changelog at least this often (a snapshot
+    /// with its input offset); a restore replays the input since. 0: at every commit.
+    pub snapshot_interval: Span,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

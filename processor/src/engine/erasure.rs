@@ -23,6 +23,9 @@ impl PartitionEngine {
         // written for them after the erasure
         self.flush_for(customer);
         self.erasure_offset = self.erasure_offset.max(offset + 1);
+        // an erasure is not in the input: the commit that applies it is a snapshot, so no replay
+        // of the input ever crosses it (and brings back what it erased)
+        self.snap.force = true;
         let key: Box<str> = customer.into();
         // the scores topic is tombstoned whether or not a score was written: it is idempotent
         self.score_tombstones.push(key.clone());

@@ -151,6 +151,8 @@ pub struct PartitionEngine {
     erasure_offset: i64,
     closed_windows: Vec<(Millis, Channel)>,
     meta_written: Option<PartitionMeta>,
+    /// What the next snapshot writes, and the input offset of the last one (state_io.rs).
+    snap: state_io::Snapshots,
     /// Events that arrived behind the watermark.
     pub late_events: u64,
     /// Customers forgotten after the TTL.
@@ -196,6 +198,7 @@ impl PartitionEngine {
             erasure_offset: 0,
             closed_windows: Vec::new(),
             meta_written: None,
+            snap: state_io::Snapshots::default(),
             late_events: 0,
             expired_customers: 0,
         }
@@ -273,6 +276,7 @@ impl PartitionEngine {
         self.windows.deep = next.is_some();
         self.policy = policy_for(&self.cfg, next.as_ref(), self.partition);
         self.scoring = next;
+        self.snap.force = true; // a replay would run the new models on events the old ones saw
         Ok(reset)
     }
 
@@ -290,6 +294,7 @@ impl PartitionEngine {
         for key in keys {
             self.mark_changed(&key);
         }
+        self.snap.force = true;
         Some(reset)
     }
 
@@ -472,9 +477,13 @@ impl PartitionEngine {
     }
 
     /// No input for the idle period: move the watermark to wall clock minus the allowed lateness.
+    /// What it fires or forgets depends on the wall clock, which a replay of the input would not
+    /// see again: such a commit is a snapshot.
     pub fn advance_idle(&mut self, wall_now: Millis, out: &mut Vec<Output>) {
         if self.watermark.advance_idle(wall_now) {
+            let before = (out.len(), self.changed.len(), self.forgotten.len());
             self.settle(out);
+            self.snap.force |= before != (out.len(), self.changed.len(), self.forgotten.len());
         }
     }
 

@@ -8,6 +8,21 @@ use super::*;
 use crate::changelog::{self, ChangelogEntry, ChangelogKey, PartitionMeta, RestoreError};
 use crate::output::WindowNumbers;
 
+/// What changed since the partition's last snapshot, for the next one to write; and where the
+/// last one was. Between snapshots the changelog gets nothing from this partition: its state is
+/// the last snapshot plus the input since (DESIGN.md, "Snapshots").
+#[derive(Debug, Default)]
+pub(super) struct Snapshots {
+    customers: Vec<Box<str>>,
+    forgotten: Vec<Box<str>>,
+    windows: HashMap<(Millis, Channel), WindowNumbers>,
+    closed: Vec<(Millis, Channel)>,
+    /// The input offset of the last snapshot (None: none yet, or state from before snapshots).
+    input_offset: Option<i64>,
+    /// The next commit must be a snapshot ([`PartitionEngine::snapshot_due`]).
+    pub(super) force: bool,
+}
+
 /// Customers (and timers) whose size is measured for the state gauge ([`PartitionEngine::approx_bytes`]).
 pub(super) const STATE_SAMPLE: usize = 16_384;
 
@@ -24,32 +39,96 @@ impl PartitionEngine {
         customers + sampled(n, sum, self.timers.len()) + self.windows.len() * 128
     }
 
-    /// Changelog records for everything that changed since the last call: changed customers,
-    /// forgotten customers and closed windows (tombstones), changed windows (`windows`, as drained
-    /// by [`Self::drain_changed_windows`]) and the partition's meta record.
+    /// Changelog records for everything that changed since the last snapshot, as a snapshot
+    /// without an input offset ([`Self::note_changes`] then [`Self::drain_snapshot`]).
     pub fn drain_changelog(&mut self, windows: &[ChannelWindowRecord], out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+        self.note_changes(windows, None, out)?;
+        self.drain_snapshot(None, out)
+    }
+
+    /// Adds what changed since the last call to what the next snapshot writes: changed
+    /// customers, forgotten customers and closed windows, changed windows (`windows`, as drained
+    /// by [`Self::drain_changed_windows`]). Runs the queued events first. Called at every commit;
+    /// nothing is encoded here, except a changed customer that may have outgrown `max_record`
+    /// (key + value bytes the changelog accepts): encoded, and if it did, its record goes to
+    /// `out` now, so that the commit of the input that grew it fails for its size and isolates
+    /// that input (`pipeline/poison.rs`), as when every commit wrote the changelog. The test is
+    /// 4x the state's in-memory size (plus its event-id hashes, up to 10 bytes each as varints):
+    /// well above the encoding, which is several times smaller, so only large customers are encoded.
+    pub fn note_changes(&mut self, windows: &[ChannelWindowRecord], max_record: Option<usize>, out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
         self.flush();
-        let first = out.len();
+        let unsaved = &mut self.snap;
         for key in self.changed.drain(..) {
             if let Some(c) = self.customers.get_mut(&key) {
                 c.queued = false;
                 c.changed_idx = 0;
+                if let Some(limit) = max_record.filter(|l| 4 * c.approx_bytes(key.len()) + 10 * c.seen.len() + key.len() > *l) {
+                    let mut value = Vec::new();
+                    changelog::encode_customer(c, &mut value)?;
+                    if key.len() + value.len() > limit {
+                        out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(value) });
+                    }
+                }
+                if !c.unsaved {
+                    c.unsaved = true;
+                    unsaved.customers.push(key);
+                }
+            }
+        }
+        unsaved.forgotten.append(&mut self.forgotten);
+        for w in windows {
+            let key = (w.window_start, Channel::from_wire(&w.channel).unwrap_or(Channel::Other));
+            if !unsaved.closed.is_empty() {
+                unsaved.closed.retain(|k| *k != key);
+            }
+            unsaved.windows.insert(key, w.numbers());
+        }
+        for key in self.closed_windows.drain(..) {
+            unsaved.windows.remove(&key);
+            unsaved.closed.push(key);
+        }
+        Ok(())
+    }
+
+    /// Whether this partition's next commit must be a snapshot whatever the interval: it has
+    /// none yet, or something happened that a replay of its input would not do again (an
+    /// erasure, an idle watermark that fired, a model swap).
+    pub fn snapshot_due(&self) -> bool {
+        self.snap.force || self.snap.input_offset.is_none()
+    }
+
+    /// The input offset of the last snapshot (restored from the changelog's meta record).
+    pub fn snapshot_offset(&self) -> Option<i64> {
+        self.snap.input_offset
+    }
+
+    /// The snapshot: changelog records for everything noted since the last one, and the meta
+    /// record with `input_offset`, the partition's next input offset committed with it (None:
+    /// no input yet, or a caller without offsets). Call [`Self::note_changes`] first.
+    pub fn drain_snapshot(&mut self, input_offset: Option<i64>, out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+        let first = out.len();
+        for key in self.snap.customers.drain(..) {
+            if let Some(c) = self.customers.get_mut(&key).filter(|c| c.unsaved) {
+                c.unsaved = false;
                 let mut value = Vec::with_capacity(256);
                 changelog::encode_customer(c, &mut value)?;
                 out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(value) });
             }
         }
-        for key in self.forgotten.drain(..) {
+        for key in self.snap.forgotten.drain(..) {
             if !self.customers.contains_key(&key) {
                 out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: None });
             }
         }
-        for w in windows {
-            let channel = Channel::from_wire(&w.channel).unwrap_or(Channel::Other);
-            out.push(ChangelogEntry { key: changelog::window_key(w.window_start, channel), value: Some(serde_json::to_vec(&w.numbers())?) });
+        for ((start, channel), numbers) in self.snap.windows.drain() {
+            out.push(ChangelogEntry { key: changelog::window_key(start, channel), value: Some(serde_json::to_vec(&numbers)?) });
         }
-        for (start, channel) in self.closed_windows.drain(..) {
+        for (start, channel) in self.snap.closed.drain(..) {
             out.push(ChangelogEntry { key: changelog::window_key(start, channel), value: None });
+        }
+        self.snap.force = false;
+        if input_offset.is_some() {
+            self.snap.input_offset = input_offset;
         }
         // The meta goes with any other change, or when more than the watermark moved: an idle
         // partition whose watermark follows the wall clock writes nothing until a timer fires.
@@ -74,6 +153,7 @@ impl PartitionEngine {
             expired_customers: self.expired_customers,
             dropped_late: self.windows.dropped_late,
             erasure_offset: self.erasure_offset,
+            input_offset: self.snap.input_offset,
         }
     }
 
@@ -108,12 +188,33 @@ impl PartitionEngine {
                     self.expired_customers = m.expired_customers;
                     self.windows.dropped_late = m.dropped_late;
                     self.erasure_offset = m.erasure_offset;
+                    self.snap.input_offset = m.input_offset;
                     self.meta_written = Some(m);
                 }
             }
             None => {}
         }
         Ok(())
+    }
+
+    /// Ends a replay of input whose outputs were committed with it before the restore: runs the
+    /// queued events and fires what is due, then drops what that made for the topics (outputs,
+    /// score records, score tombstones) and the model measurements (counted the first time). Its
+    /// changes wait for the next snapshot. `scores`: the scores topic is on (a score counts as
+    /// written, as it was the first time).
+    pub fn finish_replay(&mut self, scores: bool) {
+        let mut outputs = Vec::new();
+        self.settle(&mut outputs);
+        if scores {
+            self.drain_scores(&mut Vec::new());
+        }
+        let mut windows = Vec::new();
+        self.drain_changed_windows(&mut windows);
+        // (nothing to check: what the replay changed was committed before)
+        let _ = self.note_changes(&windows, None, &mut Vec::new());
+        self.score_tombstones.clear();
+        self.take_scoring_stats(&mut Vec::new());
+        self.take_drift(&mut crate::inference::drift::DriftWindow::default());
     }
 
     /// Ends a restore: re-arms the timers of open carts.

@@ -167,7 +167,18 @@ fn an_idle_partition_writes_nothing_until_a_timer_fires() {
 fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
     // short retention and TTL so that windows close and customers expire within the stream
     let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
-    restore_equivalence(cfg, &[9_699, 20_272]);
+    restore_equivalence(cfg, &[9_699, 20_272], 1);
+}
+
+/// Snapshots every 7th commit; a crash restores the last snapshot and replays the input since
+/// (its outputs dropped): the state and every output after it are an uninterrupted run's.
+#[test]
+fn a_snapshot_and_a_replay_of_the_input_since_continue_like_an_uninterrupted_run() {
+    let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, ..EngineConfig::default() };
+    restore_equivalence(cfg.clone(), &[9_699, 20_272], 7);
+    let crashes: Vec<usize> = (1..30).map(|k| k * 970 + 96).collect();
+    let cfg = EngineConfig { target_delay: 30 * MIN, abandon_threshold: Some(0.5), ..cfg };
+    restore_equivalence(cfg.with_models(Some(crate::inference::test_models())), &crashes, 7);
 }
 
 /// With models, a low threshold at the model's early checks (many model alerts) and a crash after
@@ -176,14 +187,15 @@ fn restoring_from_the_changelog_continues_exactly_like_an_uninterrupted_run() {
 fn model_alerts_replay_exactly_after_a_restore() {
     let cfg = EngineConfig { window_retention: 0, customer_ttl: 40 * MIN, target_delay: 30 * MIN, abandon_threshold: Some(0.5), ..EngineConfig::default() };
     let crashes: Vec<usize> = (1..30).map(|k| k * 970 + 96).collect();
-    let out = restore_equivalence(cfg.with_models(Some(crate::inference::test_models())), &crashes);
+    let out = restore_equivalence(cfg.with_models(Some(crate::inference::test_models())), &crashes, 1);
     let model_alerts = out.iter().filter(|o| matches!(o, Output::Alert(a) if a.reason == "model")).count();
     assert!(model_alerts > 20, "the stream has model alerts to compare: {model_alerts}");
 }
 
-/// Runs the demo stream whole and with a commit every 97 events and a crash + restore after the
+/// Runs the demo stream whole and with a commit every 97 events, every `snapshot_every`-th of
+/// them a snapshot, and a crash + restore (+ replay of the input since the snapshot) after the
 /// commits at `crashes`; asserts the same outputs and returns them.
-fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
+fn restore_equivalence(cfg: EngineConfig, crashes: &[usize], snapshot_every: usize) -> Vec<Output> {
     let raw: Vec<(String, Vec<u8>)> = touchstream_sim::stream::default_events(3, 300, 0.5, 30_000).into_iter().map(|r| (r.customer_id, r.json)).collect();
     let check = Validation { now: i64::MAX / 4, max_future_skew_ms: 0 };
     let events: Vec<Event<'_>> = raw.iter().map(|(k, j)| decode(Some(k.as_bytes()), j, &check).unwrap()).collect();
@@ -199,32 +211,46 @@ fn restore_equivalence(cfg: EngineConfig, crashes: &[usize]) -> Vec<Output> {
     let mut got = Vec::new();
     let mut log: Vec<ChangelogEntry> = Vec::new();
     let (mut windows, mut wins) = (Vec::new(), Vec::new());
+    let mut replays = 0;
     for (i, e) in events.iter().enumerate() {
         engine.process(e, &mut got);
         if i % 97 == 96 {
             engine.settle(&mut got);
             engine.drain_changed_windows(&mut windows);
             wins.append(&mut windows);
-            engine.drain_changelog(&wins, &mut log).unwrap();
+            engine.note_changes(&wins, None, &mut log).unwrap();
+            if (i / 97) % snapshot_every == 0 || engine.snapshot_due() {
+                engine.drain_snapshot(Some(i as i64 + 1), &mut log).unwrap();
+            }
             wins.clear();
         }
         if crashes.contains(&i) {
-            // crash right after a commit: rebuild from the changelog alone
+            // crash right after a commit: rebuild from the changelog, replay the input since
             let mut restored = PartitionEngine::new(0, cfg.clone());
             for entry in &log {
                 restored.restore(&entry.key, entry.value.as_deref()).unwrap();
             }
             restored.finish_restore();
+            let from = restored.snapshot_offset().expect("a snapshot") as usize;
+            replays += usize::from(from <= i);
+            let mut dropped = Vec::new();
+            for e in &events[from..=i] {
+                restored.process(e, &mut dropped);
+            }
+            if from <= i {
+                restored.finish_replay(false);
+            }
             assert_eq!(restored.customers(), engine.customers());
             for (k, c) in &engine.customers {
                 let mut r = restored.customers[k].clone();
-                r.queued = c.queued;
+                (r.queued, r.unsaved) = (c.queued, c.unsaved);
                 assert_eq!(&r, c, "customer {k}");
             }
             engine = restored;
         }
     }
     assert!(expected.len() > 100, "the stream has conversions and alerts: {}", expected.len());
+    assert_eq!(replays > 0, snapshot_every > 1, "crashes between snapshots replay the input since");
     // both settled at the end (as before a commit); the same outputs, though with models due
     // checks wait for the step model's queue, so their place among a batch's outputs may differ
     whole.settle(&mut expected);

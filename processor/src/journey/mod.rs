@@ -155,6 +155,9 @@ pub struct CustomerState {
     /// Events of this customer waiting for the step model.
     #[serde(skip)]
     pub(crate) pending: u32,
+    /// Changed since the partition's last snapshot (in its list of customers to write).
+    #[serde(skip)]
+    pub(crate) unsaved: bool,
 }
 
 impl CustomerState {
@@ -175,6 +178,7 @@ impl CustomerState {
             queued: false,
             changed_idx: 0,
             pending: 0,
+            unsaved: false,
         }
     }
 

@@ -117,7 +117,7 @@ fn retry(op: &'static str, mut call: impl FnMut() -> Result<(), KafkaError>) -> 
 }
 
 /// Bytes a record batch adds around one record (batch and record headers).
-const RECORD_OVERHEAD: usize = 128;
+pub(crate) const RECORD_OVERHEAD: usize = 128;
 
 /// A record to write.
 pub struct OutRecord<'a> {

@@ -101,8 +101,6 @@ impl Processor {
         if let Some(key) = msg.key() {
             self.check_routing(key, p);
         }
-        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
-        let payload = msg.payload().unwrap_or_default();
         if self.is_isolated(p, msg.offset()) {
             self.batch_events += 1;
             self.pending.insert(p, msg.offset() + 1);
@@ -112,15 +110,7 @@ impl Processor {
             self.dead_letter(consumer, msg, &err)?;
             return Ok(None);
         }
-        let decoded = match poison::oversize_record(msg.key(), payload, self.cfg.limits.max_record_bytes) {
-            Some(err) => Err(DecodeError::Invalid(err)),
-            None => crate::codec::decode_input(self.input_format, self.avro.as_mut(), msg.key(), payload, &check),
-        };
-        let max_field = self.cfg.limits.max_field_bytes;
-        let decoded = decoded.and_then(|ev| match poison::oversize_field(&ev, max_field) {
-            Some(err) => Err(DecodeError::Invalid(err)),
-            None => Ok(ev),
-        });
+        let decoded = self.decode_record(msg.key(), msg.payload().unwrap_or_default());
         if let Some(d) = &self.avro {
             if d.fetches != self.schema_fetches {
                 self.telemetry.schema_fetched(d.fetches - self.schema_fetches);
@@ -143,6 +133,20 @@ impl Processor {
         };
         self.count_input(p, msg.offset());
         Ok(Some(ev))
+    }
+
+    /// Decodes and validates one input record: its size, its contents, its fields' sizes.
+    pub(super) fn decode_record<'m>(&mut self, key: Option<&'m [u8]>, payload: &'m [u8]) -> Result<Event<'m>, DecodeError> {
+        let check = Validation { now: wall_clock_ms(), max_future_skew_ms: self.cfg.event_time.max_future_skew.ms() };
+        let decoded = match poison::oversize_record(key, payload, self.cfg.limits.max_record_bytes) {
+            Some(err) => Err(DecodeError::Invalid(err)),
+            None => crate::codec::decode_input(self.input_format, self.avro.as_mut(), key, payload, &check),
+        };
+        let max_field = self.cfg.limits.max_field_bytes;
+        decoded.and_then(|ev| match poison::oversize_field(&ev, max_field) {
+            Some(err) => Err(DecodeError::Invalid(err)),
+            None => Ok(ev),
+        })
     }
 
     fn count_input(&mut self, p: i32, offset: i64) {

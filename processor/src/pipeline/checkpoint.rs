@@ -1,7 +1,10 @@
 //! THE exactly-once invariant lives here: a batch's outputs, changelog records and input offsets
 //! commit in one Kafka transaction, or none of them do and the loop rewinds to the last commit
-//! (state reloaded from the changelog, consumer back to the committed offsets). `recover` is the
-//! one mapping from a transactional error class to what the loop does about it.
+//! (state reloaded from the changelog and the input replayed from its snapshot to the committed
+//! offsets, consumer back to those offsets). A commit writes changelog records only when it is a
+//! snapshot (`processing.snapshot_interval`, or a partition's `snapshot_due`), with the input
+//! offsets it commits. `recover` is the one mapping from a transactional error class to what the
+//! loop does about it.
 //!
 //! The commit of transaction N runs on a thread of its own (`Sink::start_commit`) while the loop
 //! reads and computes the next batch; nothing of that batch is sent before N committed
@@ -222,10 +225,23 @@ impl Processor {
         for rec in self.scores.drain(..) {
             self.writer.record(&mut self.sink, Kind::Scores, None, &rec.customer_id, &rec)?;
         }
+        // Snapshots: every partition's changes since its last snapshot, with the input offset this
+        // transaction commits, every `processing.snapshot_interval`; a partition's own sooner
+        // when a replay of its input would not redo what happened (`snapshot_due`).
+        let interval = self.cfg.processing.snapshot_interval.as_duration();
+        let snapshot_all = std::mem::take(&mut self.snapshot_next) || self.last_snapshot.elapsed() >= interval;
+        if snapshot_all {
+            self.last_snapshot = started;
+        }
+        let max_record = self.record_limits.get(&self.cfg.topics.changelog).map(|l| l.saturating_sub(crate::kafka::sink::RECORD_OVERHEAD));
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
-            engine.drain_changelog(&self.windows[from..], &mut self.changelog)?;
+            engine.note_changes(&self.windows[from..], max_record, &mut self.changelog)?;
+            if snapshot_all || engine.snapshot_due() {
+                let offset = self.pending.get(p).copied().or(self.committed.get(p).copied().flatten());
+                engine.drain_snapshot(offset, &mut self.changelog)?;
+            }
             for entry in self.changelog.drain(..) {
                 self.writer.raw(&mut self.sink, Kind::Changelog, Some(*p), &entry.key, entry.value.as_deref())?;
             }

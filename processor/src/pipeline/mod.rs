@@ -42,6 +42,7 @@ mod fanout;
 mod faults;
 pub mod poison;
 mod registry_pause;
+mod replay;
 mod restore;
 mod restore_worker;
 
@@ -174,6 +175,10 @@ struct Processor {
     /// Rewinds so far: a record polled before a rewind is not handled after it.
     rewinds: u64,
     last_commit: Instant,
+    /// When the last commit that was a snapshot of every partition began (checkpoint.rs).
+    last_snapshot: Instant,
+    /// The next commit is a snapshot of every partition: a dead letter or a stop since the last.
+    snapshot_next: bool,
     last_state_report: Instant,
     pub stats: RunStats,
     models: Option<Arc<ModelSet>>,
@@ -318,6 +323,8 @@ impl Runner {
             in_flight: None,
             rewinds: 0,
             last_commit: Instant::now(),
+            last_snapshot: Instant::now(),
+            snapshot_next: false,
             last_state_report: Instant::now(),
             stats: RunStats::default(),
             isolation: None,
@@ -388,6 +395,7 @@ impl Runner {
                 }
             }
             state.finish_replays(&consumer)?;
+            state.snapshot_next = true; // the next owner restores without a replay
             state.commit(&consumer)?;
             state.await_commit(&consumer).map(|_| ())
         })();

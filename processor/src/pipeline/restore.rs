@@ -108,7 +108,9 @@ impl Processor {
             seek.add_partition_offset(&self.cfg.topics.events, *p, offset).map_err(RunError::Consumer)?;
         }
         let started = Instant::now();
-        for engine in self.restore_partitions(partitions)? {
+        let mut engines = self.restore_partitions(partitions)?;
+        self.replay_input(&mut engines)?;
+        for engine in engines {
             let p = engine.partition();
             self.telemetry.restored(p, engine.customers(), started.elapsed());
             self.engines.insert(p, engine);
