@@ -56,6 +56,18 @@ pub(super) enum Recovery {
     Fail,
 }
 
+/// The bytes of key and value a customer's changelog record may have, when some customer could
+/// exceed them (then every commit checks the customers it changed, `note_changes`); None when no
+/// customer can: the limits on input (`limits.*`, `journey.max_touchpoints`, `journey.dedupe_ids`)
+/// bound every record, numbers at their widest varints, with 64 KB for the models' state.
+pub(super) fn changelog_size_check(cfg: &Config, topic_limit: Option<usize>) -> Option<usize> {
+    let field = cfg.limits.max_field_bytes;
+    let widest =
+        1024 + 65_536 + 6 * field + cfg.journey.max_touchpoints * (2 * field + 64) + cfg.limits.max_cart_lines * (field + 32) + cfg.journey.dedupe_ids * 10;
+    let limit = topic_limit?.saturating_sub(crate::kafka::sink::RECORD_OVERHEAD);
+    (widest > limit).then_some(limit)
+}
+
 /// The one mapping from a transactional error class to the loop's action. `too_large`: a record
 /// of the batch was refused for its size (the redo then isolates it, see `poison`).
 pub(super) fn recovery(class: Option<TxnClass>, phase: Phase, too_large: bool) -> Recovery {
@@ -233,7 +245,7 @@ impl Processor {
         if snapshot_all {
             self.last_snapshot = started;
         }
-        let max_record = self.record_limits.get(&self.cfg.topics.changelog).map(|l| l.saturating_sub(crate::kafka::sink::RECORD_OVERHEAD));
+        let max_record = changelog_size_check(&self.cfg, self.record_limits.get(&self.cfg.topics.changelog).copied());
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
@@ -317,6 +329,14 @@ impl Processor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn customers_are_checked_against_the_changelog_limit_only_when_the_input_limits_allow_a_larger_record() {
+        let cfg = Config::defaults();
+        assert_eq!(changelog_size_check(&cfg, Some(1_048_588)), None, "the defaults bound a record far below 1 MB");
+        assert_eq!(changelog_size_check(&cfg, None), None);
+        assert_eq!(changelog_size_check(&cfg, Some(1_500)), Some(1_500 - crate::kafka::sink::RECORD_OVERHEAD));
+    }
 
     #[test]
     fn every_error_class_has_one_action_per_phase() {
