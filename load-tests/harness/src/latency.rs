@@ -2,6 +2,9 @@
 //! fresh input topic of fresh, ready replicas; each purchase's wall-clock send time is kept, and a
 //! read_committed consumer of the conversions topic notes when each conversion becomes visible.
 //! Latency = visible - sent, for the conversion whose `conversion_id` is the purchase's `event_id`.
+//! The same paced input through the passthrough ([`Watch::Copies`]: the purchase's own copy
+//! becoming visible) is the transport's floor at that rate: the latency of exactly-once batching
+//! on this broker with nothing else to do.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -56,6 +59,24 @@ struct ConversionHead {
     conversion_id: String,
 }
 
+/// What the reader looks for in the watched topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// The processor's conversions: the `conversion_id` (the purchase's event id).
+    Conversions,
+    /// The passthrough's copies of the input: a purchase's `event_id`.
+    Copies,
+}
+
+impl Watch {
+    fn purchase_id(self, payload: &[u8]) -> Option<String> {
+        match self {
+            Watch::Conversions => serde_json::from_slice::<ConversionHead>(payload).ok().map(|c| c.conversion_id),
+            Watch::Copies => serde_json::from_slice::<EventHead<'_>>(payload).ok().filter(|h| h.event_type == "purchase").map(|h| h.event_id.into_owned()),
+        }
+    }
+}
+
 /// The `customer_id` of one simulator line (written unescaped).
 fn customer_id(line: &[u8]) -> &[u8] {
     const FIELD: &[u8] = b"\"customer_id\":\"";
@@ -64,9 +85,9 @@ fn customer_id(line: &[u8]) -> &[u8] {
     &line[at..end]
 }
 
-/// Reads the conversions topic (read_committed) until `stop`, noting when each conversion id was
+/// Reads `topic` (read_committed) until `stop`, noting when each purchase's output (`watch`) was
 /// first seen; `count` follows the number seen.
-fn watch_conversions(brokers: &str, topic: &str, stop: &AtomicBool, count: &AtomicUsize) -> Result<HashMap<String, Instant>> {
+fn watch_outputs(brokers: &str, topic: &str, watch: Watch, stop: &AtomicBool, count: &AtomicUsize) -> Result<HashMap<String, Instant>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "touchstream-load-latency")
@@ -78,7 +99,7 @@ fn watch_conversions(brokers: &str, topic: &str, stop: &AtomicBool, count: &Atom
         .context("conversions reader")?;
     let parts = crate::kafka::partitions(&c, topic)?;
     if parts.is_empty() {
-        return Err(anyhow!("the conversions topic {topic} does not exist"));
+        return Err(anyhow!("the watched topic {topic} does not exist"));
     }
     let mut tpl = TopicPartitionList::new();
     for p in parts {
@@ -89,8 +110,8 @@ fn watch_conversions(brokers: &str, topic: &str, stop: &AtomicBool, count: &Atom
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
             let at = Instant::now();
-            if let Ok(conv) = serde_json::from_slice::<ConversionHead>(m.payload().unwrap_or_default()) {
-                seen.entry(conv.conversion_id).or_insert(at);
+            if let Some(id) = watch.purchase_id(m.payload().unwrap_or_default()) {
+                seen.entry(id).or_insert(at);
                 count.store(seen.len(), Ordering::Relaxed);
             }
         }
@@ -110,7 +131,9 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 pub struct Paced<'a> {
     pub brokers: &'a str,
     pub input: &'a str,
-    pub conversions: &'a str,
+    /// The topic watched for each purchase's output, and how.
+    pub output: &'a str,
+    pub watch: Watch,
     pub rate: f64,
     pub seconds: f64,
     /// After the last send, how long to wait for a conversion when none came.
@@ -123,8 +146,8 @@ impl Paced<'_> {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
         let watcher = {
-            let (brokers, topic, stop, count) = (self.brokers.to_string(), self.conversions.to_string(), stop.clone(), count.clone());
-            std::thread::spawn(move || watch_conversions(&brokers, &topic, &stop, &count))
+            let (brokers, topic, watch, stop, count) = (self.brokers.to_string(), self.output.to_string(), self.watch, stop.clone(), count.clone());
+            std::thread::spawn(move || watch_outputs(&brokers, &topic, watch, &stop, &count))
         };
         let sent = self.send(events);
         // Until a conversion was seen for every purchase (not every purchase need have one), or
@@ -228,6 +251,16 @@ mod tests {
         assert_eq!(quantile(&v, 0.99), Some(99.0));
         assert_eq!(quantile(&[7.0], 0.99), Some(7.0));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn finds_each_outputs_purchase() {
+        let purchase = br#"{"event_id":"c1-9","customer_id":"c1","event_type":"purchase","ts":1}"#;
+        let view = br#"{"event_id":"c1-8","customer_id":"c1","event_type":"page_view","ts":1}"#;
+        assert_eq!(Watch::Copies.purchase_id(purchase).as_deref(), Some("c1-9"));
+        assert_eq!(Watch::Copies.purchase_id(view), None);
+        assert_eq!(Watch::Conversions.purchase_id(br#"{"conversion_id":"c1-9","credits":[]}"#).as_deref(), Some("c1-9"));
+        assert_eq!(Watch::Conversions.purchase_id(purchase), None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -149,6 +151,7 @@ impl Timing {
             idle_resident_bytes: None,
             added_resident_bytes_per_customer: None,
             latency: None,
+            latency_floor: None,
         }
     }
 }
@@ -158,7 +161,10 @@ struct Harness {
     base: String,
     input: String,
     end: Vec<(i32, i64)>,
-    events: Vec<u8>,
+    events: Arc<Vec<u8>>,
+    /// The latency runs' input when the backlog is too short for their rate and length
+    /// (simulated on first need; the largest so far).
+    paced: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     log_dir: PathBuf,
 }
 
@@ -194,6 +200,8 @@ impl Harness {
             max_batch: self.cli.max_batch,
             timeout: self.cli.timeout,
             plain: mode == "passthrough_plain",
+            stop: None,
+            ready: None,
         }
         .run()?;
         let mut run = timing.into_run(mode, vec![], 1, self.total());
@@ -294,20 +302,25 @@ impl Harness {
             let paced = latency::Paced {
                 brokers: &self.cli.brokers,
                 input: &input,
-                conversions: &topics.output("conversions"),
+                output: &topics.output("conversions"),
+                watch: latency::Watch::Conversions,
                 rate,
                 seconds: self.cli.latency_seconds,
                 drain: Duration::from_secs(10) + self.cli.commit_interval * 10,
             };
-            let l = paced.run(&self.events)?;
+            let events = self.paced_events(rate)?;
+            let l = paced.run(&events)?;
             replicas.check_alive()?;
-            Ok::<_, anyhow::Error>((idle, l))
+            Ok::<_, anyhow::Error>((idle, l, rate, events))
         })();
         replicas.stop()?;
         let mut names = topics.outputs();
         names.push(input);
         self.cleanup(&names);
-        let (idle, l) = result?;
+        let (idle, l, rate, events) = result?;
+        let floor = self.latency_floor(slug, rate, &events)?;
+        eprintln!("{mode}: the passthrough at {rate:.0} events/s: p50 {:?} ms, p99 {:?} ms", floor.p50_ms, floor.p99_ms);
+        run.latency_floor = Some(floor);
         run.idle_resident_bytes = idle;
         run.added_resident_bytes_per_customer = run.resident_bytes.zip(idle).zip(run.customers).filter(|(_, c)| *c > 0.0).map(|((r, i), c)| (r - i) / c);
         eprintln!("{mode}: p50 {:?} ms, p99 {:?} ms over {} conversions", l.p50_ms, l.p99_ms, l.conversions_seen);
@@ -316,18 +329,92 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// At least `rate * latency_seconds` events for a latency run: the backlog when it is long
+    /// enough, else a simulation of as many more customers as that takes (another seed).
+    fn paced_events(&self, rate: f64) -> Result<Arc<Vec<u8>>> {
+        let need = (rate * self.cli.latency_seconds).ceil() as u64;
+        let have = self.total();
+        if need <= have {
+            return Ok(Arc::clone(&self.events));
+        }
+        let mut paced = self.paced.lock().map_err(|_| anyhow!("the latency input's lock"))?;
+        if let Some((n, ev)) = &*paced {
+            if *n >= need {
+                return Ok(Arc::clone(ev));
+            }
+        }
+        let scale = need.div_ceil(have.max(1));
+        let t0 = Instant::now();
+        let ev = Arc::new(simulate(self.cli.customers * scale, self.cli.seed + 1, Some(need))?);
+        eprintln!("latency input: {need} events of {} customers simulated in {:.1} s", self.cli.customers * scale, t0.elapsed().as_secs_f64());
+        *paced = Some((need, Arc::clone(&ev)));
+        Ok(ev)
+    }
+
+    /// The transport's floor: the same paced input at the same rate through the passthrough
+    /// (exactly-once, the processor's batching and commit interval), a purchase's own copy
+    /// becoming visible to a read_committed consumer.
+    fn latency_floor(&self, slug: &str, rate: f64, events: &[u8]) -> Result<latency::Latency> {
+        let input = format!("{}.{slug}-floor.events", self.base);
+        let output = format!("{}.{slug}-floor.out", self.base);
+        kafka::create_topics(&self.cli.brokers, &[&input, &output], self.cli.partitions)?;
+        let (stop, ready) = (AtomicBool::new(false), AtomicBool::new(false));
+        let group = format!("{}.{slug}-floor.group", self.base);
+        let result = std::thread::scope(|scope| {
+            let copier = scope.spawn(|| {
+                let r = passthrough::Passthrough {
+                    brokers: &self.cli.brokers,
+                    input: &input,
+                    output: &output,
+                    group: &group,
+                    end: &[],
+                    commit_interval: self.cli.commit_interval,
+                    max_batch: self.cli.max_batch,
+                    timeout: self.cli.timeout,
+                    plain: false,
+                    stop: Some(&stop),
+                    ready: Some(&ready),
+                }
+                .run();
+                ready.store(true, Ordering::Relaxed); // never wait on a copier that failed
+                r
+            });
+            let assigned = Instant::now();
+            while !ready.load(Ordering::Relaxed) && assigned.elapsed() < Duration::from_secs(180) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let paced = latency::Paced {
+                brokers: &self.cli.brokers,
+                input: &input,
+                output: &output,
+                watch: latency::Watch::Copies,
+                rate,
+                seconds: self.cli.latency_seconds,
+                drain: Duration::from_secs(10) + self.cli.commit_interval * 10,
+            };
+            let l = if copier.is_finished() { Err(anyhow!("the passthrough stopped before the paced input")) } else { paced.run(events) };
+            stop.store(true, Ordering::Relaxed);
+            let copied = copier.join().map_err(|_| anyhow!("the passthrough panicked"))?;
+            copied.and(l)
+        });
+        self.cleanup(&[input, output]);
+        result
+    }
+}
+
 fn stamp() -> String {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("tsload-{}-{}", std::process::id(), ms % 1_000_000_000)
 }
 
-fn simulate(cli: &Cli) -> Result<Vec<u8>> {
+fn simulate(customers: u64, seed: u64, max_events: Option<u64>) -> Result<Vec<u8>> {
     let mut world = World::default_world();
-    world.seed = cli.seed;
-    world.customers = cli.customers;
+    world.seed = seed;
+    world.customers = customers;
     let model = Model::new(world).map_err(|e| anyhow!("the simulator's default world: {e}"))?;
     let mut events = Vec::new();
-    let opts = Options { max_events: cli.events, ..Options::default() };
+    let opts = Options { max_events, ..Options::default() };
     touchstream_sim::run::run(&model, &opts, Some(&mut events), None).context("simulate the backlog")?;
     Ok(events)
 }
@@ -347,14 +434,14 @@ fn main() -> Result<()> {
     let log_dir = cli.log_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&log_dir)?;
     let t0 = Instant::now();
-    let events = simulate(&cli)?;
+    let events = simulate(cli.customers, cli.seed, cli.events)?;
     let base = stamp();
     let input = format!("{base}.events");
     kafka::create_topics(&cli.brokers, &[&input], cli.partitions)?;
     let sent = kafka::load_backlog(&cli.brokers, &input, &events)?;
     let end = kafka::end_offsets(&cli.brokers, &input)?;
     eprintln!("backlog: {sent} events ({} MB) in {input} ({} partitions), {:.1} s", events.len() / 1_000_000, cli.partitions, t0.elapsed().as_secs_f64());
-    let h = Harness { cli, base, input, end, events, log_dir };
+    let h = Harness { cli, base, input, end, events: Arc::new(events), paced: Mutex::new(None), log_dir };
     let mut runs: Vec<Run> = Vec::new();
     let result = (|| {
         if let Some(first) = modes.iter().find(|m| !is_passthrough(m)) {

@@ -8,6 +8,7 @@
 //! they are produced once it committed (records read meanwhile wait in memory).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ pub struct Passthrough<'a> {
     pub timeout: Duration,
     /// librdkafka's default `fetch.queue.backoff.ms` instead of the processor's 10 ms.
     pub plain: bool,
+    /// Without `end` (empty): runs until this is set (the latency run's transport floor).
+    pub stop: Option<&'a AtomicBool>,
+    /// Set once the consumer owns partitions.
+    pub ready: Option<&'a AtomicBool>,
 }
 
 impl Passthrough<'_> {
@@ -84,6 +89,14 @@ impl Passthrough<'_> {
         let mut waiting: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::new();
         let deadline = started + self.timeout;
         loop {
+            if let Some(ready) = self.ready.filter(|r| !r.load(Ordering::Relaxed)) {
+                if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            }
+            if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
             match consumer.poll(Duration::from_millis(10)) {
                 Some(Ok(m)) => {
                     if committing.is_some() {
@@ -123,7 +136,7 @@ impl Passthrough<'_> {
                     p.commit_transaction(TX_TIMEOUT)?;
                     Ok(())
                 });
-                let done = end.iter().all(|(p, e)| next.get(p).copied().unwrap_or(0) >= *e);
+                let done = !end.is_empty() && end.iter().all(|(p, e)| next.get(p).copied().unwrap_or(0) >= *e);
                 committing = Some((handle, next.values().sum(), done));
                 pending = 0;
                 last_commit = Instant::now();
@@ -133,6 +146,10 @@ impl Passthrough<'_> {
             }
         }
         let done = Instant::now();
+        if let Some((handle, _, _)) = committing.take() {
+            // stopped with a commit on its way
+            handle.join().map_err(|_| anyhow!("the commit thread panicked"))??;
+        }
         producer.abort_transaction(TX_TIMEOUT).ok();
         let total: i64 = end.values().sum();
         let (t1, c1) = first.unwrap_or((started, 0));

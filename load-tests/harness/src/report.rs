@@ -81,6 +81,8 @@ pub struct Run {
     pub idle_resident_bytes: Option<f64>,
     pub added_resident_bytes_per_customer: Option<f64>,
     pub latency: Option<Latency>,
+    /// The same paced input at the same rate through the passthrough: the transport's floor.
+    pub latency_floor: Option<Latency>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -234,13 +236,13 @@ impl Report {
                 "\nEvent-to-output latency at {:.0}% of each run's steady rate, fresh replicas (purchase sent -> its conversion visible to a read_committed consumer):\n",
                 self.latency_fraction * 100.0
             );
-            s += "| run | rate (events/s) | seconds | purchases | conversions seen | p50 ms | p99 ms | max ms | trend ms (last - first quarter) | after the first quarter: p50 ms | p99 ms |\n";
-            s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+            s += "| run | rate (events/s) | seconds | purchases | conversions seen | p50 ms | p99 ms | max ms | trend ms (last - first quarter) | after the first quarter: p50 ms | p99 ms | passthrough at that rate: p50 ms | p99 ms | after the first quarter: p99 ms |\n";
+            s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
             for r in &self.runs {
                 if let Some(l) = &r.latency {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         r.mode,
                         num(l.rate),
                         l.seconds,
@@ -251,7 +253,10 @@ impl Report {
                         opt(l.max_ms),
                         l.trend_ms.map_or("-".into(), |t| format!("{t:+.0}")),
                         opt(l.steady_p50_ms),
-                        opt(l.steady_p99_ms)
+                        opt(l.steady_p99_ms),
+                        opt(r.latency_floor.as_ref().and_then(|f| f.p50_ms)),
+                        opt(r.latency_floor.as_ref().and_then(|f| f.p99_ms)),
+                        opt(r.latency_floor.as_ref().and_then(|f| f.steady_p99_ms))
                     );
                 }
             }

@@ -64,6 +64,12 @@ fn the_throughput_harness_runs_end_to_end() {
     if l["conversions_seen"].as_u64().unwrap() > 0 {
         assert!(l["p50_ms"].as_f64().unwrap() > 0.0 && l["max_ms"].as_f64().unwrap() >= l["p99_ms"].as_f64().unwrap(), "{l}");
     }
+    // the transport's floor: the same paced input through the passthrough; every purchase's copy
+    // is an output, so every one is seen
+    let f = &p["latency_floor"];
+    assert_eq!(f["rate"].as_f64(), l["rate"].as_f64(), "the floor runs at the processor's latency rate: {f}");
+    assert!(f["purchases"].as_u64().unwrap() > 0 && f["conversions_seen"] == f["purchases"], "{f}");
+    assert!(f["p50_ms"].as_f64().unwrap() > 0.0 && f["max_ms"].as_f64().unwrap() >= f["p99_ms"].as_f64().unwrap(), "{f}");
     let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
     assert!(md.contains("Medians over 2 rounds") && md.contains("process CPU"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
