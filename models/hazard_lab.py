@@ -4,7 +4,9 @@ Fits variants of the model on a simulator training log and scores them on a held
 removal-effect credit computed in NumPy (the same arithmetic as the exported ONNX graph and
 evaluate.py: credit_i proportional to exp(e_i) - 1, optionally scaled by the baseline share
 1 - P(none) / P(all) with the model's mean baseline mu). Prints, per variant, the channel-share MAE
-against the simulator's true shares, each channel's share, and the rules' shares.
+against the simulator's true shares, each channel's share, and the rules' shares; and the MAE with
+the share left to E[b | journey composition] (`fit_journey_baseline`) and with the truth's own
+share (a diagnostic: what a perfect customer-level baseline would give).
 
     python hazard_lab.py --train <log dir> --heldout <log dir with truth> \
         --variant default --variant "lead=1" [--cache <dir>]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import sys
@@ -83,7 +86,48 @@ def heldout_journeys(path: str):
     return items, truth
 
 
-def score(S, mu, items, truth, baseline_share: bool):
+def journey_features(counts: np.ndarray, keep: np.ndarray):
+    """Journey-composition features of the baseline model: log1p of each kept group's touch count
+    and of the journey's length. counts: [n, NG]."""
+    return np.concatenate([np.ones((len(counts), 1)), np.log1p(counts[:, keep]),
+                           np.log1p(counts.sum(1, keepdims=True))], 1)
+
+
+def fit_journey_baseline(data, b_event: np.ndarray, min_frac: float = 0.01):
+    """E[b | journey composition]: a log-link quasi-Poisson regression of each conversion's
+    leave-one-out baseline posterior (the fit's, pre-treatment) on the touch-group counts of the
+    journey it ends (from the design: the hat basis sums to 1 per touch)."""
+    X = data["e"]["X"].tocsc()
+    ng = H.NG
+    cols = X.shape[1] // H.K
+    counts = np.zeros((X.shape[0], ng))
+    for g in range(cols):
+        counts[:, g % ng] += np.asarray(X[:, g * H.K:(g + 1) * H.K].sum(1)).ravel()
+    counts = np.round(counts)
+    keep = (counts > 0).mean(0) >= min_frac
+    Z = journey_features(counts, keep)
+    y = b_event
+    beta = np.zeros(Z.shape[1])
+    beta[0] = math.log(max(y.mean(), 1e-12))
+    for _ in range(30):
+        lam = np.exp(np.clip(Z @ beta, -50, 50))
+        grad = Z.T @ (y - lam) - 1e-3 * np.r_[0.0, beta[1:]]
+        hess = (Z * lam[:, None]).T @ Z + 1e-3 * np.eye(len(beta))
+        step = np.linalg.solve(hess, grad)
+        beta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"keep": keep, "beta": beta}
+
+
+def item_baseline(jb, it) -> float:
+    counts = np.bincount(it["ch"].astype(np.int64) * H.NE + it["et"].astype(np.int64), minlength=H.NG)[None, :]
+    return float(np.exp(journey_features(counts.astype(np.float64), jb["keep"]) @ jb["beta"])[0])
+
+
+def score(S, mu, items, truth, baseline_share, jb=None):
+    """baseline_share: False (credits sum to 1), True (the share left to the baseline `mu`),
+    "journey" (to E[b | journey composition], `jb`) or "truth" (the truth's own share, diagnostic)."""
     chans = sorted(set(truth) | {D.CHANNELS[c] for it in items for c in it["ch"]})
     cr = {ch: 0.0 for ch in chans}
     for it in items:
@@ -97,9 +141,12 @@ def score(S, mu, items, truth, baseline_share: bool):
             w = rule_credits(it["ts"], it["t"])["time_decay"]
         else:
             w = d / d.sum()
-            if baseline_share:
-                p_all = -np.expm1(-(mu + E))
-                p_none = -np.expm1(-mu)
+            if baseline_share == "truth":
+                w = w * (1.0 - it["bshare"])
+            elif baseline_share:
+                b = item_baseline(jb, it) if baseline_share == "journey" else mu
+                p_all = -np.expm1(-(b + E))
+                p_none = -np.expm1(-b)
                 w = w * (1.0 - min(1.0, p_none / p_all))
         for c, x in zip(it["ch"], w):
             cr[D.CHANNELS[c]] += x
@@ -232,9 +279,15 @@ def main(argv=None):
         S, mu = res["S"], res["mu"]
         m0, sh0, tr = score(S, mu, items, truth, False)
         m1, sh1, _ = score(S, mu, items, truth, True)
+        jb = fit_journey_baseline(data, res["b_event"])
+        m2, sh2, _ = score(S, mu, items, truth, "journey", jb)
+        m3, _, _ = score(S, mu, items, truth, "truth")
+        print(f"   journey baseline: MAE {m2:.4f}; truth's own share (diagnostic) {m3:.4f}; beta "
+              + " ".join(f"{x:.2f}" for x in jb["beta"]), flush=True)
+        print("   journey: " + "  ".join(f"{k}: {100 * sh2[k]:.1f}" for k in sorted(sh2)), flush=True)
         best = min(rules.items(), key=lambda x: x[1][0])
         lt = rules["last_touch"][1]
-        line = {"variant": v, "train": args.train, "heldout": args.heldout, "mae": m0, "mae_bshare": m1,
+        line = {"variant": v, "train": args.train, "heldout": args.heldout, "mae": m0, "mae_bshare": m1, "mae_journey": m2, "mae_truthshare": m3,
                 "best_rule": best[0], "best_rule_mae": best[1][0], "shares": sh0, "shares_bshare": sh1,
                 "truth": tr, "last_touch": lt, "iterations": res["iterations"], "fit_seconds": round(fit_s, 1),
                 "extra": {k: res[k] for k in res if k.startswith("x_")}}
