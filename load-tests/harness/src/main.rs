@@ -258,7 +258,8 @@ impl Harness {
             cpu_seconds: replicas.pids().iter().map(|p| cpu::process_seconds(*p)).sum(),
             machine_cpu_seconds: cpu::machine_busy_seconds().zip(busy0).map(|(b1, b0)| b1 - b0),
         };
-        let mut run = timing.into_run(mode, launch.settings.clone(), self.cli.replicas, self.total());
+        let settings = launch.settings.iter().map(|s| processor::reported_setting(s)).collect();
+        let mut run = timing.into_run(mode, settings, self.cli.replicas, self.total());
         eprintln!("{mode}: caught up in {:.1} s; {:.0} events/s steady", run.seconds, run.steady_events_per_s);
         // The processor reports its state gauges at a commit at most every 5 s.
         std::thread::sleep(Duration::from_millis(5500));

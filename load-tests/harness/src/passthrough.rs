@@ -107,6 +107,8 @@ impl Passthrough<'_> {
                     next.insert(m.partition(), m.offset() + 1);
                     pending += 1;
                 }
+                // a topic created a moment ago may be unknown to the consumer's first metadata
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => {}
                 Some(Err(e)) => bail!("passthrough consume: {e}"),
                 None => {}
             }

@@ -26,6 +26,13 @@ pub fn mode_settings(mode: &str) -> Result<Vec<String>> {
     })
 }
 
+/// A setting as the report shows it: paths inside this checkout relative to its root, so that a
+/// report names no folder of the machine it ran on.
+pub fn reported_setting(setting: &str) -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    setting.replace(root, "")
+}
+
 /// The topic names and group of one processor run.
 #[derive(Debug, Clone)]
 pub struct RunTopics {
@@ -227,6 +234,7 @@ mod tests {
         assert_eq!(mode_settings("models_off").unwrap(), ["models.enabled=false"]);
         assert_eq!(mode_settings("a.b=1+c.d=x").unwrap(), ["a.b=1", "c.d=x"]);
         assert!(mode_settings("shadow").unwrap()[0].starts_with("models.candidate="));
+        assert_eq!(reported_setting(&mode_settings("shadow").unwrap()[0]), "models.candidate=models");
         assert!(mode_settings("nope").is_err());
     }
 }
