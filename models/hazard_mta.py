@@ -325,7 +325,7 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     return {**extra, "S": S.reshape(NG, K), "mu": float(mu), "alpha": float(alpha), "multipliers": [x.tolist() for x in m],
             "baseline_glm_theta": theta.tolist(),
             "iterations": it + 1, "loglik": ll, "events": int(n_e), "controls": int(len(w)),
-            "b_event": np.asarray(be, dtype=np.float64) * np.ones(n_e)}
+            "b_event": np.asarray(be, dtype=np.float64)}
 
 
 def timing_kappa(xs, s_c, s_g, s_st, xc, c_c, c_w, c_st, n_groups: int, nC: int, rounds: int = 4):

@@ -300,15 +300,8 @@ impl Harness {
             let idle = replicas.metrics(&["touchstream_process_resident_bytes"])[0];
             let rate = run.steady_events_per_s * self.cli.latency_fraction;
             eprintln!("{mode}: latency at {rate:.0} events/s for {} s", self.cli.latency_seconds);
-            let paced = latency::Paced {
-                brokers: &self.cli.brokers,
-                input: &input,
-                output: &topics.output("conversions"),
-                watch: latency::Watch::Conversions,
-                rate,
-                seconds: self.cli.latency_seconds,
-                drain: Duration::from_secs(10) + self.cli.commit_interval * 10,
-            };
+            let conversions = topics.output("conversions");
+            let paced = self.paced(&input, &conversions, latency::Watch::Conversions, rate);
             let events = self.paced_events(rate)?;
             let l = paced.run(&events)?;
             replicas.check_alive()?;
@@ -328,9 +321,20 @@ impl Harness {
         run.latency = Some(l);
         Ok(())
     }
-}
 
-impl Harness {
+    /// A paced latency run of `--latency-seconds` at `rate` into `input`, watching `output`.
+    fn paced<'a>(&'a self, input: &'a str, output: &'a str, watch: latency::Watch, rate: f64) -> latency::Paced<'a> {
+        latency::Paced {
+            brokers: &self.cli.brokers,
+            input,
+            output,
+            watch,
+            rate,
+            seconds: self.cli.latency_seconds,
+            drain: Duration::from_secs(10) + self.cli.commit_interval * 10,
+        }
+    }
+
     /// At least `rate * latency_seconds` events for a latency run: the backlog when it is long
     /// enough, else a simulation of as many more customers as that takes (another seed).
     fn paced_events(&self, rate: f64) -> Result<Arc<Vec<u8>>> {
@@ -385,15 +389,7 @@ impl Harness {
             while !ready.load(Ordering::Relaxed) && assigned.elapsed() < Duration::from_secs(180) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let paced = latency::Paced {
-                brokers: &self.cli.brokers,
-                input: &input,
-                output: &output,
-                watch: latency::Watch::Copies,
-                rate,
-                seconds: self.cli.latency_seconds,
-                drain: Duration::from_secs(10) + self.cli.commit_interval * 10,
-            };
+            let paced = self.paced(&input, &output, latency::Watch::Copies, rate);
             let l = if copier.is_finished() { Err(anyhow!("the passthrough stopped before the paced input")) } else { paced.run(events) };
             stop.store(true, Ordering::Relaxed);
             let copied = copier.join().map_err(|_| anyhow!("the passthrough panicked"))?;
