@@ -1,9 +1,9 @@
 //! THE exactly-once invariant lives here: a batch's outputs, changelog records and input offsets
 //! commit in one Kafka transaction, or none of them do and the loop rewinds to the last commit
 //! (state reloaded from the changelog and the input replayed from its snapshot to the committed
-//! offsets, consumer back to those offsets). A commit writes changelog records only when it is a
-//! snapshot (`processing.snapshot_interval`, or a partition's `snapshot_due`), with the input
-//! offsets it commits. `recover` is the one mapping from a transactional error class to what the
+//! offsets, consumer back to those offsets). A commit writes a partition's changelog records only
+//! when it is a snapshot of that partition (snapshots.rs says which), with the input offset it
+//! commits. `recover` is the one mapping from a transactional error class to what the
 //! loop does about it.
 //!
 //! The commit of transaction N runs on a thread of its own (`Sink::start_commit`) while the loop
@@ -148,6 +148,7 @@ impl Processor {
     /// consumer positions (back to the committed offsets), channel aggregators (re-read).
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<SignallingContext>) -> Result<(), RunError> {
         self.rewinds += 1;
+        self.snapshots.rewound();
         self.outputs.clear();
         self.windows.clear();
         self.changelog.clear();
@@ -237,27 +238,29 @@ impl Processor {
         for rec in self.scores.drain(..) {
             self.writer.record(&mut self.sink, Kind::Scores, None, &rec.customer_id, &rec)?;
         }
-        // Snapshots: every partition's changes since its last snapshot, with the input offset this
-        // transaction commits, every `processing.snapshot_interval`; a partition's own sooner
-        // when a replay of its input would not redo what happened (`snapshot_due`).
-        let interval = self.cfg.processing.snapshot_interval.as_duration();
-        let snapshot_all = std::mem::take(&mut self.snapshot_next) || self.last_snapshot.elapsed() >= interval;
-        if snapshot_all {
-            self.last_snapshot = started;
-        }
+        // Snapshots: a partition's changes since its last snapshot, with the input offset this
+        // transaction commits, at least every `processing.snapshot_interval` (the partitions spread
+        // over it, snapshots.rs); sooner when a replay of its input would not redo what happened
+        // (`snapshot_due`, a dead letter, a stop).
+        self.snapshots.plan(self.engines.keys().copied(), started);
         let max_record = changelog_size_check(&self.cfg, self.record_limits.get(&self.cfg.topics.changelog).copied());
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
             engine.note_changes(&self.windows[from..], max_record, &mut self.changelog)?;
-            if snapshot_all || engine.snapshot_due() {
+            let timed = self.snapshots.timed(*p, started);
+            if timed || self.snapshots.forced(*p) || engine.snapshot_due() {
                 let offset = self.pending.get(p).copied().or(self.committed.get(p).copied().flatten());
                 engine.drain_snapshot(offset, &mut self.changelog)?;
+                if timed {
+                    self.snapshots.taken(*p, started);
+                }
             }
             for entry in self.changelog.drain(..) {
                 self.writer.raw(&mut self.sink, Kind::Changelog, Some(*p), &entry.key, entry.value.as_deref())?;
             }
         }
+        self.snapshots.written();
         for rec in self.windows.drain(..) {
             let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
             let src = rec.source_partition.unwrap_or_default();
@@ -319,6 +322,7 @@ impl Processor {
         for (p, off) in offsets {
             self.committed.insert(p, Some(off));
         }
+        self.snapshots.committed();
         self.stats.commits += 1;
         self.telemetry.committed(events, took, transaction);
         self.last_progress = Instant::now();

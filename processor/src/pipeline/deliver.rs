@@ -13,8 +13,8 @@ impl Processor {
             return Ok(());
         }
         // a replay of the input need not meet this record again (isolation and the future-skew
-        // check are not the input's alone): the commit that carries it is a snapshot
-        self.snapshot_next = true;
+        // check are not the input's alone): the commit that carries it is a snapshot of its partition
+        self.snapshots.force(msg.partition());
         let reason = poison::truncate_reason(&err.to_string(), poison::MAX_REASON_BYTES).into_owned();
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();

@@ -45,6 +45,7 @@ mod registry_pause;
 mod replay;
 mod restore;
 mod restore_worker;
+mod snapshots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -175,10 +176,8 @@ struct Processor {
     /// Rewinds so far: a record polled before a rewind is not handled after it.
     rewinds: u64,
     last_commit: Instant,
-    /// When the last commit that was a snapshot of every partition began (checkpoint.rs).
-    last_snapshot: Instant,
-    /// The next commit is a snapshot of every partition: a dead letter or a stop since the last.
-    snapshot_next: bool,
+    /// Which partitions a commit snapshots (snapshots.rs).
+    snapshots: snapshots::SnapshotClock,
     last_state_report: Instant,
     pub stats: RunStats,
     models: Option<Arc<ModelSet>>,
@@ -238,6 +237,7 @@ impl Runner {
     pub fn new(cfg: Config, health: Arc<Health>, shutdown: Arc<AtomicBool>) -> Result<Runner, RunError> {
         let registry = if cfg.formats.uses_registry() { Some(RegistryClient::new(&cfg.registry).map_err(RunError::Registry)?) } else { None };
         let telemetry = Telemetry::new();
+        let snapshots = snapshots::SnapshotClock::new(cfg.processing.snapshot_interval.as_duration());
         // Output schemas first: the member joins the group only once it can write every output.
         let writer = Writer::prepare(&cfg, registry.as_ref(), &shutdown, &Watch { health: &health, telemetry: &telemetry })?;
         let avro = match cfg.formats.events {
@@ -323,8 +323,7 @@ impl Runner {
             in_flight: None,
             rewinds: 0,
             last_commit: Instant::now(),
-            last_snapshot: Instant::now(),
-            snapshot_next: false,
+            snapshots,
             last_state_report: Instant::now(),
             stats: RunStats::default(),
             isolation: None,
@@ -395,7 +394,7 @@ impl Runner {
                 }
             }
             state.finish_replays(&consumer)?;
-            state.snapshot_next = true; // the next owner restores without a replay
+            state.snapshots.force_all(); // the next owner restores without a replay
             state.commit(&consumer)?;
             state.await_commit(&consumer).map(|_| ())
         })();

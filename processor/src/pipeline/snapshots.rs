@@ -1,0 +1,173 @@
+//! Which partitions a commit snapshots (checkpoint.rs writes them). Each owned partition is
+//! snapshotted at least every `processing.snapshot_interval`, and the partitions are spread over
+//! the interval: a partition new to the schedule comes due after `interval × (1 - rank / owned)`,
+//! so that a commit encodes about one partition's changes of the last interval instead of every
+//! partition's at once (that burst was the processor's latency tail: a commit of 0.1 to 1 s every
+//! 10 s). A snapshot counts once its transaction committed: after a rewind the partition is still
+//! due. Snapshots forced by something a replay would not redo (a dead letter, a clean stop, the
+//! engine's own `snapshot_due`) come on top and leave the schedule as it is.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+pub(super) struct SnapshotClock {
+    interval: Duration,
+    /// When the last committed timed snapshot of each owned partition began (or, for one new to
+    /// the schedule, the staggered time it counts from).
+    last: HashMap<i32, Instant>,
+    /// Timed snapshots in transactions not committed yet.
+    unconfirmed: Vec<(i32, Instant)>,
+    /// Partitions whose next commit is a snapshot whatever the schedule.
+    forced: Vec<i32>,
+    /// The next commit snapshots every partition.
+    all: bool,
+    owned: Vec<i32>,
+}
+
+impl SnapshotClock {
+    pub(super) fn new(interval: Duration) -> Self {
+        SnapshotClock { interval, last: HashMap::new(), unconfirmed: Vec::new(), forced: Vec::new(), all: false, owned: Vec::new() }
+    }
+
+    /// Brings the schedule to the partitions owned now (`now`: when the commit began): a partition
+    /// new to it counts from `now - interval × rank / owned`; one no longer owned is forgotten.
+    pub(super) fn plan(&mut self, owned: impl Iterator<Item = i32>, now: Instant) {
+        self.owned.clear();
+        self.owned.extend(owned);
+        self.owned.sort_unstable();
+        let n = self.owned.len() as u32;
+        for (rank, p) in self.owned.iter().enumerate() {
+            self.last.entry(*p).or_insert_with(|| now.checked_sub(self.interval * rank as u32 / n).unwrap_or(now));
+        }
+        let owned = &self.owned;
+        self.last.retain(|p, _| owned.binary_search(p).is_ok());
+    }
+
+    /// Whether partition `p`'s commit beginning at `now` is its timed snapshot.
+    pub(super) fn timed(&self, p: i32, now: Instant) -> bool {
+        self.last.get(&p).map_or(true, |t| now.saturating_duration_since(*t) >= self.interval)
+    }
+
+    /// Whether `p`'s next commit must be a snapshot whatever the schedule.
+    pub(super) fn forced(&self, p: i32) -> bool {
+        self.all || self.forced.contains(&p)
+    }
+
+    /// `p`'s timed snapshot is in the transaction beginning at `at`.
+    pub(super) fn taken(&mut self, p: i32, at: Instant) {
+        self.unconfirmed.push((p, at));
+    }
+
+    /// The commit wrote its snapshots: what was forced is done.
+    pub(super) fn written(&mut self) {
+        self.forced.clear();
+        self.all = false;
+    }
+
+    /// The transactions holding the timed snapshots taken so far committed.
+    pub(super) fn committed(&mut self) {
+        for (p, at) in self.unconfirmed.drain(..) {
+            if let Some(t) = self.last.get_mut(&p) {
+                *t = at.max(*t);
+            }
+        }
+    }
+
+    /// The loop went back to the last commit: the snapshots since did not happen.
+    pub(super) fn rewound(&mut self) {
+        self.unconfirmed.clear();
+    }
+
+    /// `p`'s next commit is a snapshot (a dead letter: a replay of the input would not redo it).
+    pub(super) fn force(&mut self, p: i32) {
+        if !self.forced.contains(&p) {
+            self.forced.push(p);
+        }
+    }
+
+    /// The next commit snapshots every partition (a clean stop: the next owner replays nothing).
+    pub(super) fn force_all(&mut self) {
+        self.all = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Runs commits every 100 ms for `commits`, each committing, and returns per commit the
+    /// partitions whose timed snapshot it was.
+    fn run(clock: &mut SnapshotClock, owned: &[i32], start: Instant, commits: u32) -> Vec<Vec<i32>> {
+        (0..commits)
+            .map(|i| {
+                let now = start + SECOND / 10 * i;
+                clock.plan(owned.iter().copied(), now);
+                let due: Vec<i32> = owned.iter().copied().filter(|p| clock.timed(*p, now)).collect();
+                for p in &due {
+                    clock.taken(*p, now);
+                }
+                clock.written();
+                clock.committed();
+                due
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_are_snapshotted_every_interval_at_different_commits() {
+        let mut clock = SnapshotClock::new(10 * SECOND);
+        let start = Instant::now();
+        let owned = [0, 1, 2, 3];
+        let commits = run(&mut clock, &owned, start, 400); // 40 s
+        for p in owned {
+            let at: Vec<usize> = commits.iter().enumerate().filter(|(_, d)| d.contains(&p)).map(|(i, _)| i).collect();
+            assert!(at.len() >= 3, "partition {p} snapshotted at commits {at:?}");
+            assert!(at[0] <= 100, "partition {p}'s first timed snapshot within the interval: {at:?}");
+            for w in at.windows(2) {
+                assert!(w[1] - w[0] <= 101, "partition {p} went {} commits without a snapshot", w[1] - w[0]);
+            }
+        }
+        let most = commits.iter().map(Vec::len).max().unwrap();
+        assert_eq!(most, 1, "no commit snapshots two partitions by the clock");
+    }
+
+    #[test]
+    fn a_snapshot_counts_only_once_committed_and_forced_ones_leave_the_schedule() {
+        let mut clock = SnapshotClock::new(10 * SECOND);
+        let start = Instant::now();
+        clock.plan([7].into_iter(), start);
+        assert!(!clock.timed(7, start), "one partition counts from now");
+        let due = start + 10 * SECOND;
+        assert!(clock.timed(7, due));
+        clock.taken(7, due);
+        clock.rewound();
+        assert!(clock.timed(7, due + SECOND / 10), "the rewound transaction's snapshot did not happen");
+        clock.taken(7, due);
+        clock.committed();
+        assert!(!clock.timed(7, due + SECOND));
+
+        clock.force(7);
+        assert!(clock.forced(7) && !clock.forced(8));
+        clock.written();
+        assert!(!clock.forced(7));
+        assert!(!clock.timed(7, due + SECOND), "a forced snapshot does not move the schedule");
+        clock.force_all();
+        assert!(clock.forced(8));
+        clock.written();
+        assert!(!clock.forced(8));
+    }
+
+    #[test]
+    fn a_partition_no_longer_owned_is_forgotten_and_comes_back_staggered() {
+        let mut clock = SnapshotClock::new(10 * SECOND);
+        let start = Instant::now();
+        clock.plan([0, 1].into_iter(), start);
+        assert!(clock.timed(1, start + 5 * SECOND) && !clock.timed(0, start + 5 * SECOND));
+        clock.plan([0].into_iter(), start + SECOND);
+        assert!(!clock.last.contains_key(&1));
+        clock.plan([0, 1].into_iter(), start + 2 * SECOND);
+        assert!(!clock.timed(1, start + 6 * SECOND) && clock.timed(1, start + 7 * SECOND), "rank 1 of 2 counts from half an interval ago");
+    }
+}
