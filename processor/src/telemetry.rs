@@ -360,6 +360,17 @@ impl Telemetry {
         self.window_updates.increment(n as u64);
     }
 
+    /// Where a commit's foreground time went (cumulative at the end of each phase: timers, outputs,
+    /// scores, snapshots of `snapshotted` partitions, channel windows): a debug line when it took
+    /// longer than 100 ms.
+    pub fn commit_phases(&self, phases: &[Duration; 5], snapshotted: usize) {
+        if phases[4] >= Duration::from_millis(100) {
+            let ms = |d: Duration| d.as_millis() as u64;
+            let [timers, outputs, scores, snapshots, windows] = phases.map(ms);
+            tracing::debug!(timers, outputs, scores, snapshots, windows, snapshotted, "slow commit: cumulative ms at the end of each phase");
+        }
+    }
+
     /// A batch committed: `took` for the whole commit, `transaction` of it in the transaction's
     /// own commit (none without transactions).
     pub fn committed(&self, events: usize, took: Duration, transaction: Option<Duration>) {

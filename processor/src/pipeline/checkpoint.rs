@@ -218,8 +218,11 @@ impl Processor {
             }
             engine.settle(&mut self.outputs);
         }
+        let mut phases = [Duration::ZERO; 5];
+        phases[0] = started.elapsed();
         self.apply_erasures()?;
         self.ship_outputs()?;
+        phases[1] = started.elapsed();
 
         for engine in self.engines.values_mut() {
             if self.cfg.scores.enabled {
@@ -242,6 +245,8 @@ impl Processor {
         // transaction commits, at least every `processing.snapshot_interval` (the partitions spread
         // over it, snapshots.rs); sooner when a replay of its input would not redo what happened
         // (`snapshot_due`, a dead letter, a stop).
+        phases[2] = started.elapsed();
+        let mut snapshotted = 0;
         self.snapshots.plan(self.engines.keys().copied(), started);
         let max_record = changelog_size_check(&self.cfg, self.record_limits.get(&self.cfg.topics.changelog).copied());
         for (p, engine) in self.engines.iter_mut() {
@@ -252,6 +257,7 @@ impl Processor {
             if timed || self.snapshots.forced(*p) || engine.snapshot_due() {
                 let offset = self.pending.get(p).copied().or(self.committed.get(p).copied().flatten());
                 engine.drain_snapshot(offset, &mut self.changelog)?;
+                snapshotted += 1;
                 if timed {
                     self.snapshots.taken(*p, started);
                 }
@@ -261,6 +267,7 @@ impl Processor {
             }
         }
         self.snapshots.written();
+        phases[3] = started.elapsed();
         for rec in self.windows.drain(..) {
             let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
             let src = rec.source_partition.unwrap_or_default();
@@ -275,6 +282,8 @@ impl Processor {
             self.writer.record(&mut self.sink, Kind::Channels, None, &total_key(rec.window_start, &rec.channel), &rec)?;
         }
 
+        phases[4] = started.elapsed();
+        self.telemetry.commit_phases(&phases, snapshotted);
         let mut tpl = TopicPartitionList::new();
         for (p, off) in &self.pending {
             tpl.add_partition_offset(&self.cfg.topics.events, *p, Offset::Offset(*off)).map_err(RunError::Commit)?;

@@ -64,11 +64,19 @@ impl SnapshotClock {
         self.all = false;
     }
 
-    /// The transactions holding the timed snapshots taken so far committed.
+    /// The transactions holding the timed snapshots taken so far committed. A partition keeps its
+    /// place in the interval: its time moves on by whole intervals (the next one is due within an
+    /// interval of this one), so partitions that all came due while no commit ran (an idle input)
+    /// snapshot together once and are spread again after it.
     pub(super) fn committed(&mut self) {
         for (p, at) in self.unconfirmed.drain(..) {
             if let Some(t) = self.last.get_mut(&p) {
-                *t = at.max(*t);
+                let elapsed = at.saturating_duration_since(*t);
+                if self.interval.is_zero() {
+                    *t = at;
+                } else {
+                    *t += self.interval.mul_f64((elapsed.as_secs_f64() / self.interval.as_secs_f64()).floor());
+                }
             }
         }
     }
@@ -97,12 +105,16 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    /// Runs commits every 100 ms for `commits`, each committing, and returns per commit the
-    /// partitions whose timed snapshot it was.
+    /// Runs commits every 100 ms for `commits` from `start` (after `idle` without a commit),
+    /// each committing, and returns per commit the partitions whose timed snapshot it was.
     fn run(clock: &mut SnapshotClock, owned: &[i32], start: Instant, commits: u32) -> Vec<Vec<i32>> {
+        run_after(clock, owned, start, Duration::ZERO, commits)
+    }
+
+    fn run_after(clock: &mut SnapshotClock, owned: &[i32], start: Instant, idle: Duration, commits: u32) -> Vec<Vec<i32>> {
         (0..commits)
             .map(|i| {
-                let now = start + SECOND / 10 * i;
+                let now = if i == 0 { start } else { start + idle + SECOND / 10 * i };
                 clock.plan(owned.iter().copied(), now);
                 let due: Vec<i32> = owned.iter().copied().filter(|p| clock.timed(*p, now)).collect();
                 for p in &due {
@@ -131,6 +143,30 @@ mod tests {
         }
         let most = commits.iter().map(Vec::len).max().unwrap();
         assert_eq!(most, 1, "no commit snapshots two partitions by the clock");
+    }
+
+    #[test]
+    fn partitions_that_came_due_together_while_idle_are_spread_again_after_one_snapshot() {
+        let mut clock = SnapshotClock::new(10 * SECOND);
+        let owned = [0, 1, 2, 3];
+        // planned at the first commit, then no commit for 25 s (no input): all are due at once
+        let commits = run_after(&mut clock, &owned, Instant::now(), 25 * SECOND, 400);
+        assert_eq!(commits[1].len(), 4, "the first commit after the idle time snapshots every partition");
+        let most = commits[2..].iter().map(Vec::len).max().unwrap();
+        assert_eq!(most, 1, "after it, no commit snapshots two partitions by the clock");
+        for p in owned {
+            let at: Vec<usize> = commits.iter().enumerate().filter(|(_, d)| d.contains(&p)).map(|(i, _)| i).collect();
+            for w in at.windows(2) {
+                assert!(w[1] - w[0] <= 101, "partition {p} went {} commits without a snapshot", w[1] - w[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_interval_snapshots_every_partition_at_every_commit() {
+        let mut clock = SnapshotClock::new(Duration::ZERO);
+        let commits = run(&mut clock, &[0, 1], Instant::now(), 5);
+        assert!(commits.iter().all(|d| d.len() == 2), "{commits:?}");
     }
 
     #[test]
