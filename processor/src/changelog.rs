@@ -186,6 +186,16 @@ pub fn encode_customer(state: &mut CustomerState, out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
+/// About the bytes of `state`'s record (its buffer's first capacity, so that encoding it does
+/// not grow the buffer several times): touchpoints at their event id plus a few varints, the
+/// model's floats, the event-id hashes at their widest.
+pub fn size_hint(state: &CustomerState) -> usize {
+    let touchpoints: usize = state.touchpoints.iter().map(|t| t.event_id.len() + 12).sum();
+    let model = state.model.as_ref().map_or(0, |m| 4 * (m.hidden.len() + m.checks.len()) + 40);
+    let cart = state.cart.as_ref().map_or(0, |c| 64 + c.lines.len() * 48);
+    128 + touchpoints + model + cart + 10 * state.seen.len() + 4 * state.abandon_input.len()
+}
+
 /// The version-2 encoding (tests: records written by earlier versions).
 #[cfg(test)]
 pub fn encode_customer_v2(state: &CustomerState, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {

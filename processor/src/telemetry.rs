@@ -14,6 +14,10 @@ use crate::output::{AlertRecord, ConversionRecord, ScoreRecord};
 /// The `method` label of the credit counter: the five rules, then deep credit.
 pub const CREDIT_METHODS: [&str; 6] = ["time_decay", "last_touch", "first_touch", "linear", "position_based", "deep"];
 
+/// A commit whose foreground took longer than this gets a debug line saying where the time went
+/// (a quarter of the default commit interval: a snapshot's commit shows).
+pub const SLOW_COMMIT: Duration = Duration::from_millis(25);
+
 pub struct Telemetry {
     events: Vec<Counter>,
     invalid: Vec<Counter>,
@@ -361,13 +365,25 @@ impl Telemetry {
     }
 
     /// Where a commit's foreground time went (cumulative at the end of each phase: timers, outputs,
-    /// scores, snapshots of `snapshotted` partitions, channel windows): a debug line when it took
-    /// longer than 100 ms.
-    pub fn commit_phases(&self, phases: &[Duration; 5], snapshotted: usize) {
-        if phases[4] >= Duration::from_millis(100) {
+    /// scores, snapshots of `snapshotted` partitions, channel windows; of the snapshots, the
+    /// encoding of their `changelog_records`): a debug line when it took longer than
+    /// [`SLOW_COMMIT`].
+    pub fn commit_phases(&self, phases: &[Duration; 5], snapshotted: usize, encoding: Duration, changelog_records: usize) {
+        if phases[4] >= SLOW_COMMIT {
             let ms = |d: Duration| d.as_millis() as u64;
             let [timers, outputs, scores, snapshots, windows] = phases.map(ms);
-            tracing::debug!(timers, outputs, scores, snapshots, windows, snapshotted, "slow commit: cumulative ms at the end of each phase");
+            let encoding_ms = ms(encoding);
+            tracing::debug!(
+                timers,
+                outputs,
+                scores,
+                snapshots,
+                windows,
+                snapshotted,
+                encoding_ms,
+                changelog_records,
+                "slow commit: cumulative ms at the end of each phase"
+            );
         }
     }
 

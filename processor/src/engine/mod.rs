@@ -16,6 +16,8 @@ mod state_io;
 #[cfg(test)]
 mod tests;
 
+pub use state_io::{encode_customers, Unsaved};
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -440,6 +442,11 @@ impl PartitionEngine {
     /// Records for the channel windows changed since the last call.
     pub fn drain_changed_windows(&mut self, out: &mut Vec<ChannelWindowRecord>) {
         self.windows.drain_changed(self.partition, self.watermark.current(), out, &mut self.closed_windows);
+    }
+
+    /// Customers changed since the last drain (score records and the changelog's notes).
+    pub fn changed_customers(&self) -> usize {
+        self.changed.len()
     }
 
     /// Score records for the customers whose scores moved by more than `scores.min_change`

@@ -21,6 +21,22 @@ pub(super) struct Snapshots {
     input_offset: Option<i64>,
     /// The next commit must be a snapshot ([`PartitionEngine::snapshot_due`]).
     pub(super) force: bool,
+    /// The customers a snapshot is encoding (empty in between; its capacity is kept).
+    taken: Vec<Unsaved>,
+}
+
+/// A customer a snapshot writes, out of the partition's map while its record is encoded.
+pub type Unsaved = (Box<str>, Box<CustomerState>);
+
+/// The changelog records of `customers`, in their order.
+pub fn encode_customers(customers: &mut [Unsaved], out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+    out.reserve(customers.len());
+    for (key, c) in customers.iter_mut() {
+        let mut value = Vec::with_capacity(changelog::size_hint(c));
+        changelog::encode_customer(c, &mut value)?;
+        out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(value) });
+    }
+    Ok(())
 }
 
 /// Customers (and timers) whose size is measured for the state gauge ([`PartitionEngine::approx_bytes`]).
@@ -92,9 +108,15 @@ impl PartitionEngine {
 
     /// Whether this partition's next commit must be a snapshot whatever the interval: it has
     /// none yet, or something happened that a replay of its input would not do again (an
-    /// erasure, an idle watermark that fired, a model swap).
+    /// erasure, an idle watermark that fired, a model swap; from the loop: a dead letter, a clean
+    /// stop, [`Self::force_snapshot`]).
     pub fn snapshot_due(&self) -> bool {
         self.snap.force || self.snap.input_offset.is_none()
+    }
+
+    /// Makes this partition's next commit a snapshot.
+    pub fn force_snapshot(&mut self) {
+        self.snap.force = true;
     }
 
     /// The input offset of the last snapshot (restored from the changelog's meta record).
@@ -106,15 +128,35 @@ impl PartitionEngine {
     /// record with `input_offset`, the partition's next input offset committed with it (None:
     /// no input yet, or a caller without offsets). Call [`Self::note_changes`] first.
     pub fn drain_snapshot(&mut self, input_offset: Option<i64>, out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+        self.drain_snapshot_with(input_offset, out, encode_customers)
+    }
+
+    /// [`Self::drain_snapshot`], with the changed customers' records made by `encode` (in the
+    /// order of the slice, which it may split over threads: each customer is its own record).
+    /// The customers are out of the map while `encode` runs, and back in it afterwards whatever
+    /// `encode` returned.
+    pub fn drain_snapshot_with(
+        &mut self,
+        input_offset: Option<i64>,
+        out: &mut Vec<ChangelogEntry>,
+        encode: impl FnOnce(&mut [Unsaved], &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), serde_json::Error> {
         let first = out.len();
+        let mut taken = std::mem::take(&mut self.snap.taken);
         for key in self.snap.customers.drain(..) {
-            if let Some(c) = self.customers.get_mut(&key).filter(|c| c.unsaved) {
-                c.unsaved = false;
-                let mut value = Vec::with_capacity(256);
-                changelog::encode_customer(c, &mut value)?;
-                out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: Some(value) });
+            if self.customers.get(&key).is_some_and(|c| c.unsaved) {
+                if let Some(mut c) = self.customers.remove(&key) {
+                    c.unsaved = false;
+                    taken.push((key, c));
+                }
             }
         }
+        let encoded = encode(&mut taken, out);
+        for (key, c) in taken.drain(..) {
+            self.customers.insert(key, c);
+        }
+        self.snap.taken = taken;
+        encoded?;
         for key in self.snap.forgotten.drain(..) {
             if !self.customers.contains_key(&key) {
                 out.push(ChangelogEntry { key: key.as_bytes().to_vec(), value: None });

@@ -378,3 +378,20 @@ fn state_bytes_above_the_sample_are_estimated_from_it() {
     assert_eq!(f.engine.customers(), n);
     assert!((estimate as f64 - exact as f64).abs() < 0.02 * exact as f64, "estimate {estimate}, exact {exact}");
 }
+
+#[test]
+fn a_forced_snapshot_is_due_until_the_next_snapshot_is_drained() {
+    let mut f = Feed::new();
+    f.send("a", T0, "click", r#","channel":"email""#);
+    let mut log = Vec::new();
+    f.engine.note_changes(&[], None, &mut log).unwrap();
+    assert!(f.engine.snapshot_due(), "no snapshot yet");
+    f.engine.drain_snapshot(Some(1), &mut log).unwrap();
+    assert!(!f.engine.snapshot_due());
+    f.engine.force_snapshot(); // a dead letter, a clean stop
+    assert!(f.engine.snapshot_due());
+    log.clear();
+    f.engine.drain_snapshot(Some(2), &mut log).unwrap();
+    assert!(!f.engine.snapshot_due());
+    assert_eq!(f.engine.snapshot_offset(), Some(2));
+}

@@ -79,6 +79,12 @@ impl Writer {
         &self.topics[index(kind)]
     }
 
+    /// The codec of `kind`'s topic (to encode records elsewhere, e.g. on other threads, and send
+    /// them with [`Self::raw`]).
+    pub fn codec(&self, kind: Kind) -> &OutputCodec {
+        &self.codecs[index(kind)]
+    }
+
     /// Encodes `record` and its key with the topic's codec and sends it (partition None: by key).
     pub fn record<T: Serialize>(&mut self, sink: &mut Sink, kind: Kind, partition: Option<i32>, key: &str, record: &T) -> Result<(), WriteError> {
         let i = index(kind);

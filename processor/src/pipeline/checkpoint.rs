@@ -225,9 +225,6 @@ impl Processor {
         phases[1] = started.elapsed();
 
         for engine in self.engines.values_mut() {
-            if self.cfg.scores.enabled {
-                engine.drain_scores(&mut self.scores);
-            }
             let stats = engine.take_scoring_stats(&mut self.durations);
             self.telemetry.inference(&stats, &self.durations);
             engine.take_drift(&mut self.drift);
@@ -237,36 +234,38 @@ impl Processor {
         }
         self.compare_models();
         self.ship_score_tombstones()?;
-        self.telemetry.scores(&self.scores);
-        for rec in self.scores.drain(..) {
-            self.writer.record(&mut self.sink, Kind::Scores, None, &rec.customer_id, &rec)?;
+        if self.cfg.scores.enabled {
+            self.ship_scores()?;
         }
         // Snapshots: a partition's changes since its last snapshot, with the input offset this
         // transaction commits, at least every `processing.snapshot_interval` (the partitions spread
         // over it, snapshots.rs); sooner when a replay of its input would not redo what happened
         // (`snapshot_due`, a dead letter, a stop).
         phases[2] = started.elapsed();
-        let mut snapshotted = 0;
+        let (mut snapshotted, mut encoding, mut records) = (0, Duration::ZERO, 0);
         self.snapshots.plan(self.engines.keys().copied(), started);
         let max_record = changelog_size_check(&self.cfg, self.record_limits.get(&self.cfg.topics.changelog).copied());
+        let threads = self.threads;
         for (p, engine) in self.engines.iter_mut() {
             let from = self.windows.len();
             engine.drain_changed_windows(&mut self.windows);
             engine.note_changes(&self.windows[from..], max_record, &mut self.changelog)?;
             let timed = self.snapshots.timed(*p, started);
-            if timed || self.snapshots.forced(*p) || engine.snapshot_due() {
+            if timed || engine.snapshot_due() {
                 let offset = self.pending.get(p).copied().or(self.committed.get(p).copied().flatten());
-                engine.drain_snapshot(offset, &mut self.changelog)?;
+                let t = Instant::now();
+                engine.drain_snapshot_with(offset, &mut self.changelog, |customers, out| snapshots::encode(threads, customers, out))?;
+                encoding += t.elapsed();
                 snapshotted += 1;
                 if timed {
                     self.snapshots.taken(*p, started);
                 }
             }
+            records += self.changelog.len();
             for entry in self.changelog.drain(..) {
                 self.writer.raw(&mut self.sink, Kind::Changelog, Some(*p), &entry.key, entry.value.as_deref())?;
             }
         }
-        self.snapshots.written();
         phases[3] = started.elapsed();
         for rec in self.windows.drain(..) {
             let channel = Channel::from_wire(&rec.channel).unwrap_or(Channel::Other);
@@ -283,7 +282,7 @@ impl Processor {
         }
 
         phases[4] = started.elapsed();
-        self.telemetry.commit_phases(&phases, snapshotted);
+        self.telemetry.commit_phases(&phases, snapshotted, encoding, records);
         let mut tpl = TopicPartitionList::new();
         for (p, off) in &self.pending {
             tpl.add_partition_offset(&self.cfg.topics.events, *p, Offset::Offset(*off)).map_err(RunError::Commit)?;

@@ -176,13 +176,14 @@ struct Processor {
     /// Rewinds so far: a record polled before a rewind is not handled after it.
     rewinds: u64,
     last_commit: Instant,
+    /// Each partition's score records of a commit, encoded (deliver.rs).
+    score_buffers: Vec<deliver::ScoreBuffer>,
     /// Which partitions a commit snapshots (snapshots.rs).
     snapshots: snapshots::SnapshotClock,
     last_state_report: Instant,
     pub stats: RunStats,
     models: Option<Arc<ModelSet>>,
     reload: Arc<AtomicBool>,
-    scores: Vec<ScoreRecord>,
     durations: Vec<(bool, f32)>,
     /// Drift of the models' input over the latest sampled events of all partitions.
     drift: crate::inference::drift::DriftWindow,
@@ -287,7 +288,7 @@ impl Runner {
             engine_cfg,
             models,
             reload: Arc::new(AtomicBool::new(false)),
-            scores: Vec::new(),
+            score_buffers: Vec::new(),
             durations: Vec::new(),
             drift: Default::default(),
             drift_psi: Vec::new(),
@@ -394,7 +395,9 @@ impl Runner {
                 }
             }
             state.finish_replays(&consumer)?;
-            state.snapshots.force_all(); // the next owner restores without a replay
+            for engine in state.engines.values_mut() {
+                engine.force_snapshot(); // the next owner restores without a replay
+            }
             state.commit(&consumer)?;
             state.await_commit(&consumer).map(|_| ())
         })();

@@ -4,11 +4,37 @@
 //! so that a commit encodes about one partition's changes of the last interval instead of every
 //! partition's at once (that burst was the processor's latency tail: a commit of 0.1 to 1 s every
 //! 10 s). A snapshot counts once its transaction committed: after a rewind the partition is still
-//! due. Snapshots forced by something a replay would not redo (a dead letter, a clean stop, the
-//! engine's own `snapshot_due`) come on top and leave the schedule as it is.
+//! due. Snapshots forced by something a replay would not redo (the engine's `snapshot_due`: an
+//! erasure, a dead letter, a clean stop, ...) come on top and leave the schedule as it is.
+//!
+//! A snapshot's customer records are encoded on the fan-out threads (`encode`), in chunks of the
+//! customers in their order: the encoding was about two thirds of a snapshot commit's time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use crate::changelog::ChangelogEntry;
+use crate::engine::{encode_customers, Unsaved};
+
+/// Fewer customers than this per thread are encoded on the loop's thread alone.
+const ENCODE_CHUNK_MIN: usize = 256;
+
+/// The records of a snapshot's `customers`, in their order, encoded on up to `threads` threads.
+pub(super) fn encode(threads: usize, customers: &mut [Unsaved], out: &mut Vec<ChangelogEntry>) -> Result<(), serde_json::Error> {
+    let n = threads.min(customers.len() / ENCODE_CHUNK_MIN);
+    if n <= 1 {
+        return encode_customers(customers, out);
+    }
+    let jobs = customers.chunks_mut(customers.len().div_ceil(n)).map(|chunk| (chunk.len(), chunk)).collect();
+    let parts = super::fanout::fan_out(n, jobs, |chunk| {
+        let mut part = Vec::new();
+        encode_customers(chunk, &mut part).map(|()| part)
+    });
+    for part in parts {
+        out.append(&mut part?);
+    }
+    Ok(())
+}
 
 pub(super) struct SnapshotClock {
     interval: Duration,
@@ -17,16 +43,12 @@ pub(super) struct SnapshotClock {
     last: HashMap<i32, Instant>,
     /// Timed snapshots in transactions not committed yet.
     unconfirmed: Vec<(i32, Instant)>,
-    /// Partitions whose next commit is a snapshot whatever the schedule.
-    forced: Vec<i32>,
-    /// The next commit snapshots every partition.
-    all: bool,
     owned: Vec<i32>,
 }
 
 impl SnapshotClock {
     pub(super) fn new(interval: Duration) -> Self {
-        SnapshotClock { interval, last: HashMap::new(), unconfirmed: Vec::new(), forced: Vec::new(), all: false, owned: Vec::new() }
+        SnapshotClock { interval, last: HashMap::new(), unconfirmed: Vec::new(), owned: Vec::new() }
     }
 
     /// Brings the schedule to the partitions owned now (`now`: when the commit began): a partition
@@ -48,20 +70,9 @@ impl SnapshotClock {
         self.last.get(&p).map_or(true, |t| now.saturating_duration_since(*t) >= self.interval)
     }
 
-    /// Whether `p`'s next commit must be a snapshot whatever the schedule.
-    pub(super) fn forced(&self, p: i32) -> bool {
-        self.all || self.forced.contains(&p)
-    }
-
     /// `p`'s timed snapshot is in the transaction beginning at `at`.
     pub(super) fn taken(&mut self, p: i32, at: Instant) {
         self.unconfirmed.push((p, at));
-    }
-
-    /// The commit wrote its snapshots: what was forced is done.
-    pub(super) fn written(&mut self) {
-        self.forced.clear();
-        self.all = false;
     }
 
     /// The transactions holding the timed snapshots taken so far committed. A partition keeps its
@@ -85,18 +96,6 @@ impl SnapshotClock {
     pub(super) fn rewound(&mut self) {
         self.unconfirmed.clear();
     }
-
-    /// `p`'s next commit is a snapshot (a dead letter: a replay of the input would not redo it).
-    pub(super) fn force(&mut self, p: i32) {
-        if !self.forced.contains(&p) {
-            self.forced.push(p);
-        }
-    }
-
-    /// The next commit snapshots every partition (a clean stop: the next owner replays nothing).
-    pub(super) fn force_all(&mut self) {
-        self.all = true;
-    }
 }
 
 #[cfg(test)]
@@ -104,6 +103,40 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    /// A partition's engine after `customers` customers with three touchpoints each.
+    fn engine_with(customers: usize) -> crate::engine::PartitionEngine {
+        use crate::event::{decode, Validation};
+        let mut engine = crate::engine::PartitionEngine::new(0, crate::engine::EngineConfig::default());
+        let check = Validation { now: i64::MAX / 2, max_future_skew_ms: 0 };
+        let mut out = Vec::new();
+        for i in 0..3 * customers {
+            let (c, ts) = (format!("c{}", i % customers), 1_767_225_600_000 + i as i64 * 1000);
+            let json = format!(r#"{{"event_id":"e{i}","customer_id":"{c}","ts":{ts},"event_type":"click","channel":"email","campaign":"k{}"}}"#, i % 7);
+            engine.process(&decode(Some(c.as_bytes()), json.as_bytes(), &check).unwrap(), &mut out);
+        }
+        engine
+    }
+
+    fn snapshot(engine: &mut crate::engine::PartitionEngine, threads: usize) -> Vec<ChangelogEntry> {
+        let mut log = Vec::new();
+        engine.note_changes(&[], None, &mut log).unwrap();
+        engine.drain_snapshot_with(Some(7), &mut log, |customers, out| encode(threads, customers, out)).unwrap();
+        log
+    }
+
+    #[test]
+    fn a_snapshot_encoded_on_threads_is_the_one_encoded_on_the_loop_thread() {
+        let (mut serial, mut spread) = (engine_with(1000), engine_with(1000));
+        let one = snapshot(&mut serial, 1);
+        let three = snapshot(&mut spread, 3);
+        assert_eq!(one.len(), 1001, "every customer and the meta record");
+        assert_eq!(one, three);
+        // every customer is back in the map, saved: the next snapshot has nothing to write
+        assert_eq!(spread.customers(), 1000);
+        assert!(spread.customer("c999").is_some());
+        assert_eq!(snapshot(&mut spread, 3), Vec::new());
+    }
 
     /// Runs commits every 100 ms for `commits` from `start` (after `idle` without a commit),
     /// each committing, and returns per commit the partitions whose timed snapshot it was.
@@ -120,7 +153,6 @@ mod tests {
                 for p in &due {
                     clock.taken(*p, now);
                 }
-                clock.written();
                 clock.committed();
                 due
             })
@@ -170,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_counts_only_once_committed_and_forced_ones_leave_the_schedule() {
+    fn a_snapshot_counts_only_once_committed() {
         let mut clock = SnapshotClock::new(10 * SECOND);
         let start = Instant::now();
         clock.plan([7].into_iter(), start);
@@ -183,16 +215,6 @@ mod tests {
         clock.taken(7, due);
         clock.committed();
         assert!(!clock.timed(7, due + SECOND));
-
-        clock.force(7);
-        assert!(clock.forced(7) && !clock.forced(8));
-        clock.written();
-        assert!(!clock.forced(7));
-        assert!(!clock.timed(7, due + SECOND), "a forced snapshot does not move the schedule");
-        clock.force_all();
-        assert!(clock.forced(8));
-        clock.written();
-        assert!(!clock.forced(8));
     }
 
     #[test]
