@@ -284,6 +284,7 @@ def main(argv=None):
     ap.add_argument("--cache-fit", action="store_true",
                     help="also cache each variant's fit in --cache (keyed by the training log, variant and "
                          "--iters; a stale fit is reused after a change to hazard_mta.py: delete it then)")
+    ap.add_argument("--verbose", action="store_true", help="print the EM's progress")
     args = ap.parse_args(argv)
     variants = args.variant or ["default"]
     key = lambda p: os.path.abspath(p).strip("/").replace("/", "_")  # noqa: E731
@@ -357,7 +358,7 @@ def main(argv=None):
                 data["sensor_rows"] = cached(cdir and os.path.join(cdir, key(args.train) + suffix + ".rows.pkl"), _rows)
         def _fit():
             t1 = time.time()
-            r = H.fit(data, iters=args.iters, log=lambda m: None, **kw)
+            r = H.fit(data, iters=args.iters, log=(lambda m: print(m, flush=True)) if args.verbose else (lambda m: None), **kw)
             r["fit_seconds"] = time.time() - t1
             return r
         fkey = hashlib.sha1(f"{v}|{args.iters}".encode()).hexdigest()[:12]

@@ -90,7 +90,13 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         sensors: bool = False, sensor_touch_term: bool = True, sensor_states: bool = True,
         sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None,
         sensor_base_diurnal: bool = False, sensor_groups: list | None = None, sensor_timing: bool = False,
-        timing_states: str = "full", timing_every: int = 10):
+        timing_states: str = "full", timing_every: int = 10, level_step: bool = False,
+        timing_start: int | None = None, timing_rounds: int | None = None):
+    """level_step: the baselines' common level chosen by the conversions alone each iteration (a
+    parameter-expansion step, see below); default off. timing_start: iterations of the plain fit
+    (timed groups without c_k) before their kappa is first estimated from its time course (default
+    timing_every). timing_rounds: how many times kappa is estimated (every timing_every iterations)
+    before it is frozen, so that the EM can converge (default: until the last iteration)."""
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -184,6 +190,10 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         timed = (np.isin(gk % NE, DELIVERED_TYPES) if sensor_timing == "delivered"
                  else np.ones(len(gk), dtype=bool))
         c_k = np.where(timed, 0.0, c_k)
+    t0_timing = timing_every if timing_start is None else timing_start  # first iteration with the timed groups
+    min_its = 30  # no convergence before the timed groups have joined and, with timing_rounds, kappa is frozen
+    if sensor_timing and (timing_start is not None or timing_rounds is not None):
+        min_its = max(30, t0_timing + timing_every * max(2, timing_rounds or 0))
     for it in range(iters):
         if use_mirror and mirror_weight and use_multipliers and it > 0 and it % 10 == 0 and \
                 np.max(np.abs(np.log(m[PUR] / mirror_pur))) > 0.01:
@@ -249,10 +259,11 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             a_k = sbase.sum(0) / np.maximum(Tb.sum(0), 1e-12)
             hz_int = np.maximum(((b[:, None] * Dis)[:, None, :] + TTk).sum((0, 2)), 1e-12)
             c_count = (Nk - sbase).sum((0, 2)) / hz_int
-            if use_timing and it < timing_every:
+            if use_timing and it < t0_timing:
                 c_k = np.where(timed, 0.0, c_count)  # a plain fit first, so that the hazard's time course is the model's
             elif use_timing:
-                if it % timing_every == 0:
+                if (it - t0_timing) % timing_every == 0 and (
+                        timing_rounds is None or (it - t0_timing) // timing_every < timing_rounds):
                     Dc_all = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w
                     kappa = timing_kappa(Xs @ S / b[s_c], s_c, s_g, s_st,
                                          (Xc @ S)[pre_idx] / b[cc[pre_idx]], cc[pre_idx], Dc_all[pre_idx],
@@ -287,6 +298,21 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             b = (n0 + SB + alpha) / (Ei + SD + alpha / mu_i)
         else:
             b = mu_i.copy()
+        level = float(n0.sum() / max(float(b @ Ei), 1e-300))  # conversions' scale of the baselines (1 = consistent)
+        if level_step and use_sensors and frailty:
+            # parameter expansion (Liu, Rubin & Wu 1998): the sensors' likelihood depends on c_k x b_i
+            # (up to their touch term), so a common scale s of the baselines, with c_k / s and the
+            # prior mean mu_i x s, leaves it and the frailty prior unchanged; the conversions alone
+            # choose s (their expected baseline conversions against the baselines' integral). A lab
+            # variant (models/README.md, "The baseline's level ..."): it tests whether a sensor with
+            # a large c_k, which dominates each b_i's posterior, holds the baselines' level away from
+            # the conversions'.
+            s_lv = min(max(level, 0.5), 2.0)
+            b = b * s_lv
+            mu_i = mu_i * s_lv
+            theta[0] += math.log(s_lv)
+            c_k = c_k / s_lv
+            SD = SD / s_lv
         # multipliers
         if use_multipliers:
             Ac = b[cc] + Xc @ S
@@ -302,12 +328,14 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
                 ref = np.average(mf, weights=np.bincount(C["lv"][f], weights=w, minlength=N_LEVELS[f]) + 1e-12)
                 m[f] = mf / ref
         if it % 25 == 0 or it == iters - 1:
-            log(f"  EM {it}: loglik {ll:.2f}, mean baseline {mu:.5f}/day, frailty shape {alpha:.2f}")
-        if abs(ll - ll_prev) < tol * abs(ll) and it > 30:
+            log(f"  EM {it}: loglik {ll:.2f}, mean baseline {mu:.5f}/day, frailty shape {alpha:.2f}, "
+                f"baseline's share of the conversions {n0.sum() / n_e:.3f}, level {level:.3f}")
+        if abs(ll - ll_prev) < tol * abs(ll) and it > min_its:
             log(f"  EM converged at {it}: loglik {ll:.2f}")
             break
         ll_prev = ll
-    extra = {"x_theta": [round(float(x), 3) for x in theta], "x_alpha": round(float(alpha), 3)}
+    extra = {"x_theta": [round(float(x), 3) for x in theta], "x_alpha": round(float(alpha), 3),
+             "x_baseline_conversions": round(float(n0.sum() / n_e), 4), "x_level": round(level, 4)}
     if use_timing:
         extra["x_kappa"] = {f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]}": round(float(x), 3)
                             for g, x in zip(gk, kappa)}
