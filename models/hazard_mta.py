@@ -91,12 +91,16 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         sensor_clicks_only: bool = False, sensor_standalone: bool = False, loo: bool = True, alpha_fixed: float | None = None,
         sensor_base_diurnal: bool = False, sensor_groups: list | None = None, sensor_timing: bool = False,
         timing_states: str = "full", timing_every: int = 10, level_step: bool = False,
-        timing_start: int | None = None, timing_rounds: int | None = None):
+        timing_start: int | None = None, timing_rounds: int | None = None,
+        timing_damping: float | None = None):
     """level_step: the baselines' common level chosen by the conversions alone each iteration (a
     parameter-expansion step, see below); default off. timing_start: iterations of the plain fit
     (timed groups without c_k) before their kappa is first estimated from its time course (default
     timing_every). timing_rounds: how many times kappa is estimated (every timing_every iterations)
-    before it is frozen, so that the EM can converge (default: until the last iteration)."""
+    before it is frozen, so that the EM can converge (default: until the last iteration).
+    timing_damping: d in (0, 1]; each re-estimate of kappa after the first moves it only part way,
+    kappa <- (1 - d) kappa_prev + d kappa_new, so that the EM can settle (default None: the new
+    estimate as is)."""
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -265,9 +269,18 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
                 if (it - t0_timing) % timing_every == 0 and (
                         timing_rounds is None or (it - t0_timing) // timing_every < timing_rounds):
                     Dc_all = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w
-                    kappa = timing_kappa(Xs @ S / b[s_c], s_c, s_g, s_st,
-                                         (Xc @ S)[pre_idx] / b[cc[pre_idx]], cc[pre_idx], Dc_all[pre_idx],
-                                         c_st[pre_idx], len(gk), nC)
+                    kappa_new = timing_kappa(Xs @ S / b[s_c], s_c, s_g, s_st,
+                                             (Xc @ S)[pre_idx] / b[cc[pre_idx]], cc[pre_idx], Dc_all[pre_idx],
+                                             c_st[pre_idx], len(gk), nC)
+                    if timing_damping is None:
+                        kappa = kappa_new
+                    else:
+                        # damped: the first estimate as is, later ones only part way
+                        kappa = (kappa_new if it == t0_timing else
+                                 (1.0 - timing_damping) * kappa + timing_damping * kappa_new)
+                        log(f"  kappa at {it} (new -> damped): " + ", ".join(
+                            f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]} {x:.3f} -> {y:.3f}"
+                            for g, x, y, t in zip(gk, kappa_new, kappa, timed) if t))
                 c_k = np.where(timed, np.minimum(kappa, 1.0) * Ntot / hz_int, c_count)
             else:
                 c_k = c_count
