@@ -92,7 +92,7 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         sensor_base_diurnal: bool = False, sensor_groups: list | None = None, sensor_timing: bool = False,
         timing_states: str = "full", timing_every: int = 10, level_step: bool = False,
         timing_start: int | None = None, timing_rounds: int | None = None,
-        timing_damping: float | None = None):
+        timing_damping: float | None = None, timing_scale: str = "b"):
     """level_step: the baselines' common level chosen by the conversions alone each iteration (a
     parameter-expansion step, see below); default off. timing_start: iterations of the plain fit
     (timed groups without c_k) before their kappa is first estimated from its time course (default
@@ -100,7 +100,9 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     before it is frozen, so that the EM can converge (default: until the last iteration).
     timing_damping: d in (0, 1]; each re-estimate of kappa after the first moves it only part way,
     kappa <- (1 - d) kappa_prev + d kappa_new, so that the EM can settle (default None: the new
-    estimate as is)."""
+    estimate as is). timing_scale: the scale of kappa's x = T / scale: "b" (default) each customer's
+    baseline b_i; "mu" the population mean baseline mu, held at its value at kappa's first estimate
+    (a lab variant, see `timing_kappa`)."""
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -269,9 +271,26 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
                 if (it - t0_timing) % timing_every == 0 and (
                         timing_rounds is None or (it - t0_timing) // timing_every < timing_rounds):
                     Dc_all = (m[0][C["lv"][0]] if use_multipliers else 1.0) * w
-                    kappa_new = timing_kappa(Xs @ S / b[s_c], s_c, s_g, s_st,
-                                             (Xc @ S)[pre_idx] / b[cc[pre_idx]], cc[pre_idx], Dc_all[pre_idx],
+                    if timing_scale == "mu":
+                        # lab variant: x = T(t) / mu_fix, the touch hazard relative to the population's
+                        # mean baseline (fixed at kappa's first estimate) instead of the customer's b_i.
+                        # b_i enters the fit through kappa, so against b_i a larger kappa -> larger
+                        # baselines -> smaller x -> larger next kappa (a loop); a fixed scale breaks it.
+                        # kappa's meaning shifts: rate ~ (1 + kappa T / mu), i.e. delivery following
+                        # the hazard of a customer at the mean baseline; a purely intent-driven delivery
+                        # now has kappa = mu / b_i per customer (1 at the mean), no longer 1 for each.
+                        if it == t0_timing:
+                            mu_timing = mu
+                        sc_s, sc_c = mu_timing, mu_timing
+                    else:
+                        sc_s, sc_c = b[s_c], b[cc[pre_idx]]
+                    kappa_new = timing_kappa(Xs @ S / sc_s, s_c, s_g, s_st,
+                                             (Xc @ S)[pre_idx] / sc_c, cc[pre_idx], Dc_all[pre_idx],
                                              c_st[pre_idx], len(gk), nC)
+                    if timing_scale == "mu":
+                        log(f"  kappa at {it} (scale mu {mu_timing:.4g}): " + ", ".join(
+                            f"{D.CHANNELS[g // NE]}/{D.EVENT_TYPES[g % NE]} {x:.3f}"
+                            for g, x, t in zip(gk, kappa_new, timed) if t))
                     if timing_damping is None:
                         kappa = kappa_new
                     else:
