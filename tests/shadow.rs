@@ -128,7 +128,7 @@ fn a_promotion_hands_over_the_candidates_states() {
         let mut n = 0;
         for key in &keys {
             let (Some(x), Some(y)) = (a.customer(key).and_then(|c| c.model.as_ref()), b.customer(key).and_then(|c| c.model.as_ref())) else { continue };
-            let diff = x.hidden.iter().zip(&y.hidden).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            let diff = x.hidden().iter().zip(y.hidden()).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
             assert!(diff < 1e-4, "customer {key}: hidden states differ by {diff}");
             assert!((x.scores[0] - y.scores[0]).abs() < 1e-4, "customer {key}: {:?} vs {:?}", x.scores, y.scores);
             n += 1;

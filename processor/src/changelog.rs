@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, EventType};
-use crate::journey::{CustomerState, Touchpoint};
+use crate::journey::{Campaign, Campaigns, CustomerState, Touchpoint};
 use crate::time::Millis;
 
 /// One changelog record: key and value (None = tombstone).
@@ -109,13 +109,15 @@ struct CompactTouchpoint<'a> {
     event_type: u32,
     /// Differences from the previous touchpoint (the first: from 0).
     ts: i64,
+    /// The partition's arrival number of earlier versions: read and ignored, written as 0
+    /// (touchpoints of equal `ts` are in arrival order).
     seq: i64,
 }
 
 impl<'a> CompactTouchpoints<'a> {
     fn new(touchpoints: &'a std::collections::VecDeque<Touchpoint>) -> Self {
         let mut c = CompactTouchpoints { names: Vec::new(), items: Vec::with_capacity(touchpoints.len()) };
-        let (mut ts, mut seq) = (0i64, 0i64);
+        let mut ts = 0i64;
         for t in touchpoints {
             let campaign = t.campaign.as_deref().map_or(0, |name| c.name(name) + 1);
             let item = CompactTouchpoint {
@@ -124,9 +126,9 @@ impl<'a> CompactTouchpoints<'a> {
                 channel: c.name(t.channel.as_str()),
                 event_type: c.name(t.event_type.as_str()),
                 ts: t.ts.wrapping_sub(ts),
-                seq: (t.seq as i64).wrapping_sub(seq),
+                seq: 0,
             };
-            (ts, seq) = (t.ts, t.seq as i64);
+            ts = t.ts;
             c.items.push(item);
         }
         c
@@ -142,26 +144,27 @@ impl<'a> CompactTouchpoints<'a> {
         }
     }
 
-    /// The touchpoints, each campaign name one allocation shared by its touchpoints.
-    fn expand(&self) -> Result<std::collections::VecDeque<Touchpoint>, String> {
+    /// The touchpoints, each campaign name one allocation shared by its touchpoints, or the
+    /// partition's (`shared`).
+    fn expand(&self, mut shared: Option<&mut Campaigns>) -> Result<std::collections::VecDeque<Touchpoint>, String> {
         let name = |i: u32| self.names.get(i as usize).copied().ok_or_else(|| format!("touchpoint name index {i} out of range"));
-        let mut campaigns: Vec<Option<std::sync::Arc<str>>> = vec![None; self.names.len()];
-        let (mut ts, mut seq) = (0i64, 0i64);
+        let mut campaigns: Vec<Option<Campaign>> = vec![None; self.names.len()];
+        let mut ts = 0i64;
         let mut out = std::collections::VecDeque::with_capacity(self.items.len());
         for t in &self.items {
-            (ts, seq) = (ts.wrapping_add(t.ts), seq.wrapping_add(t.seq));
+            ts = ts.wrapping_add(t.ts);
             let campaign = match t.campaign {
                 0 => None,
                 i => {
                     let text = name(i - 1)?;
-                    Some(campaigns[(i - 1) as usize].get_or_insert_with(|| text.into()).clone())
+                    let named = || shared.as_deref_mut().map_or_else(|| Campaign::from(text), |s| s.get(text));
+                    Some(campaigns[(i - 1) as usize].get_or_insert_with(named).clone())
                 }
             };
             out.push_back(Touchpoint {
                 event_id: t.event_id.into(),
                 campaign,
                 ts,
-                seq: seq as u64,
                 channel: Channel::parse(name(t.channel)?),
                 event_type: EventType::parse(name(t.event_type)?),
             });
@@ -191,7 +194,7 @@ pub fn encode_customer(state: &mut CustomerState, out: &mut Vec<u8>) -> Result<(
 /// model's floats, the event-id hashes at their widest.
 pub fn size_hint(state: &CustomerState) -> usize {
     let touchpoints: usize = state.touchpoints.iter().map(|t| t.event_id.len() + 12).sum();
-    let model = state.model.as_ref().map_or(0, |m| 4 * (m.hidden.len() + m.checks.len()) + 40);
+    let model = state.model.as_ref().map_or(0, |m| 4 * (m.hidden().len() + m.checks().len()) + 40);
     let cart = state.cart.as_ref().map_or(0, |c| 64 + c.lines.len() * 48);
     128 + touchpoints + model + cart + 10 * state.seen.len() + 4 * state.abandon_input.len()
 }
@@ -207,12 +210,25 @@ pub fn encode_customer_v2(state: &CustomerState, out: &mut Vec<u8>) -> Result<()
 
 /// Decodes a customer's changelog value: binary (versions 1 to 3) or the JSON of earlier versions.
 pub fn decode_customer(value: &[u8]) -> Result<CustomerState, String> {
+    decode(value, None)
+}
+
+/// [`decode_customer`], its campaign names `campaigns`' shared ones (a partition's restore).
+pub fn decode_customer_shared(value: &[u8], campaigns: &mut Campaigns) -> Result<CustomerState, String> {
+    let mut state = decode(value, Some(&mut *campaigns))?;
+    if value.first() != Some(&CUSTOMER_V3) {
+        state.share_campaigns(campaigns);
+    }
+    Ok(state)
+}
+
+fn decode(value: &[u8], campaigns: Option<&mut Campaigns>) -> Result<CustomerState, String> {
     match value.first() {
         Some(&CUSTOMER_V3) => {
             let (compact, rest): (CompactTouchpoints, &[u8]) =
                 postcard::take_from_bytes(&value[1..]).map_err(|e| format!("binary customer touchpoints: {e}"))?;
             let mut state: CustomerState = postcard::from_bytes(rest).map_err(|e| format!("binary customer state: {e}"))?;
-            state.touchpoints = compact.expand()?;
+            state.touchpoints = compact.expand(campaigns)?;
             Ok(state)
         }
         Some(&CUSTOMER_V2) => postcard::from_bytes(&value[1..]).map_err(|e| format!("binary customer state: {e}")),

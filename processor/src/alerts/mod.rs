@@ -108,7 +108,7 @@ pub(crate) fn next_due(policy: &Policy, cart: &Cart) -> Option<Millis> {
 
 /// P(abandon) read at check `k`: the re-check head's column, or `p_abandon` without one.
 pub(crate) fn abandon_probability(m: &ModelState, k: usize) -> f32 {
-    match m.checks.get(k).or(m.checks.last()) {
+    match m.checks().get(k).or(m.checks().last()) {
         Some(p) => *p,
         None => m.scores[P_ABANDON],
     }
@@ -161,8 +161,8 @@ pub(crate) fn build_alert(
             }
         })
         .collect();
-    customer.counters.alerts += 1;
-    customer.abandon_input = Vec::new();
+    customer.counters.alerts = customer.counters.alerts.saturating_add(1);
+    customer.abandon_input = Box::default();
     let cart = customer.cart.as_mut().expect("alert needs an open cart");
     cart.alerted = true;
     let cart_value = cart.value();

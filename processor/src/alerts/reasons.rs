@@ -172,11 +172,15 @@ fn duration(minutes: f64) -> String {
 /// is open and not yet alerted, and only when the models can explain (`keep`).
 pub fn remember_input(customer: &mut CustomerState, keep: bool, x: &[f32], h_before: &[f32]) {
     if keep && customer.cart.as_ref().is_some_and(|c| !c.alerted) {
-        customer.abandon_input.clear();
-        customer.abandon_input.extend_from_slice(x);
-        customer.abandon_input.extend_from_slice(h_before);
+        let n = x.len() + h_before.len();
+        if customer.abandon_input.len() != n {
+            customer.abandon_input = vec![0.0; n].into();
+        }
+        let (xs, hs) = customer.abandon_input.split_at_mut(x.len());
+        xs.copy_from_slice(x);
+        hs.copy_from_slice(h_before);
     } else if !customer.abandon_input.is_empty() {
-        customer.abandon_input = Vec::new();
+        customer.abandon_input = Box::default();
     }
 }
 

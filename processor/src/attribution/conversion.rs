@@ -82,7 +82,7 @@ pub(crate) fn convert(
     customer.touchpoints.retain(|t| t.ts > conv_ts);
     customer.last_purchase_ts = customer.last_purchase_ts.max(conv_ts);
     customer.cart = None;
-    customer.counters.purchases += 1;
+    customer.counters.purchases = customer.counters.purchases.saturating_add(1);
     customer.counters.revenue += value;
     ConversionRecord {
         conversion_id: ev.event_id.to_string(),

@@ -34,7 +34,7 @@ use crate::inference::features;
 use crate::inference::step::{EXPECTED_VALUE, P_ABANDON, P_PURCHASE};
 use crate::inference::ModelSet;
 use crate::journey::dedupe::SeenIds;
-use crate::journey::{Cart, CustomerState};
+use crate::journey::{Campaigns, Cart, CustomerState};
 use crate::output::{AlertRecord, ChannelWindowRecord, ConversionRecord, ScoreRecord};
 use crate::time::{Millis, Watermark};
 use scoring::{Scoring, ScoringStats};
@@ -136,6 +136,8 @@ pub struct PartitionEngine {
     /// on is re-armed at the cart's next due time or dropped.
     timers: BinaryHeap<Reverse<(Millis, Box<str>)>>,
     windows: ChannelWindows,
+    /// The campaign names this partition's touchpoints share.
+    campaigns: Campaigns,
     watermark: Watermark,
     seq: u64,
     next_sweep: Millis,
@@ -191,6 +193,7 @@ impl PartitionEngine {
             cfg,
             customers: HashMap::default(),
             timers: BinaryHeap::new(),
+            campaigns: Campaigns::default(),
             seq: 0,
             next_sweep: Millis::MIN,
             scratch: Scratch::default(),
@@ -296,7 +299,6 @@ impl PartitionEngine {
             self.late_events += 1;
         }
         self.seq += 1;
-        let seq = self.seq;
         let wm = self.watermark.current();
 
         let key: &str = ev.customer_id.as_ref();
@@ -323,7 +325,7 @@ impl PartitionEngine {
         let mut conversion = None;
         match ev.event_type {
             t if t.is_touchpoint() => {
-                customer.add_touchpoint(ev, seq, cfg.lookback, cfg.max_touchpoints);
+                customer.add_touchpoint(ev, &mut self.campaigns, cfg.lookback, cfg.max_touchpoints);
                 self.windows.add_touchpoint(ev.ts, ev.channel.unwrap_or(Channel::Other), wm);
             }
             EventType::CartAdd | EventType::CartRemove | EventType::CheckoutStart => {

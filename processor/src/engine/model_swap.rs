@@ -15,7 +15,7 @@ impl PartitionEngine {
         let mut reset = 0;
         if old_hidden != new_hidden {
             for (key, c) in self.customers.iter_mut() {
-                if c.model.as_ref().is_some_and(|m| Some(m.hidden.len()) != new_hidden) {
+                if c.model.as_ref().is_some_and(|m| Some(m.hidden().len()) != new_hidden) {
                     c.model = None;
                     reset += 1;
                     if !c.queued {

@@ -199,7 +199,7 @@ impl Scoring {
                 let i = i as usize;
                 x.extend_from_slice(&feats[i * f..(i + 1) * f]);
                 match customers.get(&changed[reqs[i].customer as usize]).and_then(|c| c.model.as_ref()) {
-                    Some(m) if m.hidden.len() == hdim => h.extend_from_slice(&m.hidden),
+                    Some(m) if m.hidden().len() == hdim => h.extend_from_slice(m.hidden()),
                     Some(_) => {
                         stats.resets += 1;
                         h.resize(h.len() + hdim, 0.0);
@@ -234,14 +234,9 @@ impl Scoring {
                             drift.observe_scores(spec, scores[j][P_PURCHASE], r.cart_open.then_some(scores[j][P_ABANDON]));
                         }
                         if let Some(c) = customers.get_mut(&changed[r.customer as usize]) {
-                            let m = c.model.get_or_insert_with(|| Box::new(ModelState::new(hdim)));
-                            if m.hidden.len() != hdim {
-                                m.hidden = vec![0.0; hdim];
-                            }
-                            m.hidden.copy_from_slice(&h_out[j * hdim..(j + 1) * hdim]);
+                            let m = c.model.get_or_insert_with(|| Box::new(ModelState::empty()));
+                            m.set(&h_out[j * hdim..(j + 1) * hdim], &checks[j * k..(j + 1) * k]);
                             m.scores = scores[j];
-                            m.checks.clear();
-                            m.checks.extend_from_slice(&checks[j * k..(j + 1) * k]);
                             m.scored_ts = r.ts;
                             reasons::remember_input(c, explain, &x[j * f..(j + 1) * f], &h[j * hdim..(j + 1) * hdim]);
                         }
@@ -308,7 +303,7 @@ impl Scoring {
                 sh.states.insert(key.clone(), old);
             }
             // the stored input of an open cart holds the old model's hidden state
-            c.abandon_input.clear();
+            c.abandon_input = Box::default();
         }
         sh.restart_comparison();
         self.flush_at = self.set.max_batch * 64;

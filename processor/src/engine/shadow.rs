@@ -113,7 +113,7 @@ impl Shadow {
         self.h.clear();
         for key in keys {
             match self.states.get(*key) {
-                Some(m) if m.hidden.len() == hdim => self.h.extend_from_slice(&m.hidden),
+                Some(m) if m.hidden().len() == hdim => self.h.extend_from_slice(m.hidden()),
                 _ => self.h.resize(self.h.len() + hdim, 0.0),
             }
         }
@@ -132,15 +132,10 @@ impl Shadow {
         for (j, key) in keys.iter().enumerate() {
             let m = match self.states.get_mut(*key) {
                 Some(m) => m,
-                None => self.states.entry((*key).into()).or_insert_with(|| Box::new(ModelState::new(hdim))),
+                None => self.states.entry((*key).into()).or_insert_with(|| Box::new(ModelState::empty())),
             };
-            if m.hidden.len() != hdim {
-                m.hidden = vec![0.0; hdim];
-            }
-            m.hidden.copy_from_slice(&self.h_out[j * hdim..(j + 1) * hdim]);
+            m.set(&self.h_out[j * hdim..(j + 1) * hdim], &self.checks[j * k..(j + 1) * k]);
             m.scores = self.scores[j];
-            m.checks.clear();
-            m.checks.extend_from_slice(&self.checks[j * k..(j + 1) * k]);
             let (ts, purchase, cart_open) = events[j];
             m.scored_ts = ts;
             let (a, c) = (active[j], self.scores[j]);

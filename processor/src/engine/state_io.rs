@@ -205,8 +205,8 @@ impl PartitionEngine {
         match changelog::parse_key(key) {
             Some(ChangelogKey::Customer(id)) => match value {
                 Some(v) => {
-                    let state =
-                        changelog::decode_customer(v).map_err(|message| RestoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message })?;
+                    let state = changelog::decode_customer_shared(v, &mut self.campaigns)
+                        .map_err(|message| RestoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message })?;
                     self.customers.insert(id.into(), Box::new(state));
                 }
                 None => {

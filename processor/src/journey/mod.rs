@@ -1,34 +1,57 @@
 //! Per-customer journey state: recent marketing touchpoints, the open cart, session and counters.
 
+mod campaign;
 pub mod dedupe;
-mod event_id;
+mod model_state;
+mod short_text;
 
-pub use event_id::EventId;
+pub use campaign::{Campaign, Campaigns};
+pub use model_state::ModelState;
+pub use short_text::ShortText;
 
 use std::collections::VecDeque;
 use std::mem::size_of;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event, EventType};
 use crate::time::Millis;
 
-/// How many of a customer's most recent touchpoints are searched for a campaign name to share.
-const CAMPAIGN_SHARE_SCAN: usize = 16;
-
-/// A marketing touchpoint kept for attribution.
+/// A marketing touchpoint kept for attribution: 48 bytes. Touchpoints of equal `ts` are kept in
+/// arrival order (their order in [`CustomerState::touchpoints`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredTouchpoint", into = "StoredTouchpoint")]
 pub struct Touchpoint {
-    pub event_id: EventId,
-    /// Shared by the customer's touchpoints of the same campaign (one allocation per campaign
-    /// and customer, not per touchpoint; see [`CustomerState::add_touchpoint`]).
-    pub campaign: Option<Arc<str>>,
+    pub event_id: ShortText,
+    /// Shared by the partition's touchpoints of the same campaign ([`Campaigns`]).
+    pub campaign: Option<Campaign>,
     pub ts: Millis,
-    /// Arrival order within the partition; breaks ties between equal `ts`.
-    pub seq: u64,
     pub channel: Channel,
     pub event_type: EventType,
+}
+
+/// A touchpoint in the serde form of changelog versions 1 and 2 (and JSON), which also stored
+/// the partition's arrival number (`seq`): read and ignored, written as 0.
+#[derive(Serialize, Deserialize)]
+struct StoredTouchpoint {
+    event_id: ShortText,
+    campaign: Option<Campaign>,
+    ts: Millis,
+    seq: u64,
+    channel: Channel,
+    event_type: EventType,
+}
+
+impl From<StoredTouchpoint> for Touchpoint {
+    fn from(t: StoredTouchpoint) -> Self {
+        Touchpoint { event_id: t.event_id, campaign: t.campaign, ts: t.ts, channel: t.channel, event_type: t.event_type }
+    }
+}
+
+impl From<Touchpoint> for StoredTouchpoint {
+    fn from(t: Touchpoint) -> Self {
+        StoredTouchpoint { event_id: t.event_id, campaign: t.campaign, ts: t.ts, seq: 0, channel: t.channel, event_type: t.event_type }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,29 +95,6 @@ fn never() -> Millis {
     Millis::MIN
 }
 
-/// The step model's per-customer state: its hidden state and the scores after the customer's
-/// latest event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelState {
-    pub hidden: Vec<f32>,
-    /// P(purchase), P(abandon), expected value after the latest event.
-    pub scores: [f32; 3],
-    /// With a re-check head: P(abandon) after each inactivity of the model's schedule.
-    #[serde(default)]
-    pub checks: Vec<f32>,
-    /// Event time of the event the scores belong to.
-    pub scored_ts: Millis,
-    /// The scores last written to the scores topic.
-    #[serde(default)]
-    pub written: Option<[f32; 3]>,
-}
-
-impl ModelState {
-    pub fn new(hidden: usize) -> Self {
-        ModelState { hidden: vec![0.0; hidden], scores: [0.0; 3], checks: Vec::new(), scored_ts: Millis::MIN, written: None }
-    }
-}
-
 impl Cart {
     pub fn value(&self) -> f64 {
         self.lines.iter().map(|l| l.quantity as f64 * l.unit_price).sum()
@@ -107,24 +107,27 @@ impl Cart {
     }
 }
 
+/// Per-customer counts (saturating; 32 bits in memory, varints in the changelog like the 64-bit
+/// ones of earlier versions).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
-    pub events: u64,
-    pub touchpoints: u64,
-    pub purchases: u64,
+    pub events: u32,
+    pub touchpoints: u32,
+    pub purchases: u32,
     pub revenue: f64,
-    pub carts_opened: u64,
-    pub alerts: u64,
+    pub carts_opened: u32,
+    pub alerts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerState {
-    /// Touchpoints sorted by (ts, seq), bounded by the lookback and `max_touchpoints`.
+    /// Touchpoints sorted by ts (equal ts in arrival order), bounded by the lookback and
+    /// `max_touchpoints`.
     pub touchpoints: VecDeque<Touchpoint>,
     /// Boxed: most customers have no open cart, and the state is ~90 bytes smaller for them
     /// (the same bytes in the changelog).
     pub cart: Option<Box<Cart>>,
-    pub session_id: Option<Box<str>>,
+    pub session_id: Option<ShortText>,
     pub session_start_ts: Millis,
     pub first_event_ts: Millis,
     pub last_event_ts: Millis,
@@ -145,7 +148,7 @@ pub struct CustomerState {
     /// reasons are computed (`alerts::reasons`). Empty otherwise. Must stay the last stored field
     /// (the changelog reads version-1 states, which lack it, by appending its empty encoding).
     #[serde(default)]
-    pub abandon_input: Vec<f32>,
+    pub abandon_input: Box<[f32]>,
     /// Queued for the changelog since the last drain (not part of the state itself).
     #[serde(skip)]
     pub(crate) queued: bool,
@@ -174,7 +177,7 @@ impl CustomerState {
             prev_session: 0,
             model: None,
             seen: dedupe::SeenIds::default(),
-            abandon_input: Vec::new(),
+            abandon_input: Box::default(),
             queued: false,
             changed_idx: 0,
             pending: 0,
@@ -182,15 +185,13 @@ impl CustomerState {
         }
     }
 
-    /// Adds a touchpoint in (ts, seq) order, then enforces the lookback and the size bound
-    /// (oldest dropped first).
-    pub fn add_touchpoint(&mut self, ev: &Event<'_>, seq: u64, lookback: Millis, max: usize) {
-        let campaign = ev.campaign.as_deref().map(|name| self.campaign(name));
+    /// Adds a touchpoint in (ts, arrival) order, then enforces the lookback and the size bound
+    /// (oldest dropped first). Its campaign name is `campaigns`' shared one.
+    pub fn add_touchpoint(&mut self, ev: &Event<'_>, campaigns: &mut Campaigns, lookback: Millis, max: usize) {
         let tp = Touchpoint {
             event_id: ev.event_id.as_ref().into(),
-            campaign,
+            campaign: ev.campaign.as_deref().map(|name| campaigns.get(name)),
             ts: ev.ts,
-            seq,
             channel: ev.channel.unwrap_or(Channel::Other),
             event_type: ev.event_type,
         };
@@ -215,14 +216,14 @@ impl CustomerState {
         while self.touchpoints.len() > max {
             self.touchpoints.pop_front();
         }
-        self.counters.touchpoints += 1;
+        self.counters.touchpoints = self.counters.touchpoints.saturating_add(1);
     }
 
-    /// The campaign name as an `Arc` shared with the customer's recent touchpoints of the same
-    /// campaign (journeys repeat a few campaigns), or a new one.
-    fn campaign(&self, name: &str) -> Arc<str> {
-        let mut recent = self.touchpoints.iter().rev().take(CAMPAIGN_SHARE_SCAN).filter_map(|t| t.campaign.as_ref());
-        recent.find(|c| &***c == name).cloned().unwrap_or_else(|| name.into())
+    /// Shares the campaign names of a restored state's touchpoints with the partition's.
+    pub fn share_campaigns(&mut self, campaigns: &mut Campaigns) {
+        for c in self.touchpoints.iter_mut().filter_map(|t| t.campaign.as_mut()) {
+            campaigns.share(c);
+        }
     }
 
     /// Applies a cart event. Returns true when this event opened a new cart.
@@ -266,7 +267,7 @@ impl CustomerState {
                 }
                 cart.last_cart_ts = cart.last_cart_ts.max(ev.ts);
                 if opened {
-                    self.counters.carts_opened += 1;
+                    self.counters.carts_opened = self.counters.carts_opened.saturating_add(1);
                 }
                 opened
             }
@@ -302,7 +303,7 @@ impl CustomerState {
 
     /// Notes activity for the inactivity timer and the session.
     pub fn touch(&mut self, ev: &Event<'_>) {
-        self.counters.events += 1;
+        self.counters.events = self.counters.events.saturating_add(1);
         self.last_event_ts = self.last_event_ts.max(ev.ts);
         self.first_event_ts = self.first_event_ts.min(ev.ts);
         if let Some(cart) = &mut self.cart {
@@ -321,16 +322,16 @@ impl CustomerState {
         let mut n = size_of::<Self>() + key_len + self.touchpoints.capacity() * size_of::<Touchpoint>();
         for t in &self.touchpoints {
             // a shared campaign name counts once over its holders
-            n += t.event_id.heap_bytes() + t.campaign.as_ref().map_or(0, |c| (c.len() + 16) / Arc::strong_count(c));
+            n += t.event_id.heap_bytes() + t.campaign.as_ref().map_or(0, Campaign::heap_share);
         }
         if let Some(c) = &self.cart {
             n += size_of::<Cart>() + c.opened_by.len() + c.lines.capacity() * size_of::<CartLine>();
             n += c.lines.iter().map(|l| l.product_id.len()).sum::<usize>();
         }
         if let Some(m) = &self.model {
-            n += size_of::<ModelState>() + (m.hidden.capacity() + m.checks.capacity()) * size_of::<f32>();
+            n += size_of::<ModelState>() + (m.hidden().len() + m.checks().len()) * size_of::<f32>();
         }
-        n += self.abandon_input.capacity() * size_of::<f32>();
-        n + self.session_id.as_ref().map_or(0, |s| s.len())
+        n += self.abandon_input.len() * size_of::<f32>() + self.seen.len() * size_of::<u64>();
+        n + self.session_id.as_ref().map_or(0, |s| s.heap_bytes())
     }
 }

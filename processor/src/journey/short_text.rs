@@ -1,8 +1,8 @@
-//! A touchpoint's event id: up to 22 bytes (a counter, a Snowflake id, most prefixed ids) it is
-//! stored in place, longer ones (a UUID) are boxed. The same 24 bytes as a `String` and 8 more
-//! than the `Box<str>` it replaces, against a heap block of 24-32 bytes and an allocation per
-//! touchpoint (when it arrives and on every restore). Read, compared and (de)serialized as its
-//! text, so the changelog's bytes do not change.
+//! Short text kept in the state (a touchpoint's event id, the customer's session id): up to 22
+//! bytes (a counter, a Snowflake id, most prefixed ids) it is stored in place, longer ones (a
+//! UUID) are boxed. The same 24 bytes as a `String` and 8 more than the `Box<str>` it replaces,
+//! against a heap block of 24-32 bytes and an allocation per text (when it arrives and on every
+//! restore). Read, compared and (de)serialized as its text, so the changelog's bytes do not change.
 
 use std::fmt;
 use std::ops::Deref;
@@ -10,7 +10,7 @@ use std::ops::Deref;
 const INLINE: usize = 22;
 
 #[derive(Clone)]
-pub struct EventId(Repr);
+pub struct ShortText(Repr);
 
 #[derive(Clone)]
 enum Repr {
@@ -18,19 +18,19 @@ enum Repr {
     Heap(Box<str>),
 }
 
-impl From<&str> for EventId {
+impl From<&str> for ShortText {
     fn from(id: &str) -> Self {
         if id.len() <= INLINE {
             let mut bytes = [0u8; INLINE];
             bytes[..id.len()].copy_from_slice(id.as_bytes());
-            EventId(Repr::Inline { len: id.len() as u8, bytes })
+            ShortText(Repr::Inline { len: id.len() as u8, bytes })
         } else {
-            EventId(Repr::Heap(id.into()))
+            ShortText(Repr::Heap(id.into()))
         }
     }
 }
 
-impl Deref for EventId {
+impl Deref for ShortText {
     type Target = str;
     fn deref(&self) -> &str {
         match &self.0 {
@@ -41,7 +41,7 @@ impl Deref for EventId {
     }
 }
 
-impl EventId {
+impl ShortText {
     /// Heap bytes held beyond the 24 in place (for the state-size metric).
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {
@@ -51,39 +51,39 @@ impl EventId {
     }
 }
 
-impl PartialEq for EventId {
+impl PartialEq for ShortText {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl fmt::Debug for EventId {
+impl fmt::Debug for ShortText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
 }
 
-impl fmt::Display for EventId {
+impl fmt::Display for ShortText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self)
     }
 }
 
-impl serde::Serialize for EventId {
+impl serde::Serialize for ShortText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for EventId {
+impl<'de> serde::Deserialize<'de> for ShortText {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Text;
         impl serde::de::Visitor<'_> for Text {
-            type Value = EventId;
+            type Value = ShortText;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an event id")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventId, E> {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ShortText, E> {
                 Ok(v.into())
             }
         }
@@ -97,16 +97,16 @@ mod tests {
 
     #[test]
     fn short_ids_in_place_long_ones_boxed_same_text_and_bytes() {
-        assert_eq!(std::mem::size_of::<EventId>(), 24);
+        assert_eq!(std::mem::size_of::<ShortText>(), 24);
         for id in ["", "c3-0", "é-ü-22-bytes-exactly!", "0123456789012345678901", "01234567-89ab-cdef-0123-456789abcdef"] {
-            let e = EventId::from(id);
+            let e = ShortText::from(id);
             assert_eq!(&*e, id);
             assert_eq!(e.heap_bytes(), if id.len() <= INLINE { 0 } else { id.len() });
             let boxed: Box<str> = id.into();
             let (ours, theirs) = (postcard::to_allocvec(&e).unwrap(), postcard::to_allocvec(&boxed).unwrap());
             assert_eq!(ours, theirs, "the changelog bytes of {id:?}");
-            assert_eq!(postcard::from_bytes::<EventId>(&ours).unwrap(), e);
-            assert_eq!(serde_json::from_str::<EventId>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
+            assert_eq!(postcard::from_bytes::<ShortText>(&ours).unwrap(), e);
+            assert_eq!(serde_json::from_str::<ShortText>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
             assert_eq!(format!("{e:?}"), format!("{id:?}"));
         }
     }
