@@ -133,11 +133,11 @@ impl StepModel {
             }
         }
         let check_minutes = meta.feature_encoding.pointer("/abandon_check_minutes").and_then(|v| v.as_f64()).unwrap_or(10.0);
-        // One plan for exactly `max_batch` rows, every call padded up to it: tract's result for
-        // a row is then the same bit for bit whatever the wave size, so outputs do not depend on
-        // batching (plans for different sizes round differently), and a fixed size runs ~1.6x
-        // faster than a symbolic batch.
-        let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &[max_batch])?;
+        // Plans for fixed row counts up to `max_batch` (a fixed size runs ~1.6x faster than a
+        // symbolic batch), a call padded up to the next one; only those whose rows come out bit
+        // for bit as the `max_batch` plan's are kept, so outputs do not depend on batching.
+        let plans = Plans::build(&meta, contract::load_plan(&meta, &files.onnx)?, &plan_sizes(max_batch))?;
+        let plans = same_bits(&meta, plans, hidden)?;
         let policies = policies(&meta, &checks_ms)?;
         let reference = match &meta.explain {
             None => None,
@@ -205,6 +205,65 @@ impl StepModel {
     }
 }
 
+/// Row counts to build a plan for: up to `max_batch`, each at most 1.5x the one before (from 2: a
+/// single row takes other kernels than a batch), and `max_batch` itself.
+pub fn plan_sizes(max_batch: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut s = 2;
+    while s < max_batch {
+        sizes.push(s);
+        s = if s < 4 {
+            s * 2
+        } else if s < 16 {
+            s + 4
+        } else {
+            s + s / 2
+        };
+    }
+    sizes.push(max_batch);
+    sizes
+}
+
+/// Keeps the plans whose rows are bit for bit the largest plan's, checked on pseudo-random rows
+/// (tract's kernels for a row count can accumulate in another order; then that size is dropped
+/// and its calls pad further). A call's outputs then do not depend on how many rows share it.
+fn same_bits(meta: &Metadata, plans: Plans, hidden: usize) -> Result<Plans, ModelError> {
+    let tract = |e: TractError| ModelError::Tract { model: meta.name.clone(), message: format!("{e:#}") };
+    let (f, last) = (features::COUNT, plans.sizes.len() - 1);
+    let max = plans.sizes[last];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let x: Vec<f32> = (0..max * f).map(|i| if i % f < 25 { f32::from(next() < 0.1) } else { next() * 2.0 }).collect();
+    let h: Vec<f32> = (0..max * hidden).map(|_| next() * 2.0 - 1.0).collect();
+    let run = |plan: &Arc<TypedRunnableModel>, rows: usize| -> TractResult<Vec<Vec<f32>>> {
+        let xt = Tensor::from_shape(&[rows, f], &x[..rows * f])?;
+        let ht = Tensor::from_shape(&[rows, hidden], &h[..rows * hidden])?;
+        let out = TypedSimpleState::new(plan)?.run(tvec![xt.into(), ht.into()])?;
+        out.iter().map(|t| Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())).collect()
+    };
+    let want = run(&plans.fixed[last], max).map_err(tract)?;
+    let mut kept = Plans { sizes: Vec::new(), fixed: Vec::new(), symbolic: plans.symbolic.clone() };
+    for (i, &rows) in plans.sizes.iter().enumerate() {
+        let got = if i == last { want.clone() } else { run(&plans.fixed[i], rows).map_err(tract)? };
+        let same = got.iter().zip(&want).all(|(g, w)| {
+            let n = g.len();
+            n * max == w.len() * rows && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits())
+        });
+        if same {
+            kept.sizes.push(rows);
+            kept.fixed.push(plans.fixed[i].clone());
+        } else {
+            tracing::debug!(model = %meta.name, rows, "a plan for this many rows rounds differently; its calls pad further");
+        }
+    }
+    Ok(kept)
+}
+
 /// Flattens a (nested) JSON array of numbers.
 pub(crate) fn flat(v: &serde_json::Value) -> Vec<f32> {
     let mut out = Vec::new();
@@ -269,5 +328,36 @@ impl StepRunner {
             checks[..n].copy_from_slice(&out[4].try_as_plain_ram()?.as_slice::<f32>()?[..n]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls of any row count run on a smaller plan than `max_batch`'s, with the same bits per row.
+    #[test]
+    fn each_row_count_pads_to_a_near_plan_with_the_full_plans_bits() {
+        assert_eq!(plan_sizes(16), [2, 4, 8, 12, 16]);
+        assert_eq!(plan_sizes(1), [1]);
+        assert_eq!(plan_sizes(3), [2, 3]);
+        assert_eq!(plan_sizes(64), [2, 4, 8, 12, 16, 24, 36, 54, 64]);
+        let model = StepModel::load(&ModelFiles::builtin("journey_step", false).unwrap(), 16).unwrap();
+        assert_eq!(model.plans.sizes, [2, 4, 8, 12, 16], "the shipped model keeps every plan");
+        let (f, hd, k) = (features::COUNT, model.hidden, model.checks_ms.len());
+        let x: Vec<f32> = (0..16 * f).map(|i| ((i * 37) % 101) as f32 / 50.0 - 0.3).collect();
+        let h: Vec<f32> = (0..16 * hd).map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0).collect();
+        let mut runner = StepRunner::new(&model).unwrap();
+        let run = |runner: &mut StepRunner, rows: usize| {
+            let (mut ho, mut s, mut c) = (vec![0f32; rows * hd], vec![[0f32; 3]; rows], vec![0f32; rows * k]);
+            runner.run(rows, &x, &h, &mut ho, &mut s, &mut c).unwrap();
+            (ho, s, c)
+        };
+        let (full_h, full_s, full_c) = run(&mut runner, 16);
+        for rows in 1..16 {
+            let (ho, s, c) = run(&mut runner, rows);
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same(&ho, &full_h[..rows * hd]) && s[..] == full_s[..rows] && same(&c, &full_c[..rows * k]), "{rows} rows");
+        }
     }
 }
