@@ -205,8 +205,8 @@ impl StepModel {
     }
 }
 
-/// Row counts to build a plan for: up to `max_batch`, each at most 1.5x the one before (from 2: a
-/// single row takes other kernels than a batch), and `max_batch` itself.
+/// Row counts to build a plan for: 2, 4, then every 4 rows to 16, then 1.5x the one before, up to
+/// and including `max_batch` (none for 1 row: a single row takes other kernels than a batch).
 pub fn plan_sizes(max_batch: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     let mut s = 2;
