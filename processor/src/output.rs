@@ -276,6 +276,7 @@ mod schema_tests {
             let key = if e.contains("\"c\"") { "c" } else { "d" };
             engine.process(&decode(Some(key.as_bytes()), e.as_bytes(), &check).unwrap(), &mut out);
         }
+        engine.settle(&mut out);
         let (mut conversions, mut alerts) = (0, 0);
         for o in &out {
             match o {

@@ -6,6 +6,7 @@
 //! score (a purchase, an inactivity check, an alert, an erasure, an expiry), when it is full, and
 //! before the runner drains state, so every output sees exactly the scores of an unbatched run.
 
+mod conversions;
 pub mod erasure;
 mod model_swap;
 #[cfg(test)]
@@ -143,6 +144,8 @@ pub struct PartitionEngine {
     next_sweep: Millis,
     scratch: Scratch,
     scoring: Option<Scoring>,
+    /// Conversions waiting for their purchase's score.
+    conversions: conversions::PendingConversions,
     /// When carts alert, for the models in `scoring`.
     policy: alerts::Policy,
     /// Customers changed since the last changelog drain.
@@ -198,6 +201,7 @@ impl PartitionEngine {
             next_sweep: Millis::MIN,
             scratch: Scratch::default(),
             scoring,
+            conversions: Default::default(),
             changed: Vec::new(),
             forgotten: Vec::new(),
             score_tombstones: Vec::new(),
@@ -313,6 +317,7 @@ impl PartitionEngine {
         // late one (due timers may still be waiting for the step model's queue, see `on_watermark`).
         self.due_checks(key, ev.ts.max(wm), out);
 
+        let conversion_tag = self.next_conversion_tag();
         let cfg = &self.cfg;
         let customer = self.customers.get_mut(key).expect("present");
         // The timers hold, for every open cart, an entry at or before its next due time; an event
@@ -347,23 +352,13 @@ impl PartitionEngine {
             let new_session = features::new_session(session, customer.prev_session, gap);
             customer.prev_session = session;
             let input = scoring::step_input(customer, ev.ts, ev.event_type, ev.channel, ev.value, gap, new_session);
-            s.enqueue(customer, &input);
+            // a purchase's conversion waits for the step model's output for it (its expected
+            // future value): `conversions.rs`
+            let tag = if conversion.is_some() { conversion_tag } else { scoring::NO_CONVERSION };
+            s.enqueue(customer, &input, tag);
         }
-        if let Some(mut record) = conversion {
-            // The expected future value after the purchase is the step model's output for it.
-            self.flush_for(key);
-            let future = self.scoring.as_ref().and_then(|s| {
-                let m = self.customers.get(key)?.model.as_ref()?;
-                record.model_version = Some(s.set.version.to_string());
-                Some(f64::from(m.scores[EXPECTED_VALUE]))
-            });
-            record.expected_future_value = future;
-            for t in &record.touchpoints {
-                let rules = [t.time_decay, t.last_touch, t.first_touch, t.linear, t.position_based];
-                let deep = t.deep.map(|d| (d, future.unwrap_or(0.0)));
-                self.windows.add_credit(record.conversion_ts, t.channel, &rules, deep, record.conversion_value, wm);
-            }
-            out.push(Output::Conversion(record));
+        if let Some(record) = conversion {
+            self.conversion(record, wm, out);
         }
         if let Some(s) = &mut self.scoring {
             if s.pending() >= s.flush_at {
@@ -372,6 +367,7 @@ impl PartitionEngine {
                 s.flush_waves(&mut self.customers, &self.changed, 1);
             }
         }
+        self.complete_conversions(out);
 
         self.watermark.observe(ev.ts);
         self.on_watermark(out);
@@ -438,6 +434,8 @@ impl PartitionEngine {
     /// before each commit, so no due check waits past a commit).
     pub fn settle(&mut self, out: &mut Vec<Output>) {
         self.flush();
+        self.complete_conversions(out);
+        debug_assert_eq!(self.conversions.len(), 0, "a settled queue leaves no conversion waiting");
         self.on_watermark(out);
     }
 
@@ -514,6 +512,7 @@ impl PartitionEngine {
             let Some(next) = self.due_checks(&key, wm, out) else { continue };
             self.timers.push(Reverse((next, key)));
         }
+        self.complete_conversions(out);
         if wm >= self.next_sweep {
             self.expire(wm);
             let step = (self.cfg.customer_ttl / 24).clamp(60_000, 3_600_000);

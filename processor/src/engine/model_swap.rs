@@ -10,6 +10,7 @@ impl PartitionEngine {
     pub fn set_models(&mut self, models: Option<Arc<ModelSet>>, candidate: Option<Arc<ModelSet>>) -> Result<usize, String> {
         let next = models.as_ref().map(|m| Scoring::new(m.clone(), candidate.clone())).transpose()?;
         self.flush();
+        self.collect_conversion_scores();
         let old_hidden = self.scoring.as_ref().map(|s| s.set.step.hidden);
         let new_hidden = models.as_ref().map(|m| m.step.hidden);
         let mut reset = 0;

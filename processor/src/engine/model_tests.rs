@@ -76,6 +76,8 @@ fn check_stream(events: &[Value], steps: &[Value], conversions: &[Value]) -> usi
         }
     }
 
+    // a conversion is written once its purchase is scored and the engine next writes outputs
+    engine.settle(&mut out);
     let records: Vec<&ConversionRecord> = out.iter().filter_map(|o| if let Output::Conversion(c) = o { Some(c) } else { None }).collect();
     assert_eq!(records.len(), conversions.len(), "one conversion record per purchase");
     for want in conversions {
@@ -162,7 +164,7 @@ fn hidden_states_of_another_layout_are_reset_and_models_can_be_swapped() {
     let send = |engine: &mut PartitionEngine, out: &mut Vec<Output>, id: &str, ts: i64, kind: &str| {
         let json = format!(r#"{{"event_id":"{id}","customer_id":"a","ts":{ts},"event_type":"{kind}","channel":"email"}}"#);
         engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), out);
-        engine.flush();
+        engine.settle(out);
     };
     send(&mut engine, &mut out, "1", 1_767_225_600_000, "click");
     assert_eq!(engine.customer("a").unwrap().model.as_ref().unwrap().hidden().len(), 64);
@@ -429,4 +431,34 @@ fn the_queue_schedule_changes_no_score_and_no_output() {
         let (a, b) = (a.model.as_ref().unwrap(), b.model.as_ref().unwrap());
         assert!(a.hidden() == b.hidden() && a.scores == b.scores && a.checks() == b.checks(), "customer {}", r.customer_id);
     }
+}
+
+/// A purchase does not run its customer's queued events through the step model on its own: its
+/// conversion waits for the queue's next run and is written then, with the same expected future
+/// value as when every event is scored at once.
+#[test]
+fn a_conversion_waits_for_the_queue_instead_of_running_it() {
+    let check = Validation { now: i64::MAX / 2, max_future_skew_ms: i64::MAX / 4 };
+    let events = [("1", "click"), ("2", "page_view"), ("3", "cart_add"), ("4", "purchase")];
+    let run = |each_event: bool| {
+        let mut engine = engine_with_models();
+        let mut out = Vec::new();
+        for (i, (id, kind)) in events.iter().enumerate() {
+            let ts = 1_767_225_600_000 + i as i64 * 60_000;
+            let json = format!(r#"{{"event_id":"{id}","customer_id":"a","ts":{ts},"event_type":"{kind}","channel":"email","value":9.5}}"#);
+            engine.process(&decode(Some(b"a"), json.as_bytes(), &check).unwrap(), &mut out);
+            if each_event {
+                engine.settle(&mut out);
+            }
+        }
+        let before = (engine.take_scoring_stats(&mut Vec::new()).calls, out.iter().filter(|o| matches!(o, Output::Conversion(_))).count());
+        engine.settle(&mut out);
+        let value = out.iter().find_map(|o| if let Output::Conversion(c) = o { c.expected_future_value } else { None });
+        (before, value)
+    };
+    let ((queued_calls, queued_written), queued_value) = run(false);
+    assert_eq!((queued_calls, queued_written), (0, 0), "the purchase left the queue and its conversion waiting");
+    let ((single_calls, single_written), single_value) = run(true);
+    assert_eq!((single_calls, single_written), (4, 1));
+    assert!(queued_value.is_some() && queued_value == single_value, "{queued_value:?} {single_value:?}");
 }

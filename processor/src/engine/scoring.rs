@@ -11,7 +11,7 @@ use crate::alerts::reasons;
 use crate::inference::deep_credit::{AttributionRunner, ModelTouch};
 use crate::inference::drift::DriftCounts;
 use crate::inference::features::{self, StepInput};
-use crate::inference::step::{StepRunner, StepScores, P_ABANDON, P_PURCHASE};
+use crate::inference::step::{StepRunner, StepScores, EXPECTED_VALUE, P_ABANDON, P_PURCHASE};
 use crate::inference::ModelSet;
 use crate::journey::{CustomerState, ModelState};
 use crate::output::AbandonmentReason;
@@ -30,7 +30,13 @@ struct Request {
     /// ... and has not alerted yet: where the processor reads P(abandon) (shadow outcomes).
     cart_unalerted: bool,
     purchase: bool,
+    /// The purchase's pending conversion ([`NO_CONVERSION`]: none), whose expected future value
+    /// is this row's output.
+    conversion: u64,
 }
+
+/// [`Scoring::enqueue`]'s tag of an event without a pending conversion.
+pub const NO_CONVERSION: u64 = u64::MAX;
 
 /// Counters for telemetry (drained by the runner).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -73,6 +79,9 @@ pub struct Scoring {
     pub durations: Vec<(bool, f32)>,
     /// The candidate models, scored beside these and never written (`models.candidate`).
     pub shadow: Option<Shadow>,
+    /// (conversion tag, the step model's expected future value after its purchase; NaN: none),
+    /// for the engine's pending conversions.
+    pub scored_conversions: Vec<(u64, f32)>,
     #[cfg(test)]
     last: Vec<f32>,
 }
@@ -111,6 +120,7 @@ impl Scoring {
             stats: ScoringStats::default(),
             durations: Vec::new(),
             shadow,
+            scored_conversions: Vec::new(),
             #[cfg(test)]
             last: Vec::new(),
         })
@@ -132,8 +142,10 @@ impl Scoring {
         &self.last
     }
 
-    /// Queues one event of `customer` (whose state already includes the event).
-    pub fn enqueue(&mut self, customer: &mut CustomerState, input: &StepInput) {
+    /// Queues one event of `customer` (whose state already includes the event); `conversion` tags
+    /// a purchase's pending conversion ([`NO_CONVERSION`]: none): its expected future value goes to
+    /// `scored_conversions` when the event is scored.
+    pub fn enqueue(&mut self, customer: &mut CustomerState, input: &StepInput, conversion: u64) {
         let at = self.feats.len();
         self.feats.resize(at + features::COUNT, 0.0);
         features::encode(input, &mut self.feats[at..]);
@@ -151,6 +163,7 @@ impl Scoring {
             cart_open: input.cart.is_some(),
             cart_unalerted: customer.cart.as_ref().is_some_and(|c| !c.alerted),
             purchase: input.event_type == crate::event::EventType::Purchase,
+            conversion,
         });
         if customer.pending == 0 {
             self.first_wave += 1;
@@ -180,7 +193,7 @@ impl Scoring {
         let max_batch = self.set.max_batch;
         let k = self.set.step.checks_ms.len();
         let explain = self.set.step.reference.is_some();
-        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, shadow, first_wave, .. } = self;
+        let Scoring { set, reqs, order, feats, x, h, h_out, scores, checks, step, stats, durations, drift, shadow, first_wave, scored_conversions, .. } = self;
         let drift_spec = set.step.drift.as_ref();
         order.clear();
         order.extend(0..reqs.len() as u32);
@@ -230,6 +243,9 @@ impl Scoring {
                     }
                     for (j, &i) in order[start..end].iter().enumerate() {
                         let r = reqs[i as usize];
+                        if r.conversion != NO_CONVERSION {
+                            scored_conversions.push((r.conversion, scores[j][EXPECTED_VALUE]));
+                        }
                         if let Some(spec) = drift_spec {
                             drift.observe_scores(spec, scores[j][P_PURCHASE], r.cart_open.then_some(scores[j][P_ABANDON]));
                         }
@@ -245,6 +261,13 @@ impl Scoring {
                 Err(e) => {
                     stats.errors += 1;
                     tracing::warn!(error = %format!("{e:#}"), rows, "step model failed; these events keep the previous scores");
+                    for &i in &order[start..end] {
+                        let r = reqs[i as usize];
+                        if r.conversion != NO_CONVERSION {
+                            let previous = customers.get(&changed[r.customer as usize]).and_then(|c| c.model.as_ref());
+                            scored_conversions.push((r.conversion, previous.map_or(f32::NAN, |m| m.scores[EXPECTED_VALUE])));
+                        }
+                    }
                 }
             }
             start = end;
