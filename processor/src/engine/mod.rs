@@ -3,8 +3,9 @@
 //!
 //! With models, every event also goes through the journey step model. Events wait in a small
 //! queue and run in batched waves ([`scoring`]); the queue is flushed whenever a decision needs a
-//! score (a purchase, an inactivity check, an alert, an erasure, an expiry), when it is full, and
-//! before the runner drains state, so every output sees exactly the scores of an unbatched run.
+//! score (an inactivity check, an alert, an erasure, an expiry), when it is full, and before the
+//! runner drains state, so every output sees exactly the scores of an unbatched run. A purchase's
+//! conversion waits for the queue's next run instead (`conversions.rs`).
 
 mod conversions;
 pub mod erasure;
