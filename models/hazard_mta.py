@@ -92,7 +92,7 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         sensor_base_diurnal: bool = False, sensor_groups: list | None = None, sensor_timing: bool = False,
         timing_states: str = "full", timing_every: int = 10, level_step: bool = False,
         timing_start: int | None = None, timing_rounds: int | None = None,
-        timing_damping: float | None = None, timing_scale: str = "b"):
+        timing_damping: float | None = None, timing_scale: str = "b", delivered_covariates: bool = False):
     """level_step: the baselines' common level chosen by the conversions alone each iteration (a
     parameter-expansion step, see below); default off. timing_start: iterations of the plain fit
     (timed groups without c_k) before their kappa is first estimated from its time course (default
@@ -102,7 +102,9 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
     kappa <- (1 - d) kappa_prev + d kappa_new, so that the EM can settle (default None: the new
     estimate as is). timing_scale: the scale of kappa's x = T / scale: "b" (default) each customer's
     baseline b_i; "mu" the population mean baseline mu, held at its value at kappa's first estimate
-    (a lab variant, see `timing_kappa`)."""
+    (a lab variant, see `timing_kappa`). delivered_covariates: each delivered group's touches before
+    the customer's first purchase decision, over what a base rate per visit-recency x age state
+    expects for the customer, as covariates of the baseline's GLM mean (a lab variant; default off)."""
     E, C = data["e"], data["c"]
     Xe, Xc = E["X"], C["X"]
     N_LEVELS = tuple(data.get("n_levels", globals()["N_LEVELS"]))
@@ -196,6 +198,29 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         timed = (np.isin(gk % NE, DELIVERED_TYPES) if sensor_timing == "delivered"
                  else np.ones(len(gk), dtype=bool))
         c_k = np.where(timed, 0.0, c_k)
+    if delivered_covariates and use_sensors:
+        # across customers: a delivered group's pre-decision count against its expectation given the
+        # customer's time in each visit-recency x age state (retargeting follows visits, prospecting
+        # fades), as evidence of the propensity in the baseline's prior mean, not as a sensor
+        n_full = sen["N"]
+        nsf = n_full.shape[2]
+        st_all = sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS)
+        t_full = np.bincount(cc.astype(np.int64) * nsf + st_all, weights=w * pre_c, minlength=nC * nsf).reshape(nC, nsf)
+        has_t = t_full.sum(1) > 0
+        extra_z = []
+        for j, g in enumerate(sen["groups"]):
+            if g % NE not in DELIVERED_TYPES:
+                continue
+            rate = n_full[:, j, :].sum(0) / np.maximum(t_full.sum(0), 1e-12)
+            expect = t_full @ rate
+            if (n_full[:, j, :].sum(1)[has_t] > 0).mean() < 0.01:
+                continue
+            z = np.where(has_t, np.log((n_full[:, j, :].sum(1) + 0.5) / (expect + 0.5)), 0.0)
+            extra_z.append((z - z[has_t].mean()) / (z[has_t].std() + 1e-9) * has_t)
+        if extra_z:
+            Z = np.c_[Z, np.stack(extra_z, 1)]
+            theta = np.r_[theta, np.zeros(len(extra_z))]
+            log(f"  delivered covariates: {len(extra_z)}")
     t0_timing = timing_every if timing_start is None else timing_start  # first iteration with the timed groups
     min_its = 30  # no convergence before the timed groups have joined and, with timing_rounds, kappa is frozen
     if sensor_timing and (timing_start is not None or timing_rounds is not None):
