@@ -168,8 +168,8 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
             gk, Nk = gk[keep], Nk[:, keep]
         NS = Nk.shape[2]
         pre_c = C["t"] < sen["first"][cc]
-        st_c = (sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS) if sensor_states
-                else np.zeros(len(cc), dtype=np.int64))
+        st_all = sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS)  # each control row's state
+        st_c = st_all if sensor_states else np.zeros(len(cc), dtype=np.int64)
         cs = cc.astype(np.int64) * NS + st_c
         Tpre = np.bincount(cs, weights=w * pre_c, minlength=nC * NS).reshape(nC, NS)
         a_k = 0.5 * Nk.sum(0) / np.maximum(Tpre.sum(0), 1e-12)  # [G, NS]
@@ -186,8 +186,7 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         s_g = gmap[sen["groups"][srow["g"]]]
         keep_s = s_g >= 0
         Xs, s_c, s_g = srow["X"][keep_s], srow["cust"][keep_s], s_g[keep_s]
-        st_full_c = sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS)
-        s_st, c_st = srow["st"][keep_s], st_full_c
+        s_st, c_st = srow["st"][keep_s], st_all
         if timing_states == "age":
             s_st, c_st = s_st % (len(SENSOR_AGE_D) + 1), c_st % (len(SENSOR_AGE_D) + 1)
         pre_idx = np.flatnonzero(pre_c)
@@ -204,18 +203,17 @@ def fit(data, iters: int = 200, use_multipliers: bool = True, frailty: bool = Tr
         # fades), as evidence of the propensity in the baseline's prior mean, not as a sensor
         n_full = sen["N"]
         nsf = n_full.shape[2]
-        st_all = sensor_state(C["lv"][3], (C["t"] - sen["start"][cc]) / D.DAY_MS)
         t_full = np.bincount(cc.astype(np.int64) * nsf + st_all, weights=w * pre_c, minlength=nC * nsf).reshape(nC, nsf)
         has_t = t_full.sum(1) > 0
         extra_z = []
         for j, g in enumerate(sen["groups"]):
             if g % NE not in DELIVERED_TYPES:
                 continue
-            rate = n_full[:, j, :].sum(0) / np.maximum(t_full.sum(0), 1e-12)
-            expect = t_full @ rate
-            if (n_full[:, j, :].sum(1)[has_t] > 0).mean() < 0.01:
+            count = n_full[:, j, :].sum(1)
+            if (count[has_t] > 0).mean() < 0.01:
                 continue
-            z = np.where(has_t, np.log((n_full[:, j, :].sum(1) + 0.5) / (expect + 0.5)), 0.0)
+            expect = t_full @ (n_full[:, j, :].sum(0) / np.maximum(t_full.sum(0), 1e-12))
+            z = np.where(has_t, np.log((count + 0.5) / (expect + 0.5)), 0.0)
             extra_z.append((z - z[has_t].mean()) / (z[has_t].std() + 1e-9) * has_t)
         if extra_z:
             Z = np.c_[Z, np.stack(extra_z, 1)]
